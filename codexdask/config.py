@@ -1,0 +1,257 @@
+"""Run configuration: every key, its default and its check, in one place.
+
+Two flat configurations exist, one per command: :class:`PatchConfig` for ``codexdask patch`` and
+:class:`SegmentConfig` for ``codexdask segment``. YAML files use the same key names as the
+dataclass fields (which are also the command-line flags with ``-`` for ``_``); command-line
+flags override the file. Unknown keys are refused with the closest known key suggested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import ConfigError
+
+SPLIT_MODES = ("patches", "full_image", "halves", "quarters")
+SPLIT_DIRECTIONS = ("vertical", "horizontal")
+PICKLE_COMPRESSIONS = ("none", "gzip", "bz2", "xz", "zstd")
+TIE_BREAKS = ("lowest-label", "aegle-cpu")
+
+
+@dataclasses.dataclass
+class PatchConfig:
+    """How a slide is cut into a patch store (reference §1.1–1.4).
+
+    Attributes
+    ----------
+    nucleus : str
+        Name of the nucleus channel (e.g. ``"DAPI"``).
+    wholecell : list of str
+        Whole-cell marker names; the whole-cell channel is their pixel-wise maximum.
+    antibodies : str or None
+        TSV with an ``antibody_name`` column giving channel names in file order; overrides
+        OME names.
+    split_mode : {"patches", "full_image", "halves", "quarters"}
+    split_direction : {"vertical", "horizontal"}
+        Which way ``halves`` cuts.
+    patch_size : (int, int)
+        Patch height and width in pixels (``patches`` mode).
+    overlap : float
+        Fraction of a patch shared with its neighbour, in [0, 1).
+    image_mpp : float or None
+        Microns per pixel; ``None`` takes it from OME metadata, else 0.5.
+    non_zero_perc_threshold : float
+        A patch whose nucleus channel has a smaller non-zero fraction is empty.
+    mean_intensity_threshold : float
+        A patch whose nucleus channel has a smaller mean is noisy.
+    """
+
+    nucleus: str = "DAPI"
+    wholecell: list[str] = dataclasses.field(default_factory=lambda: ["CD45"])
+    antibodies: str | None = None
+    split_mode: str = "patches"
+    split_direction: str = "vertical"
+    patch_size: tuple[int, int] = (512, 512)
+    overlap: float = 0.1
+    image_mpp: float | None = None
+    non_zero_perc_threshold: float = 0.05
+    mean_intensity_threshold: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.wholecell, str):
+            self.wholecell = [w.strip() for w in self.wholecell.split(",") if w.strip()]
+        self.wholecell = list(self.wholecell)
+        if not self.wholecell:
+            raise ConfigError(
+                "wholecell: name at least one whole-cell marker, e.g. --wholecell CD45"
+            )
+        _check_choice("split_mode", self.split_mode, SPLIT_MODES)
+        _check_choice("split_direction", self.split_direction, SPLIT_DIRECTIONS)
+        size = tuple(int(v) for v in self.patch_size)
+        if len(size) != 2 or min(size) < 1:
+            raise ConfigError(
+                f"patch_size must be two positive integers (height width), got {self.patch_size!r}"
+            )
+        self.patch_size = (size[0], size[1])
+        if not 0.0 <= float(self.overlap) < 1.0:
+            raise ConfigError(
+                f"overlap must lie in [0, 1), got {self.overlap!r}; e.g. --overlap 0.1"
+            )
+        _check_mpp(self.image_mpp)
+        if self.non_zero_perc_threshold < 0 or self.mean_intensity_threshold < 0:
+            raise ConfigError("QC thresholds must be >= 0")
+
+
+@dataclasses.dataclass
+class SegmentConfig:
+    """How a patch store is segmented and repaired.
+
+    Attributes
+    ----------
+    backend : str
+        Registered segmenter name: ``"watershed"`` (offline, CPU) or ``"mesmer"``.
+    model_path : str or None
+        Keras SavedModel directory of the Mesmer weights (see the README on offline weights).
+    image_mpp : float or None
+        Overrides the store's microns per pixel.
+    batch_size : "auto" or int
+        Patches per inference task; ``"auto"`` lets the planner choose from free memory.
+    tiles_per_call : "auto" or int
+        256² tiles per network call (Mesmer); pin to 4 for deepcell's exact labels.
+    tie_break : {"lowest-label", "aegle-cpu"}
+        Repair tie-break rule.
+    save_pickles : bool
+        Write ``matched_seg_res_batch.pickle`` and ``original_seg_res_batch.pickle``.
+    pickle_compression : {"none", "gzip", "bz2", "xz", "zstd"}
+    pickle_compression_level : int or None
+    save_mosaics : bool
+        Write whole-slide label mosaics (OME-Zarr labels and pyramidal OME-TIFF).
+    n_overlays : int
+        Overlay PNGs written for the first informative patches.
+    scheduler : str or None
+        Address of an existing Dask scheduler; ``None`` starts a local cluster.
+    gpus : bool
+        Start a ``LocalCUDACluster`` with one worker per GPU.
+    n_workers : int or None
+        Worker processes of the embedded local cluster (default: one per core).
+    memory_limit : str or None
+        Memory limit per local worker, e.g. ``"2GiB"`` (default: RAM shared evenly).
+    resume : bool
+        Continue a run in the output directory, computing only missing patches.
+    overwrite : bool
+        Replace a run already in the output directory.
+    """
+
+    backend: str = "watershed"
+    model_path: str | None = None
+    image_mpp: float | None = None
+    batch_size: int | str = "auto"
+    tiles_per_call: int | str = "auto"
+    tie_break: str = "lowest-label"
+    save_pickles: bool = True
+    pickle_compression: str = "none"
+    pickle_compression_level: int | None = None
+    save_mosaics: bool = True
+    n_overlays: int = 4
+    scheduler: str | None = None
+    gpus: bool = False
+    n_workers: int | None = None
+    memory_limit: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        self.batch_size = _auto_or_positive_int("batch_size", self.batch_size)
+        self.tiles_per_call = _auto_or_positive_int("tiles_per_call", self.tiles_per_call)
+        _check_choice("tie_break", self.tie_break, TIE_BREAKS)
+        self.pickle_compression = _normalise_compression(self.pickle_compression)
+        _check_mpp(self.image_mpp)
+        if self.n_workers is not None and int(self.n_workers) < 1:
+            raise ConfigError(f"n_workers must be >= 1, got {self.n_workers!r}")
+        if self.resume and self.overwrite:
+            raise ConfigError("choose one of --resume and --overwrite, not both")
+
+
+C = TypeVar("C", PatchConfig, SegmentConfig)
+
+
+def config_keys(cls: type[PatchConfig] | type[SegmentConfig]) -> list[str]:
+    """Names of every key a configuration class accepts."""
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def make_config(cls: type[C], *sources: Mapping[str, Any] | None) -> C:
+    """Build a configuration from mappings, later ones overriding earlier ones.
+
+    ``None`` values in a later mapping do not override (an unset command-line flag).
+
+    Raises
+    ------
+    ConfigError
+        On an unknown key (naming the closest known one) or an invalid value.
+    """
+    known = config_keys(cls)
+    merged: dict[str, Any] = {}
+    for source in sources:
+        for key, value in (source or {}).items():
+            key = key.replace("-", "_")
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = (f"; did you mean {close[0]!r}?" if close
+                        else f"; known keys: {', '.join(known)}")
+                raise ConfigError(f"unknown configuration key {key!r}{hint}")
+            if value is not None:
+                merged[key] = value
+    try:
+        return cls(**merged)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"invalid configuration value: {exc}") from exc
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML configuration file into a flat mapping.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing, not YAML, or not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; check the --config path")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of key: value pairs")
+    return data
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}{hint}")
+
+
+def _check_mpp(value: float | None) -> None:
+    if value is not None and not float(value) > 0:
+        raise ConfigError(f"image_mpp must be > 0 microns per pixel, got {value!r}; e.g. 0.5")
+
+
+def _auto_or_positive_int(key: str, value: int | str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be 'auto' or a positive integer, got {value!r}") from None
+    if number < 1:
+        raise ConfigError(f"{key} must be 'auto' or a positive integer, got {value!r}")
+    return number
+
+
+_COMPRESSION_ALIASES = {
+    "none": "none", "": "none", "gzip": "gzip", "gz": "gzip", "bz2": "bz2", "bzip2": "bz2",
+    "xz": "xz", "lzma": "xz", "zstd": "zstd", "zst": "zstd", "zstandard": "zstd",
+}
+
+
+def _normalise_compression(value: str | None) -> str:
+    name = _COMPRESSION_ALIASES.get(str(value or "none").lower())
+    if name is None:
+        raise ConfigError(
+            f"pickle_compression must be one of {', '.join(PICKLE_COMPRESSIONS)}; got {value!r}"
+        )
+    return name

@@ -1,0 +1,19 @@
+"""Segmenters: Mesmer (deepcell) and an offline classical watershed, behind one contract."""
+
+from .base import (
+    CallableSegmenter,
+    MemoryEstimate,
+    Segmenter,
+    available_segmenters,
+    get_segmenter,
+    register_segmenter,
+)
+
+__all__ = [
+    "CallableSegmenter",
+    "MemoryEstimate",
+    "Segmenter",
+    "available_segmenters",
+    "get_segmenter",
+    "register_segmenter",
+]

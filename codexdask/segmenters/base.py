@@ -1,0 +1,154 @@
+"""The segmenter contract and the registry of segmenters.
+
+A segmenter turns a batch of 2-channel patches into cell and nucleus labels in two stages, so the
+engine can put the first on GPU workers and the second on CPU workers:
+
+``infer(batch, image_mpp) -> maps``
+    The part that belongs on an accelerator (for Mesmer: preprocessing, tiling, the network,
+    untiling). ``maps`` is any picklable object.
+``postprocess(maps) -> labels``
+    The CPU part (for Mesmer: deep watershed and resizing back). ``labels`` is
+    ``(B, H, W, 2)`` uint32, channel 0 whole-cell, channel 1 nucleus, each labelled 1..K per image.
+
+Segmenters are picklable and light: heavy state (a model) is loaded lazily, once per process.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, SegmenterError
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+    """Memory one patch needs while it is segmented.
+
+    Attributes
+    ----------
+    device_bytes : int
+        Accelerator memory for the inference stage (0 for CPU-only segmenters).
+    host_bytes : int
+        Host memory for inference plus post-processing.
+    """
+
+    device_bytes: int
+    host_bytes: int
+
+
+class Segmenter(abc.ABC):
+    """Base class of every segmenter; see the module docstring for the contract."""
+
+    #: Registry name.
+    name: str = "segmenter"
+    #: Whether ``infer`` benefits from a GPU worker (its tasks get ``resources={"GPU": 1}``).
+    wants_gpu: bool = False
+
+    @abc.abstractmethod
+    def infer(self, batch: np.ndarray, image_mpp: float) -> Any:
+        """Run the accelerator stage on ``batch`` ``(B, H, W, 2)`` (nucleus, whole-cell)."""
+
+    @abc.abstractmethod
+    def postprocess(self, maps: Any) -> np.ndarray:
+        """Turn ``infer``'s output into ``(B, H, W, 2)`` uint32 labels (whole-cell, nucleus)."""
+
+    def predict(self, batch: np.ndarray, image_mpp: float) -> np.ndarray:
+        """Segment ``batch`` ``(B, H, W, 2)``; ``postprocess(infer(batch, image_mpp))``."""
+        return self.postprocess(self.infer(check_batch(batch), image_mpp))
+
+    def memory_per_patch(self, shape: tuple[int, int], image_mpp: float) -> MemoryEstimate:
+        """Bytes of accelerator and host memory one ``shape`` patch needs (a safe over-estimate)."""
+        height, width = shape
+        return MemoryEstimate(device_bytes=0, host_bytes=64 * height * width)
+
+
+class CallableSegmenter(Segmenter):
+    """Wraps a user function ``fn(batch, image_mpp) -> (B, H, W, 2) labels`` as a segmenter.
+
+    The whole function runs in ``postprocess`` (on CPU workers); ``infer`` only passes the batch on.
+    """
+
+    def __init__(self, fn: Callable[[np.ndarray, float], np.ndarray], name: str = "callable"):
+        self.fn = fn
+        self.name = name
+
+    def infer(self, batch: np.ndarray, image_mpp: float) -> tuple[np.ndarray, float]:
+        return batch, image_mpp
+
+    def postprocess(self, maps: tuple[np.ndarray, float]) -> np.ndarray:
+        batch, image_mpp = maps
+        labels = np.asarray(self.fn(batch, image_mpp))
+        if labels.shape != batch.shape[:3] + (2,):
+            raise SegmenterError(
+                f"segmenter {self.name!r} returned shape {labels.shape}; expected "
+                f"{batch.shape[:3] + (2,)} (B, H, W, [whole-cell, nucleus])"
+            )
+        return labels.astype(np.uint32, copy=False)
+
+
+_REGISTRY: dict[str, Callable[..., Segmenter]] = {}
+
+
+def register_segmenter(name: str, factory: Callable[..., Any]) -> None:
+    """Register ``factory`` under ``name``.
+
+    ``factory(**options)`` must return a :class:`Segmenter`. A plain function
+    ``fn(batch, image_mpp) -> labels`` is accepted too and wrapped in :class:`CallableSegmenter`.
+    """
+    if isinstance(factory, type) and issubclass(factory, Segmenter):
+        _REGISTRY[name] = factory
+    else:
+        _REGISTRY[name] = lambda **options: CallableSegmenter(factory, name=name)
+
+
+def available_segmenters() -> list[str]:
+    """Names accepted by :func:`get_segmenter`."""
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def get_segmenter(name: str, **options: Any) -> Segmenter:
+    """Return the segmenter registered as ``name``, built with ``options``.
+
+    Raises
+    ------
+    SegmenterError
+        If no segmenter of that name is registered.
+    """
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise SegmenterError(
+            f"unknown segmenter backend {name!r}; choose one of {', '.join(sorted(_REGISTRY))} "
+            "or register your own with codexdask.segmenters.register_segmenter"
+        )
+    return _REGISTRY[name](**options)
+
+
+def check_batch(batch: np.ndarray) -> np.ndarray:
+    """Check that ``batch`` is a numeric ``(B, H, W, 2)`` array with finite values.
+
+    Raises
+    ------
+    InputError
+        On a wrong rank, channel count, dtype, or NaN/inf pixels.
+    """
+    batch = np.asarray(batch)
+    if batch.ndim != 4 or batch.shape[-1] != 2:
+        raise InputError(
+            f"a segmentation batch must be (B, H, W, 2) [nucleus, whole-cell]; got shape {batch.shape}"
+        )
+    if not (np.issubdtype(batch.dtype, np.integer) or np.issubdtype(batch.dtype, np.floating)):
+        raise InputError(f"patch pixels must be numeric; got dtype {batch.dtype}")
+    if np.issubdtype(batch.dtype, np.floating) and not np.isfinite(batch).all():
+        raise InputError("patch pixels contain NaN or inf; clean or fill them before segmenting")
+    return batch
+
+
+def _load_builtin() -> None:
+    # Imported here so that the registry is filled without importing TensorFlow.
+    from . import mesmer, watershed  # noqa: F401

@@ -1,0 +1,86 @@
+import pytest
+
+from codexdask.config import (
+    PatchConfig,
+    SegmentConfig,
+    config_keys,
+    load_yaml,
+    make_config,
+)
+from codexdask.errors import ConfigError
+
+
+def test_defaults_are_valid():
+    assert PatchConfig().split_mode == "patches"
+    assert SegmentConfig().backend == "watershed"
+
+
+def test_later_sources_override_and_none_does_not():
+    config = make_config(
+        SegmentConfig, {"backend": "mesmer", "batch_size": 3}, {"batch_size": None}
+    )
+    assert config.backend == "mesmer"
+    assert config.batch_size == 3
+
+
+def test_dashes_in_keys_are_accepted():
+    assert make_config(SegmentConfig, {"tie-break": "aegle-cpu"}).tie_break == "aegle-cpu"
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(ConfigError, match="did you mean 'image_mpp'"):
+        make_config(SegmentConfig, {"image_mp": 0.5})
+
+
+@pytest.mark.parametrize("value", [0, -0.5])
+def test_image_mpp_must_be_positive(value):
+    with pytest.raises(ConfigError, match="image_mpp must be > 0"):
+        make_config(SegmentConfig, {"image_mpp": value})
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0, 1.5])
+def test_overlap_outside_unit_interval(value):
+    with pytest.raises(ConfigError, match=r"overlap must lie in \[0, 1\)"):
+        make_config(PatchConfig, {"overlap": value})
+
+
+def test_unknown_split_mode_suggests():
+    with pytest.raises(ConfigError, match="did you mean 'halves'"):
+        make_config(PatchConfig, {"split_mode": "halfs"})
+
+
+def test_batch_size_auto_or_positive():
+    assert make_config(SegmentConfig, {"batch_size": "7"}).batch_size == 7
+    with pytest.raises(ConfigError, match="batch_size"):
+        make_config(SegmentConfig, {"batch_size": 0})
+
+
+def test_pickle_compression_aliases():
+    assert make_config(SegmentConfig, {"pickle_compression": "ZST"}).pickle_compression == "zstd"
+    with pytest.raises(ConfigError, match="pickle_compression"):
+        make_config(SegmentConfig, {"pickle_compression": "rar"})
+
+
+def test_wholecell_from_comma_string():
+    assert PatchConfig(wholecell="CD45, PanCK").wholecell == ["CD45", "PanCK"]
+
+
+def test_resume_and_overwrite_exclusive():
+    with pytest.raises(ConfigError, match="not both"):
+        SegmentConfig(resume=True, overwrite=True)
+
+
+def test_yaml_round_trip(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("backend: watershed\nbatch_size: 2\n")
+    assert make_config(SegmentConfig, load_yaml(path)).batch_size == 2
+    assert set(load_yaml(path)) <= set(config_keys(SegmentConfig))
+
+
+def test_yaml_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_yaml(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_yaml(bad)
