@@ -1,0 +1,140 @@
+"""Run ``codexdask segment`` on SLURM: GPU worker jobs from dask-jobqueue, scaled adaptively.
+
+Run this inside the driver job (``driver.sbatch``). The driver job holds the Dask scheduler and
+the codexdask driver. dask-jobqueue submits one SLURM job per GPU worker, as described in
+``cluster.yaml``. The workers start the Python interpreter that runs this script, so this
+environment must sit on storage that the compute nodes share.
+
+Usage::
+
+    python deploy/slurm/run_slurm.py STORE --out DIR [--cluster-config deploy/slurm/cluster.yaml]
+        [--minimum 1] [--maximum 4] [--wait-timeout SECONDS] [segment flags: --config YAML,
+        --backend mesmer, --model-path DIR, --resume, ...]
+
+Exit status: 0 on success, 2 for an error the user can fix (as ``codexdask``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import dask
+import yaml
+
+from codexdask.cli import add_segment_options, segment_config, summary
+from codexdask.errors import ClusterError, CodexDaskError, ConfigError
+
+#: ``cluster.yaml`` beside this script.
+DEFAULT_CLUSTER_CONFIG = Path(__file__).resolve().with_name("cluster.yaml")
+#: Segment flags that choose a cluster; here the cluster comes from SLURM instead.
+CLUSTER_FLAGS = ("scheduler", "gpus", "n_workers", "memory_limit")
+#: Arguments of this script that are not SegmentConfig keys.
+DRIVER_ARGS = ("cluster_config", "minimum", "maximum", "wait_timeout")
+
+
+def jobqueue_settings(path: str | Path) -> dict[str, Any]:
+    """The ``jobqueue.slurm`` section of a dask-jobqueue YAML file, as dotted Dask config keys.
+
+    Parameters
+    ----------
+    path : str or Path
+        A YAML file shaped like ``cluster.yaml`` (``jobqueue: slurm: {key: value}``).
+
+    Returns
+    -------
+    dict
+        ``{"jobqueue.slurm.cores": 8, ...}``, ready for ``dask.config.set``.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing, is not YAML, or has no ``jobqueue.slurm`` mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"cluster config {str(path)!r} does not exist; pass --cluster-config")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cluster config {str(path)!r} is not valid YAML: {exc}") from exc
+    section = (data or {}).get("jobqueue", {}).get("slurm") if isinstance(data, dict) else None
+    if not isinstance(section, dict):
+        raise ConfigError(
+            f"cluster config {str(path)!r} has no 'jobqueue: slurm:' mapping; start from "
+            "deploy/slurm/cluster.yaml"
+        )
+    return {f"jobqueue.slurm.{key}": value for key, value in section.items()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments: the store, ``--out``, cluster sizing and every ``codexdask segment`` flag."""
+    parser = argparse.ArgumentParser(
+        prog="run_slurm.py", description="codexdask segment on SLURM GPU worker jobs"
+    )
+    parser.add_argument("store", help="patch store (absolute path on shared storage)")
+    parser.add_argument("--out", required=True, help="output directory on shared storage")
+    parser.add_argument("--cluster-config", default=str(DEFAULT_CLUSTER_CONFIG),
+                        help="dask-jobqueue YAML (default: cluster.yaml beside this script)")
+    parser.add_argument("--minimum", type=int, default=1, help="fewest GPU worker jobs (>= 1)")
+    parser.add_argument("--maximum", type=int, default=4, help="most GPU worker jobs")
+    parser.add_argument("--wait-timeout", type=float, default=None,
+                        help="seconds to wait for the first worker job (default: no limit)")
+    add_segment_options(parser)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check the arguments (the cluster flags of ``codexdask segment`` are refused)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag in CLUSTER_FLAGS:
+        if getattr(args, flag) is not None:
+            parser.error(f"--{flag.replace('_', '-')} does not apply: SLURM jobs are the workers "
+                         "(size them in --cluster-config)")
+    if not 1 <= args.minimum <= args.maximum:
+        parser.error("need 1 <= --minimum <= --maximum")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Start the SLURM cluster, run the segmentation, print a summary; returns the exit status."""
+    args = parse_args(argv)
+    try:
+        segment_args = argparse.Namespace(
+            **{k: v for k, v in vars(args).items() if k not in DRIVER_ARGS}
+        )
+        config = segment_config(segment_args)
+        settings = jobqueue_settings(args.cluster_config)
+        from dask_jobqueue import SLURMCluster
+        from distributed import Client
+
+        from codexdask.engine import run
+
+        with dask.config.set(settings), SLURMCluster() as cluster:
+            cluster.adapt(minimum=args.minimum, maximum=args.maximum)
+            with Client(cluster) as client:
+                print(f"scheduler {cluster.scheduler_address}, dashboard {client.dashboard_link}",
+                      file=sys.stderr)
+                try:
+                    client.wait_for_workers(1, timeout=args.wait_timeout)
+                except TimeoutError as exc:
+                    raise ClusterError(
+                        f"no worker job started within {args.wait_timeout} s; check `squeue "
+                        "--me` and the logs in the cluster config's log-directory"
+                    ) from exc
+                # Workers resolve relative paths from their own directory: pass absolute ones.
+                result = run(Path(args.store).resolve(), Path(args.out).resolve(), config,
+                             client=client, progress=True)
+        print(summary(result))
+        return 0
+    except CodexDaskError as exc:
+        print(f"run_slurm.py: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
