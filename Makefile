@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(VENV)/bin/codexdask demo --out $(DEMO_OUT)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check codexdask tests bench
+	$(VENV)/bin/ruff check codexdask tests bench deploy notebooks
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy codexdask
