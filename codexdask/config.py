@@ -12,16 +12,17 @@ import dataclasses
 import difflib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
 from .errors import ConfigError
+from .repair import TIE_BREAKS
 
 SPLIT_MODES = ("patches", "full_image", "halves", "quarters")
 SPLIT_DIRECTIONS = ("vertical", "horizontal")
 PICKLE_COMPRESSIONS = ("none", "gzip", "bz2", "xz", "zstd")
-TIE_BREAKS = ("lowest-label", "aegle-cpu")
+TieBreakName = Literal["lowest-label", "aegle-cpu"]
 
 
 @dataclasses.dataclass
@@ -133,7 +134,7 @@ class SegmentConfig:
     image_mpp: float | None = None
     batch_size: int | str = "auto"
     tiles_per_call: int | str = "auto"
-    tie_break: str = "lowest-label"
+    tie_break: TieBreakName = "lowest-label"
     save_pickles: bool = True
     pickle_compression: str = "none"
     pickle_compression_level: int | None = None

@@ -513,7 +513,10 @@ def _open_npy(path: Path, axes: str | None) -> Slide:
 
 @contextlib.contextmanager
 def _tifffile_log() -> Iterator[list[str]]:
-    """Collect tifffile's warnings (it logs, rather than raises, on a damaged IFD chain)."""
+    """Collect tifffile's warnings (it logs, rather than raises, on a damaged IFD chain).
+
+    They are kept from the terminal: a damaged file becomes one SlideError instead.
+    """
     messages: list[str] = []
 
     class _Collect(logging.Handler):
@@ -522,11 +525,16 @@ def _tifffile_log() -> Iterator[list[str]]:
 
     handler = _Collect(logging.WARNING)
     logger = logging.getLogger("tifffile")
+    level, propagate = logger.level, logger.propagate
     logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
     try:
         yield messages
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def _open_tiff(path: Path, axes: str | None) -> Slide:

@@ -16,9 +16,10 @@ Segmenters are picklable and light: heavy state (a model) is loaded lazily, once
 from __future__ import annotations
 
 import abc
+import difflib
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -60,6 +61,14 @@ class Segmenter(abc.ABC):
     def predict(self, batch: np.ndarray, image_mpp: float) -> np.ndarray:
         """Segment ``batch`` ``(B, H, W, 2)``; ``postprocess(infer(batch, image_mpp))``."""
         return self.postprocess(self.infer(check_batch(batch), image_mpp))
+
+    def check(self) -> None:
+        """Validate the configuration in the driver before any task runs (cheap, no model load).
+
+        Raises a :class:`~codexdask.errors.CodexDaskError` with a fixing hint; the default
+        accepts everything.
+        """
+        return None
 
     def memory_per_patch(self, shape: tuple[int, int], image_mpp: float) -> MemoryEstimate:
         """Bytes of accelerator and host memory one ``shape`` patch needs (a safe over-estimate)."""
@@ -103,7 +112,8 @@ def register_segmenter(name: str, factory: Callable[..., Any]) -> None:
     if isinstance(factory, type) and issubclass(factory, Segmenter):
         _REGISTRY[name] = factory
     else:
-        _REGISTRY[name] = lambda **options: CallableSegmenter(factory, name=name)
+        function = cast(Callable[[np.ndarray, float], np.ndarray], factory)
+        _REGISTRY[name] = lambda **options: CallableSegmenter(function, name=name)
 
 
 def available_segmenters() -> list[str]:
@@ -122,9 +132,12 @@ def get_segmenter(name: str, **options: Any) -> Segmenter:
     """
     _load_builtin()
     if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise SegmenterError(
-            f"unknown segmenter backend {name!r}; choose one of {', '.join(sorted(_REGISTRY))} "
-            "or register your own with codexdask.segmenters.register_segmenter"
+            f"unknown segmenter backend {name!r}{hint}; choose one of "
+            f"{', '.join(sorted(_REGISTRY))} or register your own with "
+            "codexdask.segmenters.register_segmenter"
         )
     return _REGISTRY[name](**options)
 
@@ -140,7 +153,8 @@ def check_batch(batch: np.ndarray) -> np.ndarray:
     batch = np.asarray(batch)
     if batch.ndim != 4 or batch.shape[-1] != 2:
         raise InputError(
-            f"a segmentation batch must be (B, H, W, 2) [nucleus, whole-cell]; got shape {batch.shape}"
+            "a segmentation batch must be (B, H, W, 2) [nucleus, whole-cell]; "
+            f"got shape {batch.shape}"
         )
     if not (np.issubdtype(batch.dtype, np.integer) or np.issubdtype(batch.dtype, np.floating)):
         raise InputError(f"patch pixels must be numeric; got dtype {batch.dtype}")

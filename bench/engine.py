@@ -1,0 +1,112 @@
+"""Engine throughput against a sequential single-process loop, in the same run.
+
+Sweep: patch counts x patch sizes with the watershed segmenter. For each cell of the sweep a
+synthetic patch store is written, then
+
+- ``loop``: one process reads each patch, segments it and repairs it (no Dask);
+- ``engine``: ``codexdask.engine.run`` on a fresh LocalCluster (one single-threaded worker per
+  core), pickles and mosaics off so both do the same work plus the engine's Zarr writes.
+
+Reports patches/s, megapixels/s, the speed-up ratio, peak RSS of the driver (sampled) and of each
+worker (ru_maxrss of the fresh worker processes). Prints one JSON object as its last line.
+
+    python bench/engine.py --quick            # 16 patches of 256^2 and 512^2
+    python bench/engine.py                    # counts 16 64 256 x sizes 256 512 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+from distributed import Client, LocalCluster
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit, max_rss_bytes, peak_rss  # noqa: E402
+
+from codexdask.config import PatchConfig, SegmentConfig  # noqa: E402
+from codexdask.engine import run, run_serial  # noqa: E402
+from codexdask.patches import write_patch_store  # noqa: E402
+from codexdask.synthetic import synthetic_slide  # noqa: E402
+
+BASE = 2048  # side of the synthetic slide that is tiled to make large stores
+
+
+def make_store(path: Path, n_patches: int, size: int, seed: int = 0) -> Path:
+    """A store of ``n_patches`` informative ``size``² patches cut from a tiled synthetic slide."""
+    slide = synthetic_slide(BASE, BASE, seed=seed, empty_fraction=0.0)
+    cols = int(np.ceil(np.sqrt(n_patches)))
+    rows = int(np.ceil(n_patches / cols))
+    reps_y = -(-rows * size // BASE)
+    reps_x = -(-cols * size // BASE)
+    base = da.from_array(slide.image, chunks=(1, 1024, 1024))
+    tiled = da.tile(base, (1, reps_y, reps_x))[:, : rows * size, : cols * size]
+    config = PatchConfig(nucleus="DAPI", wholecell=slide.membrane_channels,
+                         patch_size=(size, size), overlap=0.0)
+    return write_patch_store(tiled, path, config, channel_names=slide.channel_names)
+
+
+def loop_seconds(store: Path) -> tuple[float, int]:
+    start = time.perf_counter()
+    count = sum(1 for _ in run_serial(store, SegmentConfig()))
+    return time.perf_counter() - start, count
+
+
+def engine_seconds(store: Path, out: Path, n_workers: int) -> tuple[float, list[int]]:
+    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        start = time.perf_counter()
+        run(store, out, SegmentConfig(save_pickles=False, save_mosaics=False, n_overlays=0),
+            client=client)
+        seconds = time.perf_counter() - start
+        worker_peaks = list(client.run(max_rss_bytes).values())
+    return seconds, worker_peaks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--counts", type=int, nargs="+", default=[16, 64, 256])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--quick", action="store_true", help="16 patches of 256² and 512²")
+    args = parser.parse_args()
+    if args.quick:
+        args.counts, args.sizes = [16], [256, 512]
+
+    cases = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes:
+            for count in args.counts:
+                store = make_store(Path(tmp) / f"s{size}-{count}.zarr", count, size)
+                with peak_rss() as loop_peak:
+                    loop_s, n = loop_seconds(store)
+                with peak_rss() as driver_peak:
+                    engine_s, worker_peaks = engine_seconds(
+                        store, Path(tmp) / f"out{size}-{count}", args.workers)
+                megapixels = n * size * size / 1e6
+                case = {
+                    "patch_size": size, "patches": n, "workers": args.workers,
+                    "loop_s": loop_s, "engine_s": engine_s,
+                    "loop_patches_per_s": n / loop_s, "engine_patches_per_s": n / engine_s,
+                    "loop_megapixels_per_s": megapixels / loop_s,
+                    "engine_megapixels_per_s": megapixels / engine_s,
+                    "speedup": loop_s / engine_s,
+                    "loop_peak_rss_bytes": loop_peak["peak"],
+                    "driver_peak_rss_bytes": driver_peak["peak"],
+                    "worker_peak_rss_bytes": worker_peaks,
+                }
+                cases.append(case)
+                print(f"{size}² x {n}: loop {loop_s:.1f} s, engine {engine_s:.1f} s, "
+                      f"speed-up {case['speedup']:.2f}, worker peak "
+                      f"{max(worker_peaks) / 2**20:.0f} MiB", file=sys.stderr)
+    emit({"benchmark": "engine", "segmenter": "watershed", "cases": cases})
+
+
+if __name__ == "__main__":
+    main()

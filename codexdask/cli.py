@@ -1,0 +1,188 @@
+"""The ``codexdask`` command: ``patch``, ``segment``, ``demo`` and ``doctor``.
+
+Errors a user can fix (:class:`~codexdask.errors.CodexDaskError`) are printed on one line and
+exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import (
+    PICKLE_COMPRESSIONS,
+    SPLIT_DIRECTIONS,
+    SPLIT_MODES,
+    TIE_BREAKS,
+    PatchConfig,
+    SegmentConfig,
+    load_yaml,
+    make_config,
+)
+from .errors import CodexDaskError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command (also used to document the CLI)."""
+    parser = argparse.ArgumentParser(
+        prog="codexdask",
+        description="Cell and nucleus segmentation of multiplexed tissue slides on Dask.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    patch = commands.add_parser("patch", help="cut a slide into a Zarr patch store with QC flags")
+    patch.add_argument("slide", help="OME-TIFF / QPTIFF / TIFF, Zarr / OME-Zarr, or .npy (C, H, W)")
+    patch.add_argument("--out", required=True, help="patch store to write, NAME.zarr")
+    patch.add_argument("--nucleus", help="nucleus channel name (default DAPI)")
+    patch.add_argument("--wholecell", help="whole-cell marker names, comma separated (max of them)")
+    patch.add_argument("--antibodies", help="TSV with an antibody_name column (channel names)")
+    patch.add_argument("--split-mode", choices=SPLIT_MODES, help="default: patches")
+    patch.add_argument("--split-direction", choices=SPLIT_DIRECTIONS, help="for halves")
+    patch.add_argument("--patch-size", nargs=2, type=int, metavar=("H", "W"),
+                       help="default 512 512")
+    patch.add_argument("--overlap", type=float, help="overlap fraction in [0, 1), default 0.1")
+    patch.add_argument("--image-mpp", type=float, help="microns per pixel (default: from OME, 0.5)")
+    patch.add_argument("--config", help="YAML file with the same keys (flags override it)")
+    patch.add_argument("--overwrite", action="store_true", help="replace an existing store")
+
+    segment = commands.add_parser("segment", help="segment and repair a patch store")
+    segment.add_argument("store", help="patch store written by `codexdask patch`")
+    segment.add_argument("--out", required=True, help="output directory")
+    add_segment_options(segment)
+
+    demo = commands.add_parser("demo", help="synthetic slide -> patch store -> segmentation")
+    demo.add_argument("--out", required=True, help="output directory")
+    demo.add_argument("--size", type=int, default=1536, help="synthetic slide side in pixels")
+    demo.add_argument("--patch-size", type=int, default=512, help="patch side in pixels")
+    demo.add_argument("--seed", type=int, default=0, help="random seed of the synthetic slide")
+    add_segment_options(demo)
+
+    commands.add_parser("doctor", help="report versions, GPUs and where Mesmer weights come from")
+    return parser
+
+
+def add_segment_options(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by ``segment`` and ``demo`` (every SegmentConfig key)."""
+    parser.add_argument("--config", help="YAML file with the same keys (flags override it)")
+    parser.add_argument("--backend", help="segmenter: watershed (default, offline) or mesmer")
+    parser.add_argument("--model-path", help="Mesmer weights: a Keras SavedModel directory")
+    parser.add_argument("--image-mpp", type=float, help="microns per pixel (default: the store's)")
+    parser.add_argument("--batch-size", help="patches per inference task: auto (default) or N")
+    parser.add_argument("--tiles-per-call", help="256^2 tiles per network call: auto or N")
+    parser.add_argument("--tie-break", choices=TIE_BREAKS, help="repair tie-break rule")
+    parser.add_argument("--pickle-compression", choices=PICKLE_COMPRESSIONS, help="default none")
+    parser.add_argument("--pickle-compression-level", type=int, help="compressor level")
+    parser.add_argument("--no-pickles", dest="save_pickles", action="store_const", const=False,
+                        help="skip the two seg_res pickles")
+    parser.add_argument("--no-mosaics", dest="save_mosaics", action="store_const", const=False,
+                        help="skip the whole-slide label mosaics")
+    parser.add_argument("--n-overlays", type=int, help="overlay PNGs to write (default 4)")
+    parser.add_argument("--scheduler", help="address of an existing Dask scheduler")
+    parser.add_argument("--gpus", action="store_const", const=True,
+                        help="one worker per local GPU (dask-cuda)")
+    parser.add_argument("--n-workers", type=int, help="local worker processes (default: cores)")
+    parser.add_argument("--memory-limit", help="memory limit per local worker, e.g. 4GiB")
+    parser.add_argument("--resume", action="store_const", const=True,
+                        help="finish an interrupted run, computing only missing patches")
+    parser.add_argument("--overwrite", action="store_const", const=True,
+                        help="replace the run in --out")
+
+
+#: Argument names that are not configuration keys.
+_NOT_CONFIG = {"command", "verbose", "config", "slide", "store", "out", "size", "seed"}
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+
+
+def segment_config(args: argparse.Namespace) -> SegmentConfig:
+    """SegmentConfig from ``--config`` overridden by the flags."""
+    flags = _flags(args)
+    flags.pop("patch_size", None)
+    return make_config(SegmentConfig, load_yaml(args.config) if args.config else {}, flags)
+
+
+def cmd_patch(args: argparse.Namespace) -> int:
+    from .patches import patch_slide
+
+    flags = _flags(args)
+    overwrite = bool(flags.pop("overwrite"))
+    config = make_config(PatchConfig, load_yaml(args.config) if args.config else {}, flags)
+    path = patch_slide(args.slide, args.out, config, overwrite=overwrite)
+    print(f"patch store written: {path}")
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .engine import run
+
+    result = run(args.store, args.out, segment_config(args), progress=True)
+    print(summary(result))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    report = run_demo(
+        Path(args.out), size=args.size, patch_size=args.patch_size, seed=args.seed,
+        config=segment_config(args),
+    )
+    print(report)
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import doctor_report, format_doctor
+
+    print(format_doctor(doctor_report()))
+    return 0
+
+
+def summary(result: Any) -> str:
+    """A few lines describing a finished run."""
+    meta = result.metadata
+    informative = meta[meta["is_informative"].astype(bool)]
+    lines = [
+        f"output: {result.out_dir}",
+        f"patches: {len(meta)} ({len(informative)} informative, {result.n_computed} computed now)",
+        f"batch plan: {result.plan.patches_per_task} patches per task ({result.plan.reason})",
+    ]
+    if len(informative):
+        lines += [
+            f"cells: {int(informative['n_cells'].sum())}, nuclei: "
+            f"{int(informative['n_nuclei'].sum())}, matched pairs: "
+            f"{int(informative['n_matched'].sum())}",
+            f"mean matched_fraction: {informative['matched_fraction'].mean():.3f}",
+        ]
+    lines.append(f"wall time: {result.manifest['timings']['total_s']:.1f} s")
+    return "\n".join(lines)
+
+
+COMMANDS = {"patch": cmd_patch, "segment": cmd_segment, "demo": cmd_demo, "doctor": cmd_doctor}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``codexdask`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # keep the cluster's own chatter (and its workers') off the terminal
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+    try:
+        return COMMANDS[args.command](args)
+    except CodexDaskError as exc:
+        print(f"codexdask {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

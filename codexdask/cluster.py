@@ -1,0 +1,159 @@
+"""Where the work runs: the embedded local cluster, an existing scheduler, or one worker per GPU.
+
+Only this module knows about workers. :func:`connect` yields a ``distributed.Client`` and closes
+what it started; :func:`gpu_workers` tells the engine whether inference tasks can be pinned to
+``GPU`` resources.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+from distributed import Client, LocalCluster
+from distributed.exceptions import WorkerStartTimeoutError
+
+from .config import SegmentConfig
+from .errors import ClusterError
+
+#: Seconds to wait for an existing scheduler before giving up.
+CONNECT_TIMEOUT_S = 10
+#: Seconds to wait for a first worker on a cluster that has none yet.
+WORKER_WAIT_S = 120
+
+
+@contextlib.contextmanager
+def connect(config: SegmentConfig, client: Client | None = None) -> Iterator[Client]:
+    """Yield a client for the run described by ``config``.
+
+    Parameters
+    ----------
+    config : SegmentConfig
+        ``scheduler`` (address of an existing cluster), ``gpus`` (start one worker per GPU),
+        else a local cluster of ``n_workers`` processes with ``memory_limit`` each.
+    client : distributed.Client, optional
+        An existing client (e.g. from a notebook); used as is and left open.
+
+    Raises
+    ------
+    ClusterError
+        If the scheduler cannot be reached or no GPU can be found for ``--gpus``.
+    """
+    if client is not None:
+        yield client
+        return
+    if config.scheduler:
+        with _connect_existing(config.scheduler) as existing:
+            yield existing
+        return
+    cluster = local_gpu_cluster(config) if config.gpus else local_cluster(config)
+    with cluster, Client(cluster) as local_client:
+        yield local_client
+
+
+def local_cluster(config: SegmentConfig) -> LocalCluster:
+    """The embedded default: one single-threaded worker process per core.
+
+    Memory is shared evenly unless ``config.memory_limit`` says otherwise.
+    """
+    n_workers = config.n_workers or max(1, os.cpu_count() or 1)
+    return LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=1,
+        processes=True,
+        memory_limit=config.memory_limit or "auto",
+        dashboard_address=":0",
+    )
+
+
+def local_gpu_cluster(config: SegmentConfig) -> Any:
+    """One worker process per visible GPU, each advertising ``GPU=1``.
+
+    Each worker has one GPU and several threads: the ``GPU`` resource lets one inference task at a
+    time hold the GPU while the other threads post-process and repair on the CPU.
+    """
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError as exc:
+        raise ClusterError(
+            "--gpus needs dask-cuda; install codexdask with the 'gpu' extra (pip install "
+            "'codexdask[gpu]')"
+        ) from exc
+    n_gpus = count_gpus()
+    if n_gpus == 0:
+        raise ClusterError("no NVIDIA GPU / driver found; drop --gpus to run on CPU workers")
+    threads = max(1, (os.cpu_count() or 1) // n_gpus)
+    try:
+        return LocalCUDACluster(
+            threads_per_worker=threads,
+            resources={"GPU": 1},
+            memory_limit=config.memory_limit or "auto",
+            dashboard_address=":0",
+        )
+    except Exception as exc:  # NVML and CUDA errors have no common base class
+        raise ClusterError(
+            f"could not start one worker per GPU ({type(exc).__name__}: {exc}); "
+            "check `nvidia-smi`, or drop --gpus"
+        ) from exc
+
+
+def count_gpus() -> int:
+    """Number of NVIDIA GPUs visible through NVML (0 when there is no driver)."""
+    try:
+        import pynvml
+    except ImportError:
+        return 0
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # pynvml raises NVMLError subclasses created at run time
+        return 0
+    try:
+        return int(pynvml.nvmlDeviceGetCount())
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def gpu_workers(client: Client) -> list[str]:
+    """Addresses of the workers that advertise a ``GPU`` resource."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    return [addr for addr, info in workers.items() if info.get("resources", {}).get("GPU", 0) > 0]
+
+
+def worker_memory_limits(client: Client) -> list[int]:
+    """Memory limit in bytes of each worker (available host RAM where a worker has none).
+
+    Waits up to ``WORKER_WAIT_S`` for a first worker (clusters that scale up on demand).
+    """
+    if not client.scheduler_info(n_workers=-1)["workers"]:
+        try:
+            client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+        except (TimeoutError, WorkerStartTimeoutError) as exc:
+            raise ClusterError(
+                f"no worker joined the scheduler within {WORKER_WAIT_S} s; start workers "
+                "(e.g. `dask worker tcp://HOST:8786`) or check that they can reach the scheduler"
+            ) from exc
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    available = psutil.virtual_memory().available
+    return [int(info.get("memory_limit") or available) for info in workers]
+
+
+def total_threads(client: Client) -> int:
+    """Worker threads of the whole cluster."""
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    return max(1, sum(int(info.get("nthreads", 1)) for info in workers))
+
+
+@contextlib.contextmanager
+def _connect_existing(address: str) -> Iterator[Client]:
+    try:
+        existing = Client(address, timeout=CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError) as exc:
+        raise ClusterError(
+            f"could not reach a Dask scheduler at {address!r} within {CONNECT_TIMEOUT_S} s "
+            f"({exc}); start one with `dask scheduler` or check the address (tcp://HOST:8786)"
+        ) from exc
+    with existing:
+        yield existing

@@ -1,0 +1,105 @@
+"""``codexdask doctor``: what this environment can run, and why not.
+
+:func:`doctor_report` collects versions, GPUs and the Mesmer weight source into a plain dict (for
+``--json`` output and tests); :func:`format_doctor` renders it for a terminal. TensorFlow is
+imported only here, only when asked, and any failure to import it is reported, not raised.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import sys
+from typing import Any
+
+from .segmenters.planner import gpu_memory_info, measure_host_free_bytes
+
+PACKAGES = ("codexdask", "numpy", "dask", "distributed", "zarr", "scikit-image", "tensorflow",
+            "deepcell", "dask-cuda")
+
+
+def doctor_report(model_path: str | None = None, *, tensorflow: bool = True) -> dict[str, Any]:
+    """Describe the environment.
+
+    Parameters
+    ----------
+    model_path : str, optional
+        The configured Mesmer ``model_path`` (else ``$CODEXDASK_MODEL_PATH`` and deepcell's cache
+        are checked).
+    tensorflow : bool
+        Import TensorFlow to list the GPUs it sees (a few seconds); ``False`` skips it.
+
+    Returns
+    -------
+    dict
+        ``python`` (str), ``platform`` (str), ``packages`` ({name: version or None}),
+        ``host_memory_available_bytes`` (int), ``gpus`` (list of NVML dicts: index, name, uuid,
+        total_bytes, free_bytes), ``gpu_error`` (str or None), ``tensorflow_gpus`` (list of str
+        or None when not checked), ``tensorflow_error`` (str or None), ``mesmer_weights`` (dict:
+        source, path, ok, detail), ``cuda_visible_devices`` (str or None).
+    """
+    from .segmenters.mesmer import describe_model_source
+
+    gpus, gpu_error = gpu_memory_info()
+    tf_gpus: list[str] | None = None
+    tf_error: str | None = None
+    if tensorflow:
+        tf_gpus, tf_error = _tensorflow_gpus()
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": {name: _version(name) for name in PACKAGES},
+        "host_memory_available_bytes": measure_host_free_bytes(),
+        "gpus": gpus,
+        "gpu_error": gpu_error,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "tensorflow_gpus": tf_gpus,
+        "tensorflow_error": tf_error,
+        "mesmer_weights": describe_model_source(model_path),
+    }
+
+
+def format_doctor(report: dict[str, Any]) -> str:
+    """Render :func:`doctor_report`'s dict as aligned text lines."""
+    lines = [f"python        {report['python']}  ({report['platform']})"]
+    for name, version in report["packages"].items():
+        lines.append(f"{name:<13} {version or 'not installed'}")
+    lines.append(f"host memory   {report['host_memory_available_bytes'] / 2**30:.1f} GiB available")
+    if report["gpus"]:
+        for gpu in report["gpus"]:
+            lines.append(
+                f"gpu {gpu['index']:<9} {gpu['name']}: {gpu['free_bytes'] / 2**30:.1f} of "
+                f"{gpu['total_bytes'] / 2**30:.1f} GiB free"
+            )
+    else:
+        lines.append(f"gpus          none ({report['gpu_error'] or 'no NVIDIA GPU'})")
+    if report.get("cuda_visible_devices") is not None:
+        lines.append(f"CUDA_VISIBLE_DEVICES={report['cuda_visible_devices']}")
+    if report["tensorflow_error"]:
+        lines.append(f"tensorflow    unusable: {report['tensorflow_error']}")
+    elif report["tensorflow_gpus"] is not None:
+        seen = ", ".join(report["tensorflow_gpus"]) or "none (Mesmer runs on CPU)"
+        lines.append(f"tf gpus       {seen}")
+    weights = report["mesmer_weights"]
+    status = "ok" if weights["ok"] else "MISSING"
+    lines.append(f"mesmer weights {status}: {weights['detail']}")
+    return "\n".join(lines)
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _tensorflow_gpus() -> tuple[list[str] | None, str | None]:
+    try:
+        import tensorflow as tf
+    except Exception as exc:  # ImportError, or a broken CUDA/protobuf install
+        return None, f"{type(exc).__name__}: {str(exc)[:200]}"
+    try:
+        return [gpu.name for gpu in tf.config.list_physical_devices("GPU")], None
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {str(exc)[:200]}"

@@ -1,0 +1,481 @@
+"""The segmentation engine: one Dask graph from a patch store to a result store.
+
+::
+
+    patch store (N, H, W, 2) ──keep informative──► batches sized by the planner
+      ──► infer            (GPU workers: resources={"GPU": 1} when the cluster has them)
+      ──► postprocess      (CPU)
+      ──► map_blocks: boundaries + repair + write masks and stats to masks.zarr
+    then, in the driver, one patch at a time: patches_metadata.csv, pickles, mosaics, overlays,
+    run_manifest.json (last: its presence marks a complete run).
+
+The graph is built lazily and computed once. Only small per-patch statistics come back to the
+driver; masks go straight from the workers to the Zarr result store, so memory is bounded by a
+batch, not by the slide. Every completed patch is flagged in the store, which makes ``resume``
+recompute only what is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+from dask import delayed
+from distributed import Client
+from distributed import progress as progress_bar
+
+from . import __version__, cluster
+from .config import SegmentConfig, TieBreakName, make_config
+from .errors import InputError, OutputExistsError, StoreError
+from .outputs import (
+    STAT_COLUMNS,
+    create_result_store,
+    open_result_store,
+    read_stats_table,
+    write_manifest,
+    write_metadata_csv,
+    write_mosaics,
+    write_seg_res_pickles,
+)
+from .patches import PatchStore, open_patch_store
+from .segmenters import Segmenter, get_segmenter
+from .segmenters.planner import BatchPlan, measure_device_free_bytes, plan_batches
+from .select import informative_indices, split_batches
+from .tasks import infer_batch, postprocess_batch, repair_and_store, repair_patch
+from .viz import write_overlay_png
+
+RESULT_STORE = "masks.zarr"
+MANIFEST = "run_manifest.json"
+#: Files and folders a run writes into its output directory (``--overwrite`` removes only these).
+RUN_OUTPUTS = (
+    RESULT_STORE, MANIFEST, "patches_metadata.csv", "mosaics", "overlays",
+    *(f"{kind}_seg_res_batch.pickle{suffix}" for kind in ("matched", "original")
+      for suffix in ("", ".gz", ".bz2", ".xz", ".zst")),
+)
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What :func:`run` did.
+
+    Attributes
+    ----------
+    out_dir : Path
+        The output directory.
+    metadata : pandas.DataFrame
+        ``patches_metadata.csv`` as written: one row per patch with the repair statistics.
+    plan : BatchPlan
+        The batch sizes the planner chose.
+    n_computed : int
+        Patches segmented by this call (fewer than the informative ones after ``resume``).
+    manifest : dict
+        The content of ``run_manifest.json``.
+    """
+
+    out_dir: Path
+    metadata: pd.DataFrame
+    plan: BatchPlan
+    n_computed: int
+    manifest: dict[str, Any]
+
+
+def run(
+    store: str | Path,
+    out_dir: str | Path,
+    config: SegmentConfig | None = None,
+    *,
+    client: Client | None = None,
+    segmenter: Segmenter | None = None,
+    progress: bool = False,
+    **options: Any,
+) -> RunResult:
+    """Segment and repair every informative patch of a patch store.
+
+    Parameters
+    ----------
+    store : str or Path
+        Patch store written by ``codexdask patch`` (``NAME.zarr``).
+    out_dir : str or Path
+        Output directory (created if missing).
+    config : SegmentConfig, optional
+        Run settings; keyword ``options`` override single keys (e.g. ``backend="mesmer"``).
+    client : distributed.Client, optional
+        Use this cluster (e.g. a notebook's) instead of the one ``config`` describes.
+    segmenter : Segmenter, optional
+        A ready segmenter instance, overriding ``config.backend``.
+    progress : bool
+        Show a progress bar and print the dashboard link.
+
+    Returns
+    -------
+    RunResult
+    """
+    base = dataclasses.asdict(config) if config is not None else {}
+    config = make_config(SegmentConfig, base, options)
+    started = time.perf_counter()
+    # Absolute paths: workers elsewhere must find the same store and result store.
+    patch_store = open_patch_store(Path(store).resolve())
+    image_mpp = float(config.image_mpp or patch_store.image_mpp)
+    segmenter = segmenter or get_segmenter(config.backend, **segmenter_options(config))
+    segmenter.check()
+    out_dir = Path(out_dir).resolve()
+    check_output(out_dir, config)
+
+    informative = patch_store.informative_indices
+    if len(informative) == 0:
+        warnings.warn(
+            f"no informative patch in {patch_store.path}: nothing to segment; outputs are empty. "
+            "Check the QC thresholds (non_zero_perc_threshold, mean_intensity_threshold).",
+            stacklevel=2,
+        )
+
+    timings: dict[str, float] = {}
+    with cluster.connect(config, client) as dask_client:
+        # Inputs are checked before anything is written: a failed check leaves no result store
+        # behind, so a retry with the input fixed is not refused as "already holds a run".
+        check_finite(dask_client, patch_store, informative)
+        group = prepare_output(out_dir, patch_store, config)
+        result_path = str(out_dir / RESULT_STORE)
+        done = np.asarray(group["done"][:], dtype=bool)
+        todo = informative[~done[informative]]
+        if progress:
+            print(f"Dask dashboard: {dask_client.dashboard_link}", file=sys.stderr)
+        plan = plan_run(
+            dask_client, segmenter, patch_store.patch_shape, image_mpp, config, len(todo)
+        )
+        if len(todo):
+            pin_gpu = segmenter.wants_gpu and bool(cluster.gpu_workers(dask_client))
+            stats = build_graph(
+                patch_store, todo, plan, segmenter, image_mpp, result_path, config.tie_break,
+                pin_gpu=pin_gpu,
+            )
+            graph_start = time.perf_counter()
+            future = submit(dask_client, stats)
+            if progress:
+                progress_bar(future)
+                print(file=sys.stderr)
+            future.result()
+            timings["graph_s"] = time.perf_counter() - graph_start
+
+    outputs_start = time.perf_counter()
+    metadata = finish_outputs(out_dir, group, patch_store, informative, config, image_mpp)
+    timings["outputs_s"] = time.perf_counter() - outputs_start
+    timings["total_s"] = time.perf_counter() - started
+    manifest = run_manifest(patch_store, config, plan, informative, todo, timings, image_mpp)
+    write_manifest(out_dir, manifest)
+    return RunResult(out_dir, metadata, plan, len(todo), manifest)
+
+
+def segmenter_options(config: SegmentConfig) -> dict[str, Any]:
+    """Constructor options of the configured backend."""
+    if config.backend == "mesmer":
+        return {"model_path": config.model_path, "tiles_per_call": config.tiles_per_call}
+    return {}
+
+
+def check_output(out_dir: Path, config: SegmentConfig) -> None:
+    """Refuse an ``out_dir`` holding another run unless ``resume`` or ``overwrite`` is set.
+
+    Raises
+    ------
+    OutputExistsError
+        If ``out_dir`` holds another run and neither ``resume`` nor ``overwrite`` is set.
+    """
+    has_run = (out_dir / RESULT_STORE).exists() or (out_dir / MANIFEST).exists()
+    if has_run and not (config.resume or config.overwrite):
+        raise OutputExistsError(
+            f"{out_dir} already holds a codexdask run; pass --resume to finish it, --overwrite to "
+            "replace it, or choose another --out directory"
+        )
+
+
+def check_finite(client: Client, patch_store: PatchStore, indices: np.ndarray) -> None:
+    """Refuse NaN or infinite pixels in the patches ``indices`` before any segmentation.
+
+    Only floating-point stores can hold them, so integer stores cost nothing; a float store is
+    read once on the workers, and one flag per patch comes back.
+
+    Raises
+    ------
+    InputError
+        Naming the first patches with NaN or infinite pixels.
+    """
+    if patch_store.patches.dtype.kind != "f" or len(indices) == 0:
+        return
+    patches = da.from_zarr(patch_store.patches)[indices]
+    finite = np.asarray(client.compute(da.isfinite(patches).all(axis=(1, 2, 3))).result(), bool)
+    bad = indices[~finite]
+    if len(bad):
+        raise InputError(
+            f"{patch_store.path} has NaN or infinite pixels in {len(bad)} informative patches "
+            f"(first: {bad[:5].tolist()}); replace them in the slide (e.g. numpy.nan_to_num) and "
+            "re-create the store with `codexdask patch`"
+        )
+
+
+def prepare_output(out_dir: Path, patch_store: PatchStore, config: SegmentConfig) -> Any:
+    """Create, resume or replace the result store in ``out_dir``.
+
+    Raises
+    ------
+    OutputExistsError
+        If ``out_dir`` holds another run and neither ``resume`` nor ``overwrite`` is set.
+    StoreError
+        If ``resume`` finds a run of another patch store.
+    """
+    result_path = out_dir / RESULT_STORE
+    check_output(out_dir, config)
+    # From here on the directory must not look complete until the new manifest is written.
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    if config.overwrite:
+        for name in RUN_OUTPUTS:
+            path = out_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if config.resume and result_path.exists():
+        group = open_result_store(result_path)
+        attrs = group.attrs["codexdask"]
+        same = (
+            attrs.get("patch_store") == str(patch_store.path.resolve())
+            and attrs.get("n_patches") == patch_store.n_patches
+            and list(attrs.get("patch_shape", [])) == list(patch_store.patch_shape)
+        )
+        if not same:
+            raise StoreError(
+                f"{result_path} belongs to a run of {attrs.get('patch_store')!r}, not "
+                f"{str(patch_store.path)!r}; resume with the same patch store or use --overwrite"
+            )
+        return group
+    return create_result_store(
+        result_path,
+        patch_store.n_patches,
+        patch_store.patch_shape,
+        patch_store=str(patch_store.path.resolve()),
+    )
+
+
+def plan_run(
+    client: Client,
+    segmenter: Segmenter,
+    patch_shape: tuple[int, int],
+    image_mpp: float,
+    config: SegmentConfig,
+    n_patches: int,
+) -> BatchPlan:
+    """Choose batch sizes from the smallest worker memory limit and the GPU's free memory.
+
+    An automatic batch size is also capped so that ``n_patches`` give at least two tasks per
+    worker thread: large batches help a GPU but must not leave workers idle.
+    """
+    gpus = cluster.gpu_workers(client)
+    device_free = None
+    if gpus and segmenter.wants_gpu:
+        device_free = client.submit(
+            measure_device_free_bytes, workers=gpus[:1], pure=False
+        ).result()
+    plan = plan_batches(
+        segmenter,
+        patch_shape,
+        image_mpp,
+        device_free_bytes=device_free,
+        host_free_bytes=min(cluster.worker_memory_limits(client)),
+        batch_size=config.batch_size,
+        tiles_per_call=config.tiles_per_call,
+    )
+    threads = cluster.total_threads(client)
+    balanced = max(1, math.ceil(n_patches / (2 * threads)))
+    if config.batch_size == "auto" and balanced < plan.patches_per_task:
+        plan = dataclasses.replace(
+            plan,
+            patches_per_task=balanced,
+            reason=f"{plan.reason}; capped at {balanced} so that {n_patches} patches give at "
+            f"least two tasks per worker thread ({threads} threads)",
+        )
+    return plan
+
+
+def build_graph(
+    patch_store: PatchStore,
+    todo: np.ndarray,
+    plan: BatchPlan,
+    segmenter: Segmenter,
+    image_mpp: float,
+    result_path: str,
+    tie_break: TieBreakName,
+    *,
+    pin_gpu: bool,
+) -> da.Array:
+    """The lazy segmentation graph for the patches ``todo``.
+
+    Returns
+    -------
+    dask.array.Array
+        ``(len(todo), len(STAT_COLUMNS))`` float64 statistics; computing it writes the masks.
+    """
+    height, width = patch_store.patch_shape
+    batches = split_batches(todo, plan.patches_per_task)
+    sizes = tuple(len(batch) for batch in batches)
+    selected = da.from_zarr(patch_store.patches)[todo].rechunk({0: sizes})
+
+    labels, timings = [], []
+    for block, size in zip(selected.to_delayed().ravel(), sizes):
+        with dask.annotate(resources={"GPU": 1}) if pin_gpu else contextlib.nullcontext():
+            inferred = delayed(infer_batch, pure=True)(segmenter, block, image_mpp)
+        out = delayed(postprocess_batch, pure=True, nout=2)(segmenter, inferred, size)
+        labels.append(da.from_delayed(out[0], (size, height, width, 2), np.uint32))
+        timings.append(da.from_delayed(out[1], (size, 2), np.float64)[:, None, None, :])
+    index = da.from_array(todo.reshape(-1, 1, 1, 1), chunks=(sizes, 1, 1, 1))
+    stats = da.map_blocks(
+        _repair_block,
+        da.concatenate(labels),
+        da.concatenate(timings),
+        index,
+        result_path=result_path,
+        tie_break=tie_break,
+        chunks=(sizes, 1, 1, len(STAT_COLUMNS)),
+        dtype=np.float64,
+        meta=np.empty((0, 0, 0, 0), np.float64),
+    )
+    return stats[:, 0, 0, :]
+
+
+def submit(client: Client, stats: da.Array) -> Any:
+    """Send the graph to the scheduler once and return the future of its statistics.
+
+    Dask's array optimisation merges the graph's layers into one and drops layer annotations
+    (dask 2026.1), which would let inference run on any worker; the tasks here are coarse (one
+    per batch), so the graph is submitted unoptimised and keeps ``resources={"GPU": 1}``.
+    """
+    return client.compute(stats, optimize_graph=False)
+
+
+def _repair_block(
+    labels: np.ndarray,
+    timings: np.ndarray,
+    index: np.ndarray,
+    *,
+    result_path: str,
+    tie_break: TieBreakName,
+) -> np.ndarray:
+    rows = repair_and_store(
+        labels, timings[:, 0, 0, :], index[:, 0, 0, 0], result_path=result_path,
+        tie_break=tie_break,
+    )
+    return rows[:, None, None, :]
+
+
+def finish_outputs(
+    out_dir: Path,
+    group: Any,
+    patch_store: PatchStore,
+    informative: np.ndarray,
+    config: SegmentConfig,
+    image_mpp: float,
+) -> pd.DataFrame:
+    """Write the summary outputs from the result store, one patch at a time."""
+    stats = read_stats_table(group)
+    missing = informative[~stats["done"].to_numpy()[informative]]
+    if len(missing):
+        raise StoreError(
+            f"{len(missing)} informative patches have no result (first: {missing[:5].tolist()}); "
+            "run again with --resume"
+        )
+    metadata = write_metadata_csv(patch_store.metadata, stats, out_dir / "patches_metadata.csv")
+    if config.save_pickles:
+        write_seg_res_pickles(
+            group, informative, out_dir,
+            compression=config.pickle_compression, level=config.pickle_compression_level,
+        )
+    if config.save_mosaics:
+        write_mosaics(group, patch_store, out_dir, image_mpp=image_mpp)
+    for index in informative[: config.n_overlays]:
+        patch_id = int(patch_store.metadata["patch_id"].iloc[index])
+        masks = {name: group[name][index] for name in ("cell_boundary", "nucleus_boundary")}
+        write_overlay_png(
+            out_dir / "overlays" / f"patch_{patch_id:04d}.png", patch_store.patches[index], masks
+        )
+    return metadata
+
+
+def run_manifest(
+    patch_store: PatchStore,
+    config: SegmentConfig,
+    plan: BatchPlan,
+    informative: np.ndarray,
+    todo: np.ndarray,
+    timings: dict[str, float],
+    image_mpp: float,
+) -> dict[str, Any]:
+    """Everything needed to reproduce and audit a run."""
+    return {
+        "codexdask_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "patch_store": str(patch_store.path.resolve()),
+        "config": dataclasses.asdict(config),
+        "image_mpp": image_mpp,
+        "n_patches": patch_store.n_patches,
+        "n_informative": int(len(informative)),
+        "n_computed": int(len(todo)),
+        "plan": plan.as_dict(),
+        "timings": timings,
+        "versions": package_versions(),
+    }
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape the results (TensorFlow only if already imported)."""
+    names = ["numpy", "scipy", "skimage", "dask", "distributed", "zarr", "pandas"]
+    names += [name for name in ("tensorflow", "deepcell") if name in sys.modules]
+    versions = {"python": sys.version.split()[0]}
+    for name in names:
+        module = sys.modules.get(name) or __import__(name)
+        versions[name] = str(getattr(module, "__version__", "unknown"))
+    return versions
+
+
+def run_serial(
+    store: str | Path, config: SegmentConfig | None = None, *, segmenter: Segmenter | None = None
+) -> Iterator[tuple[int, dict[str, np.ndarray], np.ndarray]]:
+    """The plain loop the engine must equal: load one patch, segment it, repair it.
+
+    Yields
+    ------
+    index : int
+        Patch position in the store (informative patches only, ascending).
+    masks : dict
+        The nine ``(H, W)`` uint32 masks.
+    stats : numpy.ndarray
+        Repair statistics in ``tasks.REPAIR_STATS`` order.
+    """
+    config = config or SegmentConfig()
+    patch_store = open_patch_store(store)
+    image_mpp = float(config.image_mpp or patch_store.image_mpp)
+    segmenter = segmenter or get_segmenter(config.backend, **segmenter_options(config))
+    for index in informative_indices(patch_store.metadata):
+        labels = segmenter.predict(patch_store.patches[index][np.newaxis], image_mpp)
+        masks, stats, _ = repair_patch(labels[0], config.tie_break)
+        yield int(index), masks, stats
+
+
+def load_manifest(out_dir: str | Path) -> dict[str, Any]:
+    """Read ``run_manifest.json``; raises StoreError if the run did not complete."""
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        raise StoreError(f"{out_dir} holds no complete run ({MANIFEST} missing); run it again")
+    return dict(json.loads(path.read_text()))

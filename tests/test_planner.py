@@ -1,0 +1,283 @@
+"""Batch planner arithmetic, out-of-memory back-off, and batch-size invariance (no TensorFlow)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import tissue_batch
+
+from codexdask.errors import ConfigError, SegmenterError
+from codexdask.segmenters import MemoryEstimate, Segmenter, get_segmenter, planner
+from codexdask.segmenters.mesmer import DEVICE_BYTES_PER_TILE, MesmerSegmenter
+from codexdask.segmenters.planner import (
+    BatchPlan,
+    is_out_of_memory,
+    plan_batches,
+    run_with_backoff,
+)
+
+MiB = 2**20
+GiB = 2**30
+
+
+class FakeTiled(Segmenter):
+    """9 tiles per patch, 100 MiB of accelerator memory per tile, 50 MiB of host per patch."""
+
+    name = "fake-tiled"
+    wants_gpu = True
+    device_bytes_per_tile = 100 * MiB
+
+    def infer(self, batch, image_mpp):
+        return batch
+
+    def postprocess(self, maps):
+        return np.zeros(maps.shape[:3] + (2,), np.uint32)
+
+    def tiles_per_patch(self, shape, image_mpp):
+        return 9
+
+    def memory_per_patch(self, shape, image_mpp):
+        return MemoryEstimate(device_bytes=9 * 100 * MiB, host_bytes=50 * MiB)
+
+
+class FakePlain(FakeTiled):
+    """No tiles, CPU only."""
+
+    wants_gpu = False
+    tiles_per_patch = None  # type: ignore[assignment]
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    monkeypatch.setattr(planner, "measure_device_free_bytes", lambda: None)
+
+
+# --- plan_batches arithmetic -------------------------------------------------------------------
+
+def test_gpu_plan_fills_one_call_per_task():
+    plan = plan_batches(FakeTiled(), (512, 512), 0.5, device_free_bytes=10 * GiB,
+                        host_free_bytes=100 * GiB)
+    # (10 GiB x 0.8 - 1.5 GiB) / 100 MiB = 66.56 -> 66 tiles; ceil(66 / 9) = 8 patches.
+    assert plan.tiles_per_call == 66
+    assert plan.patches_per_task == 8
+    assert plan.device_bytes_per_patch == 900 * MiB
+    assert plan.host_bytes_per_patch == 50 * MiB
+    assert "66" in plan.reason and "ceil(66" in plan.reason
+
+
+def test_gpu_plan_is_capped():
+    plan = plan_batches(FakeTiled(), (512, 512), 0.5, device_free_bytes=80 * GiB,
+                        host_free_bytes=1000 * GiB)
+    assert plan.tiles_per_call == planner.MAX_TILES_PER_CALL_GPU
+    assert plan.patches_per_task == math.ceil(planner.MAX_TILES_PER_CALL_GPU / 9)
+
+
+def test_host_memory_limits_patches_per_task():
+    plan = plan_batches(FakeTiled(), (512, 512), 0.5, device_free_bytes=10 * GiB,
+                        host_free_bytes=400 * MiB)
+    # Host budget 400 MiB x 0.5 = 200 MiB holds 4 patches of 50 MiB.
+    assert (plan.tiles_per_call, plan.patches_per_task) == (66, 4)
+
+
+def test_cpu_plan_takes_network_memory_from_host(no_gpu):
+    plan = plan_batches(FakeTiled(), (512, 512), 0.5, host_free_bytes=8 * GiB)
+    # Budget 4 GiB; tiles = 4 GiB x 0.5 / 100 MiB = 20; 4096 - 2000 MiB left = 41 patches fit.
+    assert plan.tiles_per_call == 20
+    assert plan.patches_per_task == math.ceil(20 / 9)
+    assert "no GPU" in plan.reason
+
+
+def test_zero_device_memory_means_cpu(monkeypatch):
+    monkeypatch.setattr(planner, "measure_device_free_bytes", lambda: 80 * GiB)
+    plan = plan_batches(FakeTiled(), (512, 512), 0.5, device_free_bytes=0,
+                        host_free_bytes=8 * GiB)
+    assert plan.tiles_per_call == 20 and "no GPU" in plan.reason
+    measured = plan_batches(FakeTiled(), (512, 512), 0.5, host_free_bytes=8 * GiB)
+    assert measured.tiles_per_call == planner.MAX_TILES_PER_CALL_GPU  # the (fake) GPU was used
+
+
+def test_cpu_tiles_are_capped(no_gpu):
+    plan = plan_batches(FakeTiled(), (512, 512), 0.5, host_free_bytes=1000 * GiB)
+    assert plan.tiles_per_call == planner.MAX_TILES_PER_CALL_CPU
+
+
+def test_user_values_win():
+    plan = plan_batches(FakeTiled(), (512, 512), 0.5, device_free_bytes=10 * GiB,
+                        host_free_bytes=100 * GiB, batch_size=5, tiles_per_call=7)
+    assert (plan.patches_per_task, plan.tiles_per_call) == (5, 7)
+    assert "set by the user" in plan.reason
+
+
+def test_plain_segmenter_has_no_tiles():
+    plan = plan_batches(FakePlain(), (512, 512), 0.5, host_free_bytes=100 * GiB)
+    assert plan.tiles_per_call is None
+    assert plan.patches_per_task == planner.DEFAULT_PATCHES_PER_TASK
+    small = plan_batches(FakePlain(), (512, 512), 0.5, host_free_bytes=300 * MiB)
+    assert small.patches_per_task == 3  # 150 MiB budget / 50 MiB
+
+
+def test_patch_too_big_for_memory_still_plans_one(no_gpu):
+    plan = plan_batches(FakePlain(), (512, 512), 0.5, host_free_bytes=10 * MiB)
+    assert plan.patches_per_task == 1
+    assert "warning" in plan.reason
+
+
+def test_plan_is_frozen_and_serialisable():
+    plan = plan_batches(FakePlain(), (64, 64), 0.5, host_free_bytes=GiB)
+    assert isinstance(plan, BatchPlan)
+    assert set(plan.as_dict()) == {"patches_per_task", "tiles_per_call", "device_bytes_per_patch",
+                                   "host_bytes_per_patch", "reason"}
+    with pytest.raises(AttributeError):
+        plan.patches_per_task = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("bad", [0, -2, "many", 1.5j])
+def test_bad_batch_values_are_refused(bad):
+    with pytest.raises(ConfigError, match="batch_size"):
+        plan_batches(FakePlain(), (64, 64), 0.5, host_free_bytes=GiB, batch_size=bad)
+    with pytest.raises(ConfigError, match="tiles_per_call"):
+        plan_batches(FakeTiled(), (64, 64), 0.5, device_free_bytes=GiB, host_free_bytes=GiB,
+                     tiles_per_call=bad)
+
+
+def test_mesmer_plan_on_an_h100():
+    plan = plan_batches(MesmerSegmenter(), (512, 512), 0.5, device_free_bytes=79 * GiB,
+                        host_free_bytes=120 * GiB)
+    # (79 x 0.8 - 1.5) GiB / 200 MiB = 315 -> cap 256 tiles; a 512² patch has 9 tiles.
+    assert plan.tiles_per_call == 256
+    assert plan.patches_per_task == 29
+    assert plan.device_bytes_per_patch == 9 * DEVICE_BYTES_PER_TILE
+
+
+# --- Mesmer's memory model (no TensorFlow needed) ----------------------------------------------
+
+@pytest.mark.parametrize(("shape", "mpp", "tiles"), [
+    ((256, 256), 0.5, 1), ((512, 512), 0.5, 9), ((1024, 1024), 0.5, 25), ((2048, 2048), 0.5, 121),
+    ((100, 120), 0.5, 1), ((300, 200), 0.5, 2), ((200, 300), 0.5, 2), ((300, 260), 0.5, 4),
+    ((512, 512), 0.25, 1), ((512, 512), 1.0, 25), ((180, 180), 0.65, 1), ((200, 200), 0.65, 4),
+])
+def test_mesmer_tile_counts(shape, mpp, tiles):
+    assert MesmerSegmenter().tiles_per_patch(shape, mpp) == tiles
+
+
+def test_mesmer_memory_grows_with_tiles():
+    segmenter = MesmerSegmenter()
+    small = segmenter.memory_per_patch((256, 256), 0.5)
+    large = segmenter.memory_per_patch((1024, 1024), 0.5)
+    assert small.device_bytes == DEVICE_BYTES_PER_TILE
+    assert large.device_bytes == 25 * DEVICE_BYTES_PER_TILE
+    # Host: at least the float32 maps (16 B/px) and the labels, at most a few hundred B/px.
+    assert 16 * 1024**2 < large.host_bytes < 400 * 1024**2
+    assert segmenter.memory_per_patch((512, 512), 1.0).device_bytes == large.device_bytes
+
+
+# --- out-of-memory back-off --------------------------------------------------------------------
+
+class ResourceExhaustedError(RuntimeError):
+    """Stands in for tensorflow.errors.ResourceExhaustedError (matched by class name)."""
+
+
+def test_backoff_halves_until_it_fits():
+    calls = []
+
+    def network(tiles):
+        calls.append(tiles)
+        if tiles > 3:
+            raise ResourceExhaustedError("OOM")
+        return f"ran with {tiles}"
+
+    result, used = run_with_backoff(network, 16)
+    assert calls == [16, 8, 4, 2]
+    assert (result, used) == ("ran with 2", 2)
+
+
+def test_backoff_on_memory_error_and_odd_sizes():
+    calls = []
+
+    def network(tiles):
+        calls.append(tiles)
+        if tiles > 1:
+            raise MemoryError
+        return tiles
+
+    assert run_with_backoff(network, 7) == (1, 1)
+    assert calls == [7, 3, 1]
+
+
+def test_backoff_gives_up_at_one_tile():
+    def network(tiles):
+        raise ResourceExhaustedError("OOM when allocating tensor")
+
+    with pytest.raises(SegmenterError, match="even with 1 tile per call") as info:
+        run_with_backoff(network, 4, what="the test network")
+    assert "the test network" in str(info.value)
+    assert isinstance(info.value.__cause__, ResourceExhaustedError)
+
+
+def test_backoff_lets_other_errors_through():
+    calls = []
+
+    def network(tiles):
+        calls.append(tiles)
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError, match="bad input"):
+        run_with_backoff(network, 8)
+    assert calls == [8]
+    with pytest.raises(ConfigError):
+        run_with_backoff(network, 0)
+
+
+def test_out_of_memory_detection():
+    class Subclass(ResourceExhaustedError):
+        pass
+
+    assert is_out_of_memory(MemoryError())
+    assert is_out_of_memory(Subclass("x"))
+    assert is_out_of_memory(RuntimeError("OOM when allocating tensor with shape[64,256,256,128]"))
+    assert not is_out_of_memory(ValueError("shapes do not match"))
+
+
+# --- patches per task changes nothing ----------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["watershed", "fake"])
+def test_labels_identical_for_every_patches_per_task(backend):
+    batch = tissue_batch(5, 96, 80, seed=5)
+    if backend == "fake":
+        def per_image(images, image_mpp):  # a per-image segmenter, like every real one
+            return np.stack([
+                np.stack([(im[..., 1] > np.median(im[..., 1])), im[..., 0] > 200], -1)
+                for im in images
+            ]).astype(np.uint32)
+
+        from codexdask.segmenters import register_segmenter
+
+        register_segmenter("fake", per_image)
+    segmenter = get_segmenter(backend)
+    whole = segmenter.predict(batch, 0.5)
+    assert whole.shape == (5, 96, 80, 2) and whole.dtype == np.uint32 and whole.max() > 0
+    for size in range(1, 6):
+        pieces = [segmenter.postprocess(segmenter.infer(batch[i:i + size], 0.5))
+                  for i in range(0, 5, size)]
+        np.testing.assert_array_equal(np.concatenate(pieces), whole)
+
+
+# --- memory measurement ------------------------------------------------------------------------
+
+def test_memory_measurement_without_tensorflow():
+    gpus, error = planner.gpu_memory_info()
+    assert (gpus and error is None) or (not gpus and isinstance(error, str))
+    free = planner.measure_device_free_bytes()
+    assert free is None or free > 0
+    assert planner.measure_host_free_bytes() > 0
+
+
+def test_host_memory_is_capped_by_the_dask_worker_limit():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  memory_limit="1GiB", dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        inside = client.submit(planner.measure_host_free_bytes, pure=False).result()
+    assert 0 <= inside <= GiB
