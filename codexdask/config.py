@@ -148,8 +148,8 @@ class SegmentConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        self.batch_size = _auto_or_positive_int("batch_size", self.batch_size)
-        self.tiles_per_call = _auto_or_positive_int("tiles_per_call", self.tiles_per_call)
+        self.batch_size = auto_or_positive_int("batch_size", self.batch_size)
+        self.tiles_per_call = auto_or_positive_int("tiles_per_call", self.tiles_per_call)
         _check_choice("tie_break", self.tie_break, TIE_BREAKS)
         self.pickle_compression = _normalise_compression(self.pickle_compression)
         _check_mpp(self.image_mpp)
@@ -231,7 +231,7 @@ def _check_mpp(value: float | None) -> None:
         raise ConfigError(f"image_mpp must be > 0 microns per pixel, got {value!r}; e.g. 0.5")
 
 
-def _auto_or_positive_int(key: str, value: int | str) -> int | str:
+def auto_or_positive_int(key: str, value: int | str) -> int | str:
     if value == "auto":
         return value
     try:

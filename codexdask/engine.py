@@ -284,7 +284,7 @@ def plan_run(
     worker thread: large batches help a GPU but must not leave workers idle.
     """
     gpus = cluster.gpu_workers(client)
-    device_free = None
+    device_free: int | None = 0  # no GPU worker: plan for inference on CPU workers
     if gpus and segmenter.wants_gpu:
         device_free = client.submit(
             measure_device_free_bytes, workers=gpus[:1], pure=False

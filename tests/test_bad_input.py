@@ -20,9 +20,8 @@ unreachable scheduler                         test_cluster.py
 Mesmer model_path                             test_mesmer.py (loading in the process itself)
 ============================================  ================================================
 
-The ``test_*_before_any_output`` tests at the end require the stronger property that the error
-comes before any output or task (before the result store is created); they are ``xfail`` until
-the engine checks these inputs up front.
+``test_refused_before_any_output`` requires the stronger property that the error comes before any
+output or task: the engine checks these inputs before it creates the result store.
 """
 
 from __future__ import annotations
@@ -53,11 +52,6 @@ SUMMARY_FILES = (MANIFEST, "patches_metadata.csv", "matched_seg_res_batch.pickle
 NO_DEEPCELL = importlib.util.find_spec("deepcell") is None
 mesmer = [pytest.mark.mesmer,
           pytest.mark.skipif(NO_DEEPCELL, reason="deepcell (the mesmer extra) is not installed")]
-BEFORE_OUTPUT = pytest.mark.xfail(
-    strict=True,
-    reason="needs engine change: check inputs (pixel values, model_path, scheduler) before "
-           "prepare_output creates masks.zarr; see the report of issue 5",
-)
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,10 +337,9 @@ def _mesmer_not_savedmodel(store: Path, out: Path, tmp_path: Path, client: Clien
 @pytest.mark.parametrize("case, error", [
     pytest.param(_unreachable, ClusterError, id="unreachable-scheduler"),
     pytest.param(_nan_store, InputError, id="nan-in-store"),
-    pytest.param(_mesmer_missing, ModelLoadError, id="mesmer-missing",
-                 marks=[*mesmer, BEFORE_OUTPUT]),
+    pytest.param(_mesmer_missing, ModelLoadError, id="mesmer-missing", marks=mesmer),
     pytest.param(_mesmer_not_savedmodel, ModelLoadError, id="mesmer-not-savedmodel",
-                 marks=[*mesmer, BEFORE_OUTPUT]),
+                 marks=mesmer),
 ])
 def test_refused_before_any_output(good_store, tmp_path, scheduler, monkeypatch, case, error):
     """The error comes before the result store exists, so no task ran and a retry with the

@@ -68,7 +68,8 @@ def test_user_errors_exit_2_with_one_line(argv, message, capsys, tmp_path, monke
 
 
 def test_every_segment_config_key_has_a_flag():
-    flags = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["segment"]._actions}
+    segment = build_parser()._subparsers._group_actions[0].choices["segment"]
+    flags = {action.dest for action in segment._actions}
     assert set(config_keys(SegmentConfig)) <= flags
 
 

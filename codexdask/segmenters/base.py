@@ -16,8 +16,8 @@ Segmenters are picklable and light: heavy state (a model) is loaded lazily, once
 from __future__ import annotations
 
 import abc
-import difflib
 import dataclasses
+import difflib
 from collections.abc import Callable
 from typing import Any, cast
 

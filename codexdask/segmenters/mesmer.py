@@ -427,6 +427,18 @@ class MesmerSegmenter(Segmenter):
         return (f"MesmerSegmenter(model_path={self.model_path!r}, "
                 f"tiles_per_call={self.tiles_per_call!r})")
 
+    def check(self) -> None:
+        """Refuse a missing or non-SavedModel ``model_path``, or no weights at all, in the driver.
+
+        Only looks at the files (no TensorFlow import, no download); a SavedModel that exists
+        but cannot be loaded is still found by the first inference task.
+        """
+        source = describe_model_source(self.model_path)
+        if not source["ok"]:
+            if source["source"] == "model_path":
+                _locate_model_dir(self.model_path)  # raises ModelLoadError naming the path
+            raise ModelLoadError(str(source["detail"]))
+
     def infer(self, batch: np.ndarray, image_mpp: float) -> dict[str, Any]:
         """Resize, preprocess, tile, run the network, untile: Mesmer's maps.
 

@@ -42,6 +42,7 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ..config import auto_or_positive_int
 from ..errors import ConfigError, SegmenterError
 from .base import Segmenter
 
@@ -402,15 +403,8 @@ def _tiles_per_patch(segmenter: Segmenter, shape: tuple[int, int], image_mpp: fl
 
 
 def _auto_or_int(key: str, value: int | str) -> int | None:
-    if value == "auto":
-        return None
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key} must be 'auto' or a positive integer, got {value!r}") from None
-    if number < 1:
-        raise ConfigError(f"{key} must be 'auto' or a positive integer, got {value!r}")
-    return number
+    checked = auto_or_positive_int(key, value)
+    return None if checked == "auto" else int(checked)
 
 
 def _clamp(value: int, low: int, high: int) -> int:
