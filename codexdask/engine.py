@@ -58,6 +58,8 @@ from .tasks import infer_batch, postprocess_batch, repair_and_store, repair_patc
 from .viz import write_overlay_png
 
 RESULT_STORE = "masks.zarr"
+#: Tasks per worker thread an automatic batch size leaves at least, for load balance.
+TASKS_PER_THREAD = 8
 MANIFEST = "run_manifest.json"
 #: Files and folders a run writes into its output directory (``--overwrite`` removes only these).
 RUN_OUTPUTS = (
@@ -280,8 +282,9 @@ def plan_run(
 ) -> BatchPlan:
     """Choose batch sizes from the smallest worker memory limit and the GPU's free memory.
 
-    An automatic batch size is also capped so that ``n_patches`` give at least two tasks per
-    worker thread: large batches help a GPU but must not leave workers idle.
+    An automatic batch size is also capped so that ``n_patches`` give at least
+    ``TASKS_PER_THREAD`` tasks per worker thread: large batches help a GPU but must not leave
+    workers idle at the end of a run.
     """
     gpus = cluster.gpu_workers(client)
     device_free: int | None = 0  # no GPU worker: plan for inference on CPU workers
@@ -299,13 +302,13 @@ def plan_run(
         tiles_per_call=config.tiles_per_call,
     )
     threads = cluster.total_threads(client)
-    balanced = max(1, math.ceil(n_patches / (2 * threads)))
+    balanced = max(1, math.ceil(n_patches / (TASKS_PER_THREAD * threads)))
     if config.batch_size == "auto" and balanced < plan.patches_per_task:
         plan = dataclasses.replace(
             plan,
             patches_per_task=balanced,
             reason=f"{plan.reason}; capped at {balanced} so that {n_patches} patches give at "
-            f"least two tasks per worker thread ({threads} threads)",
+            f"least {TASKS_PER_THREAD} tasks per worker thread ({threads} threads)",
         )
     return plan
 

@@ -110,7 +110,7 @@ MOSAIC_LABELS = {
 MOSAIC_ZARR_NAME = "slide.ome.zarr"
 CANVAS_CHUNK = 512
 TIFF_TILE = 512
-_LABEL_COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.BITSHUFFLE)
+_LABEL_COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=1, shuffle=numcodecs.Blosc.BITSHUFFLE)
 _IMAGE_COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE)
 _UINT32_MAX = int(np.iinfo(np.uint32).max)
 
