@@ -20,7 +20,7 @@ import pandas as pd
 
 from .boundaries import get_boundary
 from .config import PatchConfig, SegmentConfig, TieBreakName
-from .engine import RESULT_STORE, RunResult, run
+from .engine import RESULT_STORE, RunResult, run, segmenter_options
 from .errors import ConfigError
 from .outputs import (
     iter_seg_res,
@@ -200,9 +200,7 @@ def segment(valid_patches: Any, config: Mapping[str, Any]) -> list[dict[str, np.
     ``nucleus_boundary``, each ``(H, W)`` uint32.
     """
     settings = segment_config(config)
-    segmenter = get_segmenter(settings.backend, **(
-        {"model_path": settings.model_path, "tiles_per_call": settings.tiles_per_call}
-        if settings.backend == "mesmer" else {}))
+    segmenter = get_segmenter(settings.backend, **segmenter_options(settings))
     image_mpp = float(settings.image_mpp or 0.5)
     batch = settings.batch_size if isinstance(settings.batch_size, int) else 4
     results: list[dict[str, np.ndarray]] = []

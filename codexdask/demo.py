@@ -20,8 +20,6 @@ from .outputs import open_result_store
 from .patches import open_patch_store, patch_slide
 from .synthetic import synthetic_slide
 
-MEMBRANE_MARKERS = ("CD45", "PanCK", "NaKATPase")
-
 
 def run_demo(
     out: Path,
@@ -40,11 +38,11 @@ def run_demo(
         metadata={"axes": "CYX", "Channel": {"Name": list(slide.channel_names)},
                   "PhysicalSizeX": slide.image_mpp, "PhysicalSizeY": slide.image_mpp},
     )
-    wholecell = [m for m in MEMBRANE_MARKERS if m in slide.channel_names]
     store = patch_slide(
         slide_path,
         out / "synthetic_slide.zarr",
-        PatchConfig(nucleus="DAPI", wholecell=wholecell, patch_size=(patch_size, patch_size)),
+        PatchConfig(nucleus=slide.nucleus_channel, wholecell=slide.membrane_channels,
+                    patch_size=(patch_size, patch_size)),
         overwrite=True,
     )
     settings = dataclasses.replace(config or SegmentConfig(), overwrite=True, resume=False)

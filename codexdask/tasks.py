@@ -14,7 +14,7 @@ import numpy as np
 from .boundaries import get_boundary
 from .config import TieBreakName
 from .errors import SegmenterError
-from .outputs import STAT_COLUMNS, open_result_store, write_patch_result
+from .outputs import MATCHED_KEYS, STAT_COLUMNS, open_result_store, write_patch_result
 from .repair import repair_masks
 from .segmenters import Segmenter
 
@@ -109,7 +109,7 @@ def repair_patch(
     start = time.perf_counter()
     (original,) = segmentation_results(labels[np.newaxis])
     repaired = repair_masks(original["cell"], original["nucleus"], tie_break=tie_break)
-    masks = {**original, **{k: v for k, v in repaired.items() if isinstance(v, np.ndarray)}}
+    masks = {**original, **{name: repaired[name] for name in MATCHED_KEYS}}
     stats = np.array([repaired[name] for name in REPAIR_STATS], dtype=np.float64)
     return masks, stats, time.perf_counter() - start
 
