@@ -95,6 +95,7 @@ def _version(name: str) -> str | None:
 
 
 def _tensorflow_gpus() -> tuple[list[str] | None, str | None]:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep the report readable
     try:
         import tensorflow as tf
     except Exception as exc:  # ImportError, or a broken CUDA/protobuf install

@@ -348,6 +348,9 @@ def _tensorflow() -> Any:
     """Import TensorFlow and deepcell (whose import registers its custom Keras layers) and turn
     on memory growth for every visible GPU, once per process."""
     global _TF_READY
+    # TensorFlow's C++ info and warning lines (missing CUDA libraries on CPU hosts...) are noise
+    # here; errors still show. A value set by the user wins.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         import deepcell  # noqa: F401
         import tensorflow as tf
