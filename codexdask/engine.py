@@ -53,7 +53,7 @@ from .outputs import (
 from .patches import PatchStore, open_patch_store
 from .segmenters import Segmenter, get_segmenter
 from .segmenters.planner import BatchPlan, measure_device_free_bytes, plan_batches
-from .select import informative_indices, split_batches
+from .select import split_batches
 from .tasks import infer_batch, postprocess_batch, repair_and_store, repair_patch
 from .viz import write_overlay_png
 
@@ -470,7 +470,7 @@ def run_serial(
     patch_store = open_patch_store(store)
     image_mpp = float(config.image_mpp or patch_store.image_mpp)
     segmenter = segmenter or get_segmenter(config.backend, **segmenter_options(config))
-    for index in informative_indices(patch_store.metadata):
+    for index in patch_store.informative_indices:
         labels = segmenter.predict(patch_store.patches[index][np.newaxis], image_mpp)
         masks, stats, _ = repair_patch(labels[0], config.tie_break)
         yield int(index), masks, stats

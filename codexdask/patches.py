@@ -33,6 +33,7 @@ import zarr
 from . import __version__
 from .config import PatchConfig
 from .errors import InputError, OutputExistsError, SlideError, StoreError
+from .select import informative_indices
 from .slide import READ_ERRORS, Slide, open_slide
 
 __all__ = [
@@ -547,7 +548,7 @@ class PatchStore:
     @property
     def informative_indices(self) -> np.ndarray:
         """Positions of the informative patches, ascending, int64 ``(n_informative,)``."""
-        return np.flatnonzero(self.metadata["is_informative"].to_numpy(dtype=bool)).astype(np.int64)
+        return informative_indices(self.metadata)
 
     def as_dask(self) -> da.Array:
         """The patches as a lazy dask array ``(N, H, W, 2)``, one patch per chunk."""

@@ -103,3 +103,13 @@ def mesmer_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("mesmer") / "MultiplexSegmentation"
     model.save(str(path), include_optimizer=False)
     return path
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A real LocalCluster of two single-threaded worker processes (one per test module)."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as dask_client:
+        yield dask_client

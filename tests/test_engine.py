@@ -36,13 +36,6 @@ def make_store(path: Path, *, n_patches: int = 7, empty=EMPTY_PATCHES) -> Path:
 
 
 @pytest.fixture(scope="module")
-def client():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster) as dask_client:
-        yield dask_client
-
-
-@pytest.fixture(scope="module")
 def store(tmp_path_factory):
     return make_store(tmp_path_factory.mktemp("store") / "slide.zarr")
 

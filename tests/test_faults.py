@@ -122,13 +122,6 @@ class OneCellSegmenter(Segmenter):
 
 
 @pytest.fixture(scope="module")
-def client():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster) as dask_client:
-        yield dask_client
-
-
-@pytest.fixture(scope="module")
 def store(tmp_path_factory):
     path = make_store(tmp_path_factory.mktemp("store") / "slide.zarr", n_patches=N_PATCHES,
                       empty=EMPTY)

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import dask
-import yaml
 
 from codexdask.cli import add_segment_options, segment_config, summary
+from codexdask.config import load_yaml
 from codexdask.errors import ClusterError, CodexDaskError, ConfigError
 
 #: ``cluster.yaml`` beside this script.
@@ -54,14 +54,8 @@ def jobqueue_settings(path: str | Path) -> dict[str, Any]:
     ConfigError
         If the file is missing, is not YAML, or has no ``jobqueue.slurm`` mapping.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"cluster config {str(path)!r} does not exist; pass --cluster-config")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"cluster config {str(path)!r} is not valid YAML: {exc}") from exc
-    section = (data or {}).get("jobqueue", {}).get("slurm") if isinstance(data, dict) else None
+    jobqueue = load_yaml(path).get("jobqueue")
+    section = jobqueue.get("slurm") if isinstance(jobqueue, dict) else None
     if not isinstance(section, dict):
         raise ConfigError(
             f"cluster config {str(path)!r} has no 'jobqueue: slurm:' mapping; start from "
