@@ -45,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, peak_rss  # noqa: E402
 
 from codexdask.config import PatchConfig, SegmentConfig  # noqa: E402
-from codexdask.engine import RESULT_STORE, run  # noqa: E402
-from codexdask.outputs import MASK_NAMES  # noqa: E402
+from codexdask.engine import run  # noqa: E402
+from codexdask.layout import MASK_NAMES, RESULT_STORE  # noqa: E402
 from codexdask.patches import open_patch_store, write_patch_store  # noqa: E402
 from codexdask.segmenters import CallableSegmenter, Segmenter, get_segmenter  # noqa: E402
 from codexdask.synthetic import synthetic_slide  # noqa: E402

@@ -7,6 +7,7 @@ exit with status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -15,16 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from .config import (
-    PICKLE_COMPRESSIONS,
     SPLIT_DIRECTIONS,
     SPLIT_MODES,
-    TIE_BREAKS,
     PatchConfig,
     SegmentConfig,
     load_yaml,
     make_config,
 )
 from .errors import CodexDaskError
+from .layout import DEFAULT_IMAGE_MPP, PICKLE_COMPRESSIONS
+from .repair import TIE_BREAKS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--patch-size", nargs=2, type=int, metavar=("H", "W"),
                        help="default 512 512")
     patch.add_argument("--overlap", type=float, help="overlap fraction in [0, 1), default 0.1")
-    patch.add_argument("--image-mpp", type=float, help="microns per pixel (default: from OME, 0.5)")
+    patch.add_argument("--image-mpp", type=float,
+                       help=f"microns per pixel (default: from OME, {DEFAULT_IMAGE_MPP})")
     patch.add_argument("--config", help="YAML file with the same keys (flags override it)")
     patch.add_argument("--overwrite", action="store_true", help="replace an existing store")
 
@@ -63,7 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed of the synthetic slide")
     add_segment_options(demo)
 
-    commands.add_parser("doctor", help="report versions, GPUs and where Mesmer weights come from")
+    doctor = commands.add_parser(
+        "doctor", help="report versions, GPUs and where Mesmer weights come from"
+    )
+    doctor.add_argument("--json", action="store_true",
+                        help="print the report as one JSON object (for scripts)")
     return parser
 
 
@@ -95,7 +101,7 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
 
 
 #: Argument names that are not configuration keys.
-_NOT_CONFIG = {"command", "verbose", "config", "slide", "store", "out", "size", "seed"}
+_NOT_CONFIG = {"command", "verbose", "config", "slide", "store", "out", "size", "seed", "json"}
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -124,7 +130,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .engine import run
 
     result = run(args.store, args.out, segment_config(args), progress=True)
-    print(summary(result))
+    print(result.summary())
     return 0
 
 
@@ -142,28 +148,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import doctor_report, format_doctor
 
-    print(format_doctor(doctor_report()))
+    report = doctor_report()
+    print(json.dumps(report, indent=2) if args.json else format_doctor(report))
     return 0
-
-
-def summary(result: Any) -> str:
-    """A few lines describing a finished run."""
-    meta = result.metadata
-    informative = meta[meta["is_informative"].astype(bool)]
-    lines = [
-        f"output: {result.out_dir}",
-        f"patches: {len(meta)} ({len(informative)} informative, {result.n_computed} computed now)",
-        f"batch plan: {result.plan.patches_per_task} patches per task ({result.plan.reason})",
-    ]
-    if len(informative):
-        lines += [
-            f"cells: {int(informative['n_cells'].sum())}, nuclei: "
-            f"{int(informative['n_nuclei'].sum())}, matched pairs: "
-            f"{int(informative['n_matched'].sum())}",
-            f"mean matched_fraction: {informative['matched_fraction'].mean():.3f}",
-        ]
-    lines.append(f"wall time: {result.manifest['timings']['total_s']:.1f} s")
-    return "\n".join(lines)
 
 
 COMMANDS = {"patch": cmd_patch, "segment": cmd_segment, "demo": cmd_demo, "doctor": cmd_doctor}

@@ -2,7 +2,15 @@
 
 Only this module knows about workers. :func:`connect` yields a ``distributed.Client`` and closes
 what it started; :func:`gpu_workers` tells the engine whether inference tasks can be pinned to
-``GPU`` resources.
+``GPU`` resources; :func:`worker_memory_budgets` tells the planner how much memory a worker can
+still give.
+
+An existing scheduler is reached with Dask's own security configuration: for a ``tls://``
+address, the certificate files named by ``distributed.comm.tls.ca-file``,
+``distributed.comm.tls.client.cert`` and ``distributed.comm.tls.client.key`` (in a Dask YAML
+file, or the environment variables ``DASK_DISTRIBUTED__COMM__TLS__CA_FILE``,
+``DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT``, ``DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY``).
+See ``deploy/README.md``.
 """
 
 from __future__ import annotations
@@ -16,9 +24,11 @@ import dask
 import psutil
 from distributed import Client, LocalCluster
 from distributed.exceptions import WorkerStartTimeoutError
+from distributed.security import Security
 
 from .config import SegmentConfig
 from .errors import ClusterError
+from .hardware import WORKER_IDLE_BYTES, probe_gpus
 
 #: Seconds to wait for an existing scheduler before giving up.
 CONNECT_TIMEOUT_S = 10
@@ -91,9 +101,17 @@ def local_gpu_cluster(config: SegmentConfig) -> Any:
             "--gpus needs dask-cuda; install codexdask with the 'gpu' extra (pip install "
             "'codexdask[gpu]')"
         ) from exc
-    n_gpus = count_gpus()
+    probe = probe_gpus(visible_only=True)
+    if probe.error:
+        raise ClusterError(
+            f"--gpus: {probe.error}; check the GPUs with `nvidia-smi`, or drop --gpus to run on "
+            "CPU workers"
+        )
+    n_gpus = len(probe.gpus)
     if n_gpus == 0:
-        raise ClusterError("no NVIDIA GPU / driver found; drop --gpus to run on CPU workers")
+        raise ClusterError(
+            f"no NVIDIA GPU / driver found ({probe.note}); drop --gpus to run on CPU workers"
+        )
     threads = max(1, (os.cpu_count() or 1) // n_gpus)
     try:
         with dask.config.set(WORKER_ENVIRON):
@@ -108,22 +126,6 @@ def local_gpu_cluster(config: SegmentConfig) -> Any:
             f"could not start one worker per GPU ({type(exc).__name__}: {exc}); "
             "check `nvidia-smi`, or drop --gpus"
         ) from exc
-
-
-def count_gpus() -> int:
-    """Number of NVIDIA GPUs visible through NVML (0 when there is no driver)."""
-    try:
-        import pynvml
-    except ImportError:
-        return 0
-    try:
-        pynvml.nvmlInit()
-    except Exception:  # pynvml raises NVMLError subclasses created at run time
-        return 0
-    try:
-        return int(pynvml.nvmlDeviceGetCount())
-    finally:
-        pynvml.nvmlShutdown()
 
 
 def gpu_workers(client: Client) -> list[str]:
@@ -150,20 +152,60 @@ def worker_memory_limits(client: Client) -> list[int]:
     return [int(info.get("memory_limit") or available) for info in workers]
 
 
+def worker_memory_budgets(client: Client) -> list[int]:
+    """Memory each worker can still give to tasks: its limit minus what its process holds.
+
+    A worker's held memory is the process memory the scheduler last heard of, and at least
+    :data:`~codexdask.hardware.WORKER_IDLE_BYTES` (an idle worker's, measured), so a plan never
+    counts on memory the worker's own interpreter and libraries use.
+    """
+    limits = worker_memory_limits(client)
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    held = [max(int(info.get("metrics", {}).get("memory") or 0), WORKER_IDLE_BYTES)
+            for info in workers]
+    return [max(0, limit - used) for limit, used in zip(limits, held, strict=True)]
+
+
 def total_threads(client: Client) -> int:
     """Worker threads of the whole cluster."""
     workers = client.scheduler_info(n_workers=-1)["workers"].values()
     return max(1, sum(int(info.get("nthreads", 1)) for info in workers))
 
 
+#: What to set so that a client can reach a ``tls://`` scheduler.
+TLS_HINT = (
+    "give codexdask the cluster's certificates through Dask's configuration: "
+    "distributed.comm.tls.ca-file, distributed.comm.tls.client.cert and "
+    "distributed.comm.tls.client.key (or the environment variables "
+    "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT, "
+    "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY)"
+)
+
+
+def has_tls_credentials() -> bool:
+    """Whether Dask's configuration gives a client what it needs to reach a ``tls://`` address.
+
+    True when a CA file is configured (``distributed.comm.tls.ca-file``) or a security loader
+    (``distributed.client.security-loader``) provides credentials per address.
+    """
+    return Security().get_tls_config_for_role("client").get("ca_file") is not None or bool(
+        dask.config.get("distributed.client.security-loader", None)
+    )
+
+
 @contextlib.contextmanager
 def _connect_existing(address: str) -> Iterator[Client]:
+    tls = address.startswith("tls://")
+    if tls and not has_tls_credentials():
+        raise ClusterError(f"the scheduler at {address!r} uses TLS: {TLS_HINT}")
     try:
         existing = Client(address, timeout=CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError) as exc:
+        hint = (f"check that its certificates are the cluster's: {TLS_HINT}" if tls else
+                "start one with `dask scheduler` or check the address (tcp://HOST:8786)")
         raise ClusterError(
             f"could not reach a Dask scheduler at {address!r} within {CONNECT_TIMEOUT_S} s "
-            f"({exc}); start one with `dask scheduler` or check the address (tcp://HOST:8786)"
+            f"({exc}); {hint}"
         ) from exc
     with existing:
         yield existing

@@ -1,10 +1,12 @@
-"""The seed's API: code written against the description of aegle's segmentation phase runs as is.
+"""The seed's API: code written against the original pipeline's segmentation phase runs as is.
 
 ``CodexPatches`` is opened from a patch store; ``run_cell_segmentation(codex_patches, config)``
 runs the Dask engine and fills ``seg_res_batch``, ``repaired_seg_res_batch`` and the
-``matched_fraction`` column, then saves the pickles and the metadata like the reference (§1.6).
-``config`` is the reference's nested configuration (§5.2); keys outside the segmentation phase are
-ignored, and ``channels.nuclear_channel`` is accepted as a synonym of ``nucleus_channel``.
+``matched_fraction`` column, then saves the pickles and the metadata as the original pipeline
+does. ``config`` is the original pipeline's nested configuration (``data``, ``channels``,
+``patching``, ``patch_qc``, ``segmentation``); keys outside the segmentation phase are ignored, and
+``channels.nuclear_channel`` is accepted as a synonym of ``nucleus_channel``. The differences from
+the original pipeline are listed in ``docs/semantics.md``.
 """
 
 from __future__ import annotations
@@ -19,30 +21,34 @@ import numpy as np
 import pandas as pd
 
 from .boundaries import get_boundary
-from .config import PatchConfig, SegmentConfig, TieBreakName
-from .engine import RESULT_STORE, RunResult, run, segmenter_options
-from .errors import ConfigError
-from .outputs import (
-    iter_seg_res,
-    open_result_store,
+from .config import PatchConfig, SegmentConfig
+from .engine import RunResult, run, segmenter_options
+from .errors import StateError
+from .layout import (
+    DEFAULT_IMAGE_MPP,
+    MATCHED_PICKLE,
+    METADATA_FILE,
+    ORIGINAL_PICKLE,
+    RESULT_STORE,
     pickle_suffix,
-    write_metadata_csv,
-    write_pickle_stream,
 )
+from .outputs import iter_seg_res, open_result_store, write_metadata_csv, write_pickle_stream
 from .patches import open_patch_store, patch_slide
+from .repair import TieBreakName
 from .repair import repair_masks_batch as _repair_masks_batch
 from .segmenters import get_segmenter
-from .select import informative_indices, split_batches
+from .selection import informative_indices, split_batches
 from .tasks import segmentation_results, separate_batch
 
 __all__ = [
     "CodexPatches",
-    "patch_config",
-    "_separate_batch",
     "get_boundary",
+    "patch_config",
     "repair_masks_batch",
     "run_cell_segmentation",
     "segment",
+    "segment_config",
+    "separate_batch",
 ]
 
 
@@ -56,7 +62,8 @@ class CodexPatches:
     out_dir : str or Path, optional
         Where ``save_seg_res`` and ``save_metadata`` write (default: beside the store).
     config : mapping, optional
-        The reference configuration; ``save_seg_res`` reads its pickle compression from it.
+        The original pipeline's configuration; ``save_seg_res`` reads its pickle compression
+        from it.
     """
 
     def __init__(self, store: str | Path, out_dir: str | Path | None = None,
@@ -72,7 +79,7 @@ class CodexPatches:
     @classmethod
     def from_slide(cls, slide: str | Path, config: Mapping[str, Any],
                    out_dir: str | Path) -> CodexPatches:
-        """Cut ``slide`` into ``out_dir/patches.zarr`` as the reference configuration says.
+        """Cut ``slide`` into ``out_dir/patches.zarr`` as the original configuration says.
 
         ``channels.nucleus_channel`` (or its synonym ``nuclear_channel``),
         ``channels.wholecell_channel``, ``patching.*``, ``patch_qc.*``, ``data.image_mpp`` and
@@ -100,16 +107,16 @@ class CodexPatches:
     def save_seg_res(self) -> list[Path]:
         """Write ``matched_seg_res_batch.pickle`` and ``original_seg_res_batch.pickle``."""
         if self.seg_res_batch is None or self.repaired_seg_res_batch is None:
-            raise ConfigError("no segmentation results yet; call run_cell_segmentation first")
+            raise StateError("no segmentation results yet; call run_cell_segmentation first")
         seg = dict(self.config.get("segmentation") or {})
         compression = str(seg.get("segmentation_pickle_compression") or "none")
         level = seg.get("segmentation_pickle_compression_level")
         level = int(level) if level not in (None, "") else None
         self.out_dir.mkdir(parents=True, exist_ok=True)
         paths = []
-        for name, entries in (("matched", self.repaired_seg_res_batch),
-                              ("original", self.seg_res_batch)):
-            path = self.out_dir / f"{name}_seg_res_batch.pickle{pickle_suffix(compression)}"
+        for name, entries in ((MATCHED_PICKLE, self.repaired_seg_res_batch),
+                              (ORIGINAL_PICKLE, self.seg_res_batch)):
+            path = self.out_dir / f"{name}{pickle_suffix(compression)}"
             write_pickle_stream(path, entries, compression=compression, level=level)
             paths.append(path)
         return paths
@@ -117,13 +124,13 @@ class CodexPatches:
     def save_metadata(self) -> Path:
         """Write ``patches_metadata.csv`` (atomically) into ``out_dir``."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / "patches_metadata.csv"
+        path = self.out_dir / METADATA_FILE
         write_metadata_csv(self.patches_metadata, None, path)
         return path
 
 
 def patch_config(config: Mapping[str, Any]) -> PatchConfig:
-    """Translate the reference's configuration into a :class:`PatchConfig` (§1.1–1.4, §5.2)."""
+    """Translate the original pipeline's nested configuration into a :class:`PatchConfig`."""
     data = dict(config.get("data") or {})
     channels = dict(config.get("channels") or {})
     patching = dict(config.get("patching") or {})
@@ -147,7 +154,7 @@ def patch_config(config: Mapping[str, Any]) -> PatchConfig:
 
 
 def segment_config(config: Mapping[str, Any]) -> SegmentConfig:
-    """Translate the reference's nested configuration (§5.2) into a :class:`SegmentConfig`."""
+    """Translate the original pipeline's nested configuration into a :class:`SegmentConfig`."""
     data = dict(config.get("data") or {})
     seg = dict(config.get("segmentation") or {})
     repair = dict(seg.get("repair") or {})
@@ -158,7 +165,7 @@ def segment_config(config: Mapping[str, Any]) -> SegmentConfig:
         batch_size=seg.get("batch_size", "auto"),
         tiles_per_call=seg.get("tiles_per_call", "auto"),
         tie_break=cast(TieBreakName, str(repair.get("tie_break", "lowest-label"))),
-        save_pickles=False,  # written by CodexPatches.save_seg_res, as in the reference
+        save_pickles=False,  # CodexPatches.save_seg_res writes them, as the seed does
         save_mosaics=bool(seg.get("save_segmentation_images", True)),
         scheduler=seg.get("scheduler"),
         n_workers=seg.get("n_workers"),
@@ -168,10 +175,10 @@ def segment_config(config: Mapping[str, Any]) -> SegmentConfig:
 
 def run_cell_segmentation(codex_patches: CodexPatches, config: Mapping[str, Any],
                           args: Any = None, *, client: Any = None) -> RunResult | None:
-    """Segment the informative patches, repair them, and save the results (reference §1.6).
+    """Segment the informative patches, repair them, and save the results (the seed's entry point).
 
     Returns the engine's :class:`~codexdask.engine.RunResult`, or ``None`` (with a warning) when no
-    patch is informative, in which case nothing is saved, as in the reference.
+    patch is informative, in which case nothing is saved, as in the original pipeline.
     """
     metadata = codex_patches.get_patches_metadata()
     informative = informative_indices(metadata)
@@ -201,7 +208,7 @@ def segment(valid_patches: Any, config: Mapping[str, Any]) -> list[dict[str, np.
     """
     settings = segment_config(config)
     segmenter = get_segmenter(settings.backend, **segmenter_options(settings))
-    image_mpp = float(settings.image_mpp or 0.5)
+    image_mpp = float(settings.image_mpp or DEFAULT_IMAGE_MPP)
     batch = settings.batch_size if isinstance(settings.batch_size, int) else 4
     results: list[dict[str, np.ndarray]] = []
     for rows in split_batches(np.arange(len(valid_patches)), batch):
@@ -210,17 +217,18 @@ def segment(valid_patches: Any, config: Mapping[str, Any]) -> list[dict[str, np.
     return results
 
 
-def _separate_batch(predictions: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Split Mesmer's ``(B, H, W, 2)`` output into cell masks (channel 0) and nucleus masks (1)."""
-    return separate_batch(np.asarray(predictions))
+#: The seed's name for :func:`separate_batch`: split Mesmer's ``(B, H, W, 2)`` output into cell
+#: masks (channel 0) and nucleus masks (channel 1). Kept importable for code written against it.
+_separate_batch = separate_batch
 
 
 def repair_masks_batch(seg_res_batch: list[Mapping[str, Any]], use_gpu: bool = False,
                        *args: Any, tie_break: TieBreakName = "lowest-label",
                        **kwargs: Any) -> list[dict[str, Any]]:
-    """Repair a list of ``{"cell", "nucleus", ...}`` dicts (reference signature).
+    """Repair a list of ``{"cell", "nucleus", ...}`` dicts (the seed's signature).
 
-    The reference's GPU options (``use_gpu``, ``gpu_batch_size``, ...) are accepted and ignored:
-    codexdask's CPU repair is exact and fast, and its output format does not depend on them.
+    The original pipeline's GPU options (``use_gpu``, ``gpu_batch_size``, ...) are accepted and
+    ignored: codexdask's CPU repair is exact and fast, and its output format does not depend on
+    them.
     """
     return _repair_masks_batch(list(seg_res_batch), tie_break=tie_break)

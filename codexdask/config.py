@@ -12,22 +12,21 @@ import dataclasses
 import difflib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
 from .errors import ConfigError
-from .repair import TIE_BREAKS
+from .layout import pickle_compression
+from .repair import TIE_BREAKS, TieBreakName
 
 SPLIT_MODES = ("patches", "full_image", "halves", "quarters")
 SPLIT_DIRECTIONS = ("vertical", "horizontal")
-PICKLE_COMPRESSIONS = ("none", "gzip", "bz2", "xz", "zstd")
-TieBreakName = Literal["lowest-label", "aegle-cpu"]
 
 
 @dataclasses.dataclass
 class PatchConfig:
-    """How a slide is cut into a patch store (reference §1.1–1.4).
+    """How a slide is cut into a patch store (``docs/semantics.md``, patch geometry and QC).
 
     Attributes
     ----------
@@ -151,7 +150,7 @@ class SegmentConfig:
         self.batch_size = auto_or_positive_int("batch_size", self.batch_size)
         self.tiles_per_call = auto_or_positive_int("tiles_per_call", self.tiles_per_call)
         _check_choice("tie_break", self.tie_break, TIE_BREAKS)
-        self.pickle_compression = _normalise_compression(self.pickle_compression)
+        self.pickle_compression = pickle_compression(self.pickle_compression)
         _check_mpp(self.image_mpp)
         if self.n_workers is not None and int(self.n_workers) < 1:
             raise ConfigError(f"n_workers must be >= 1, got {self.n_workers!r}")
@@ -232,6 +231,29 @@ def _check_mpp(value: float | None) -> None:
 
 
 def auto_or_positive_int(key: str, value: int | str) -> int | str:
+    """Check a setting that is either ``"auto"`` or a positive integer.
+
+    Parameters
+    ----------
+    key : str
+        The setting's name, for the error message.
+    value : "auto", int or str
+        ``"auto"``, or anything ``int()`` turns into a number >= 1 (``"8"`` is 8).
+
+    Returns
+    -------
+    "auto" or int
+
+    Raises
+    ------
+    ConfigError
+        For anything else.
+
+    Examples
+    --------
+    >>> auto_or_positive_int("batch_size", "8"), auto_or_positive_int("batch_size", "auto")
+    (8, 'auto')
+    """
     if value == "auto":
         return value
     try:
@@ -243,16 +265,18 @@ def auto_or_positive_int(key: str, value: int | str) -> int | str:
     return number
 
 
-_COMPRESSION_ALIASES = {
-    "none": "none", "": "none", "gzip": "gzip", "gz": "gzip", "bz2": "bz2", "bzip2": "bz2",
-    "xz": "xz", "lzma": "xz", "zstd": "zstd", "zst": "zstd", "zstandard": "zstd",
-}
+def fixed_or_none(key: str, value: int | str) -> int | None:
+    """A positive integer setting, or ``None`` when it is ``"auto"`` (left to the planner).
 
+    Raises
+    ------
+    ConfigError
+        If ``value`` is neither ``"auto"`` nor a positive integer.
 
-def _normalise_compression(value: str | None) -> str:
-    name = _COMPRESSION_ALIASES.get(str(value or "none").lower())
-    if name is None:
-        raise ConfigError(
-            f"pickle_compression must be one of {', '.join(PICKLE_COMPRESSIONS)}; got {value!r}"
-        )
-    return name
+    Examples
+    --------
+    >>> fixed_or_none("tiles_per_call", "auto") is None, fixed_or_none("tiles_per_call", 4)
+    (True, 4)
+    """
+    checked = auto_or_positive_int(key, value)
+    return None if checked == "auto" else int(checked)

@@ -15,6 +15,7 @@ import tifffile
 
 from .config import PatchConfig, SegmentConfig
 from .engine import run
+from .layout import RESULT_STORE
 from .metrics import segmentation_scores
 from .outputs import open_result_store
 from .patches import open_patch_store, patch_slide
@@ -52,10 +53,8 @@ def run_demo(
         store, out / "segmentation", slide.cell_labels, slide.nucleus_labels
     )
     (out / "demo_summary.json").write_text(json.dumps(scores, indent=2))
-    from .cli import summary
-
     return "\n".join([
-        summary(result),
+        result.summary(),
         f"F1 at IoU 0.5 against the synthetic ground truth (mean over informative patches): "
         f"cells {scores['cell_f1']:.3f}, nuclei {scores['nucleus_f1']:.3f}",
         f"outputs in {out / 'segmentation'}",
@@ -67,7 +66,7 @@ def score_against_truth(
 ) -> dict[str, float]:
     """Mean F1 at IoU 0.5 of the segmented cells and nuclei of each informative patch."""
     patch_store = open_patch_store(store)
-    group = open_result_store(result_dir / "masks.zarr")
+    group = open_result_store(result_dir / RESULT_STORE)
     cell_f1: list[float] = []
     nucleus_f1: list[float] = []
     for index in patch_store.informative_indices:

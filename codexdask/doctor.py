@@ -1,8 +1,9 @@
 """``codexdask doctor``: what this environment can run, and why not.
 
-:func:`doctor_report` collects versions, GPUs and the Mesmer weight source into a plain dict (for
-``--json`` output and tests); :func:`format_doctor` renders it for a terminal. TensorFlow is
-imported only here, only when asked, and any failure to import it is reported, not raised.
+:func:`doctor_report` collects versions, GPUs and the Mesmer weight source into a plain dict
+(``codexdask doctor --json`` prints it as JSON); :func:`format_doctor` renders it for a terminal.
+TensorFlow is imported only here, only when asked, and any failure to import it is reported, not
+raised.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import platform
 import sys
 from typing import Any
 
-from .segmenters.planner import gpu_memory_info, measure_host_free_bytes
+from .hardware import host_free_bytes, probe_gpus
+from .mesmer.weights import find_model_source
 
 PACKAGES = ("codexdask", "numpy", "dask", "distributed", "zarr", "scikit-image", "tensorflow",
             "deepcell", "dask-cuda")
@@ -35,13 +37,12 @@ def doctor_report(model_path: str | None = None, *, tensorflow: bool = True) -> 
     dict
         ``python`` (str), ``platform`` (str), ``packages`` ({name: version or None}),
         ``host_memory_available_bytes`` (int), ``gpus`` (list of NVML dicts: index, name, uuid,
-        total_bytes, free_bytes), ``gpu_error`` (str or None), ``tensorflow_gpus`` (list of str
+        total_bytes, free_bytes), ``gpu_error`` (str or None: why no GPU is listed, or the NVML
+        error of one that cannot be queried), ``tensorflow_gpus`` (list of str
         or None when not checked), ``tensorflow_error`` (str or None), ``mesmer_weights`` (dict:
         source, path, ok, detail), ``cuda_visible_devices`` (str or None).
     """
-    from .segmenters.mesmer import describe_model_source
-
-    gpus, gpu_error = gpu_memory_info()
+    probe = probe_gpus()
     tf_gpus: list[str] | None = None
     tf_error: str | None = None
     if tensorflow:
@@ -50,13 +51,13 @@ def doctor_report(model_path: str | None = None, *, tensorflow: bool = True) -> 
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "packages": {name: _version(name) for name in PACKAGES},
-        "host_memory_available_bytes": measure_host_free_bytes(),
-        "gpus": gpus,
-        "gpu_error": gpu_error,
+        "host_memory_available_bytes": host_free_bytes(),
+        "gpus": probe.gpus,
+        "gpu_error": probe.problem,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "tensorflow_gpus": tf_gpus,
         "tensorflow_error": tf_error,
-        "mesmer_weights": describe_model_source(model_path),
+        "mesmer_weights": find_model_source(model_path).as_dict(),
     }
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
+import logging
 import math
 import shutil
 import sys
@@ -37,13 +37,22 @@ from dask import delayed
 from distributed import Client
 from distributed import progress as progress_bar
 
-from . import __version__, cluster
-from .config import SegmentConfig, TieBreakName, make_config
-from .errors import InputError, OutputExistsError, StoreError
+from . import __version__, cluster, hardware
+from .config import SegmentConfig, make_config
+from .errors import ClusterError, InputError, OutputExistsError, StoreError
+from .layout import (
+    MANIFEST,
+    METADATA_FILE,
+    OVERLAYS_DIR,
+    RESULT_STAT_COLUMNS,
+    RESULT_STORE,
+    RUN_OUTPUTS,
+    overlay_name,
+)
 from .outputs import (
-    STAT_COLUMNS,
     create_result_store,
     open_result_store,
+    package_versions,
     read_stats_table,
     write_manifest,
     write_metadata_csv,
@@ -51,22 +60,17 @@ from .outputs import (
     write_seg_res_pickles,
 )
 from .patches import PatchStore, open_patch_store
+from .repair import TieBreakName
 from .segmenters import Segmenter, get_segmenter
-from .segmenters.planner import BatchPlan, measure_device_free_bytes, plan_batches
-from .select import split_batches
+from .segmenters.planner import BatchPlan, plan_batches
+from .selection import split_batches
 from .tasks import infer_batch, postprocess_batch, repair_and_store, repair_patch
 from .viz import write_overlay_png
 
-RESULT_STORE = "masks.zarr"
+logger = logging.getLogger(__name__)
+
 #: Tasks per worker thread an automatic batch size leaves at least, for load balance.
 TASKS_PER_THREAD = 8
-MANIFEST = "run_manifest.json"
-#: Files and folders a run writes into its output directory (``--overwrite`` removes only these).
-RUN_OUTPUTS = (
-    RESULT_STORE, MANIFEST, "patches_metadata.csv", "mosaics", "overlays",
-    *(f"{kind}_seg_res_batch.pickle{suffix}" for kind in ("matched", "original")
-      for suffix in ("", ".gz", ".bz2", ".xz", ".zst")),
-)
 
 
 @dataclasses.dataclass
@@ -92,6 +96,26 @@ class RunResult:
     plan: BatchPlan
     n_computed: int
     manifest: dict[str, Any]
+
+    def summary(self) -> str:
+        """A few lines describing the finished run (what ``codexdask segment`` prints)."""
+        meta = self.metadata
+        informative = meta[meta["is_informative"].astype(bool)]
+        lines = [
+            f"output: {self.out_dir}",
+            f"patches: {len(meta)} ({len(informative)} informative, {self.n_computed} computed "
+            "now)",
+            f"batch plan: {self.plan.patches_per_task} patches per task ({self.plan.reason})",
+        ]
+        if len(informative):
+            lines += [
+                f"cells: {int(informative['n_cells'].sum())}, nuclei: "
+                f"{int(informative['n_nuclei'].sum())}, matched pairs: "
+                f"{int(informative['n_matched'].sum())}",
+                f"mean matched_fraction: {informative['matched_fraction'].mean():.3f}",
+            ]
+        lines.append(f"wall time: {self.manifest['timings']['total_s']:.1f} s")
+        return "\n".join(lines)
 
 
 def run(
@@ -137,12 +161,13 @@ def run(
     check_output(out_dir, config)
 
     informative = patch_store.informative_indices
+    notes: list[str] = []  # warnings, logged and recorded in the manifest
     if len(informative) == 0:
-        warnings.warn(
+        notes.append(
             f"no informative patch in {patch_store.path}: nothing to segment; outputs are empty. "
-            "Check the QC thresholds (non_zero_perc_threshold, mean_intensity_threshold).",
-            stacklevel=2,
+            "Check the QC thresholds (non_zero_perc_threshold, mean_intensity_threshold)."
         )
+        warnings.warn(notes[-1], stacklevel=2)
 
     timings: dict[str, float] = {}
     with cluster.connect(config, client) as dask_client:
@@ -155,9 +180,10 @@ def run(
         todo = informative[~done[informative]]
         if progress:
             print(f"Dask dashboard: {dask_client.dashboard_link}", file=sys.stderr)
-        plan = plan_run(
+        plan, plan_notes = plan_run(
             dask_client, segmenter, patch_store.patch_shape, image_mpp, config, len(todo)
         )
+        notes += plan_notes
         if len(todo):
             pin_gpu = segmenter.wants_gpu and bool(cluster.gpu_workers(dask_client))
             stats = build_graph(
@@ -177,6 +203,7 @@ def run(
     timings["outputs_s"] = time.perf_counter() - outputs_start
     timings["total_s"] = time.perf_counter() - started
     manifest = run_manifest(patch_store, config, plan, informative, todo, timings, image_mpp)
+    manifest["warnings"] = notes
     write_manifest(out_dir, manifest)
     return RunResult(out_dir, metadata, plan, len(todo), manifest)
 
@@ -231,15 +258,14 @@ def check_finite(client: Client, patch_store: PatchStore, indices: np.ndarray) -
 def prepare_output(out_dir: Path, patch_store: PatchStore, config: SegmentConfig) -> Any:
     """Create, resume or replace the result store in ``out_dir``.
 
+    ``out_dir`` must have passed :func:`check_output`.
+
     Raises
     ------
-    OutputExistsError
-        If ``out_dir`` holds another run and neither ``resume`` nor ``overwrite`` is set.
     StoreError
         If ``resume`` finds a run of another patch store.
     """
     result_path = out_dir / RESULT_STORE
-    check_output(out_dir, config)
     # From here on the directory must not look complete until the new manifest is written.
     (out_dir / MANIFEST).unlink(missing_ok=True)
     if config.overwrite:
@@ -279,25 +305,33 @@ def plan_run(
     image_mpp: float,
     config: SegmentConfig,
     n_patches: int,
-) -> BatchPlan:
-    """Choose batch sizes from the smallest worker memory limit and the GPU's free memory.
+) -> tuple[BatchPlan, list[str]]:
+    """Choose batch sizes from the workers' free memory and the GPU's.
 
-    An automatic batch size is also capped so that ``n_patches`` give at least
-    ``TASKS_PER_THREAD`` tasks per worker thread: large batches help a GPU but must not leave
-    workers idle at the end of a run.
+    The host figure is the smallest worker memory budget (limit minus what the worker holds,
+    :func:`codexdask.cluster.worker_memory_budgets`); the GPU figure is measured on a GPU worker
+    when the segmenter wants one. An automatic batch size is also capped so that ``n_patches``
+    give at least ``TASKS_PER_THREAD`` tasks per worker thread: large batches help a GPU but
+    must not leave workers idle at the end of a run.
+
+    Returns
+    -------
+    plan : BatchPlan
+    notes : list of str
+        Warnings for the manifest (a GPU whose memory could not be measured).
+
+    Raises
+    ------
+    ClusterError
+        If ``config.gpus`` asked for GPUs and a GPU worker's memory cannot be measured.
     """
-    gpus = cluster.gpu_workers(client)
-    device_free: int | None = 0  # no GPU worker: plan for inference on CPU workers
-    if gpus and segmenter.wants_gpu:
-        device_free = client.submit(
-            measure_device_free_bytes, workers=gpus[:1], pure=False
-        ).result()
+    device_free, notes = measure_gpu(client, segmenter, config)
     plan = plan_batches(
         segmenter,
         patch_shape,
         image_mpp,
         device_free_bytes=device_free,
-        host_free_bytes=min(cluster.worker_memory_limits(client)),
+        host_free_bytes=min(cluster.worker_memory_budgets(client)),
         batch_size=config.batch_size,
         tiles_per_call=config.tiles_per_call,
     )
@@ -310,7 +344,39 @@ def plan_run(
             reason=f"{plan.reason}; capped at {balanced} so that {n_patches} patches give at "
             f"least {TASKS_PER_THREAD} tasks per worker thread ({threads} threads)",
         )
-    return plan
+    return plan, notes
+
+
+def measure_gpu(
+    client: Client, segmenter: Segmenter, config: SegmentConfig
+) -> tuple[int | None, list[str]]:
+    """Free memory of a GPU worker's GPU, when the segmenter wants one and the cluster has one.
+
+    Returns
+    -------
+    free_bytes : int or None
+        ``None`` plans inference for CPU memory.
+    notes : list of str
+        A warning when a GPU worker's memory could not be measured (NVML failed, or is missing
+        on that worker); the warning is also logged.
+
+    Raises
+    ------
+    ClusterError
+        In that case, if ``config.gpus`` asked for GPUs.
+    """
+    gpus = cluster.gpu_workers(client)
+    if not (gpus and segmenter.wants_gpu):
+        return None, []
+    probe = client.submit(hardware.probe_gpus, True, workers=gpus[:1], pure=False).result()
+    if probe.gpus:
+        return int(probe.gpus[0]["free_bytes"]), []
+    message = (f"GPU worker {gpus[0]}: the GPU's free memory could not be measured "
+               f"({probe.problem}); batches are planned for CPU memory")
+    if config.gpus:
+        raise ClusterError(f"{message}. Check the GPUs with `nvidia-smi`, or drop --gpus")
+    logger.warning(message)
+    return None, [message]
 
 
 def build_graph(
@@ -329,7 +395,7 @@ def build_graph(
     Returns
     -------
     dask.array.Array
-        ``(len(todo), len(STAT_COLUMNS))`` float64 statistics; computing it writes the masks.
+        ``(len(todo), len(RESULT_STAT_COLUMNS))`` float64 statistics; computing it writes the masks.
     """
     height, width = patch_store.patch_shape
     batches = split_batches(todo, plan.patches_per_task)
@@ -351,7 +417,7 @@ def build_graph(
         index,
         result_path=result_path,
         tie_break=tie_break,
-        chunks=(sizes, 1, 1, len(STAT_COLUMNS)),
+        chunks=(sizes, 1, 1, len(RESULT_STAT_COLUMNS)),
         dtype=np.float64,
         meta=np.empty((0, 0, 0, 0), np.float64),
     )
@@ -399,7 +465,7 @@ def finish_outputs(
             f"{len(missing)} informative patches have no result (first: {missing[:5].tolist()}); "
             "run again with --resume"
         )
-    metadata = write_metadata_csv(patch_store.metadata, stats, out_dir / "patches_metadata.csv")
+    metadata = write_metadata_csv(patch_store.metadata, stats, out_dir / METADATA_FILE)
     if config.save_pickles:
         write_seg_res_pickles(
             group, informative, out_dir,
@@ -411,7 +477,7 @@ def finish_outputs(
         patch_id = int(patch_store.metadata["patch_id"].iloc[index])
         masks = {name: group[name][index] for name in ("cell_boundary", "nucleus_boundary")}
         write_overlay_png(
-            out_dir / "overlays" / f"patch_{patch_id:04d}.png", patch_store.patches[index], masks
+            out_dir / OVERLAYS_DIR / overlay_name(patch_id), patch_store.patches[index], masks
         )
     return metadata
 
@@ -441,17 +507,6 @@ def run_manifest(
     }
 
 
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that shape the results (TensorFlow only if already imported)."""
-    names = ["numpy", "scipy", "skimage", "dask", "distributed", "zarr", "pandas"]
-    names += [name for name in ("tensorflow", "deepcell") if name in sys.modules]
-    versions = {"python": sys.version.split()[0]}
-    for name in names:
-        module = sys.modules.get(name) or __import__(name)
-        versions[name] = str(getattr(module, "__version__", "unknown"))
-    return versions
-
-
 def run_serial(
     store: str | Path, config: SegmentConfig | None = None, *, segmenter: Segmenter | None = None
 ) -> Iterator[tuple[int, dict[str, np.ndarray], np.ndarray]]:
@@ -464,7 +519,7 @@ def run_serial(
     masks : dict
         The nine ``(H, W)`` uint32 masks.
     stats : numpy.ndarray
-        Repair statistics in ``tasks.REPAIR_STATS`` order.
+        Repair statistics in ``layout.REPAIR_STAT_COLUMNS`` order.
     """
     config = config or SegmentConfig()
     patch_store = open_patch_store(store)
@@ -474,11 +529,3 @@ def run_serial(
         labels = segmenter.predict(patch_store.patches[index][np.newaxis], image_mpp)
         masks, stats, _ = repair_patch(labels[0], config.tie_break)
         yield int(index), masks, stats
-
-
-def load_manifest(out_dir: str | Path) -> dict[str, Any]:
-    """Read ``run_manifest.json``; raises StoreError if the run did not complete."""
-    path = Path(out_dir) / MANIFEST
-    if not path.is_file():
-        raise StoreError(f"{out_dir} holds no complete run ({MANIFEST} missing); run it again")
-    return dict(json.loads(path.read_text()))

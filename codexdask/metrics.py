@@ -28,7 +28,7 @@ from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components
 
-from .errors import InputError
+from .errors import ConfigError, InputError
 
 #: Thresholds of the DSB 2018 average precision: 0.50, 0.55, ..., 0.95.
 DSB_THRESHOLDS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))
@@ -172,7 +172,7 @@ def match_instances(
     MatchResult
     """
     if not 0 < threshold <= 1:
-        raise InputError(f"IoU threshold must be in (0, 1], got {threshold}")
+        raise ConfigError(f"IoU threshold must be in (0, 1], got {threshold}")
     table = truth if isinstance(truth, Overlaps) else overlap_table(truth, _required(pred))
     candidate = table.iou >= threshold
     cand_true = table.pair_true[candidate]
@@ -225,7 +225,7 @@ def segmentation_scores(
     table = overlap_table(truth, pred)
     results = [match_instances(table, threshold=float(t)) for t in thresholds]
     if not results:
-        raise InputError("give at least one IoU threshold")
+        raise ConfigError("give at least one IoU threshold")
     return {
         "n_true": len(table.true_ids),
         "n_pred": len(table.pred_ids),

@@ -1,6 +1,6 @@
-"""Cell–nucleus matching and repair (the reference pipeline's ``repair_masks``), vectorised.
+"""Cell–nucleus matching and repair (the original pipeline's ``repair_masks``), vectorised.
 
-Semantics (``DESIGN.md`` decision 4, reference §2.2–2.7):
+Semantics (``docs/semantics.md``, "The repair rule"):
 
 - The *interior* of a cell is the cell minus its labelled inner boundary (4-connectivity; the image
   edge is not boundary, see :func:`codexdask.boundaries.get_boundary`).
@@ -9,7 +9,7 @@ Semantics (``DESIGN.md`` decision 4, reference §2.2–2.7):
   for a cell only when ``m < 1``, i.e. when it overlaps the interior.
 - Cells are visited in ascending label order. Each takes the acceptable nucleus with the smallest
   ``m`` among those no earlier cell has claimed (greedy, one-to-one). Ties go to the lowest nucleus
-  label (``tie_break="lowest-label"``) or follow the reference CPU path's CPython ``set`` order
+  label (``tie_break="lowest-label"``) or follow the original CPU path's CPython ``set`` order
   (``tie_break="aegle-cpu"``, for bit-for-bit comparisons).
 - Matched cells get new ids ``k = 1..M`` in visit order, over all their pixels; their nucleus is
   trimmed to the cell interior and gets the same id. Unmatched cells and nuclei vanish.
@@ -24,25 +24,26 @@ overlapping pairs, never with pixels × cells, and label values may be gapped or
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
 
 from codexdask.boundaries import boundary_pixels
-from codexdask.errors import InputError
+from codexdask.errors import ConfigError, InputError
 
-__all__ = ["TIE_BREAKS", "matching_stats_from_counts", "repair_masks", "repair_masks_batch"]
+__all__ = [
+    "TIE_BREAKS",
+    "TieBreakName",
+    "matching_stats_from_counts",
+    "repair_masks",
+    "repair_masks_batch",
+]
 
-TIE_BREAKS: tuple[str, ...] = ("lowest-label", "aegle-cpu")
-
-_MASK_KEYS = (
-    "cell_matched_mask",
-    "nucleus_matched_mask",
-    "cell_outside_nucleus_mask",
-    "cell_matched_boundary",
-    "nucleus_matched_boundary",
-)
+#: How a cell chooses among equally good nuclei: the lowest nucleus label, or the original
+#: pipeline's CPU iteration order (for bit-for-bit comparisons with it).
+TieBreakName = Literal["lowest-label", "aegle-cpu"]
+TIE_BREAKS: tuple[str, ...] = get_args(TieBreakName)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -50,7 +51,7 @@ _MASK_KEYS = (
 
 
 def repair_masks(
-    cell: npt.ArrayLike, nucleus: npt.ArrayLike, *, tie_break: str = "lowest-label"
+    cell: npt.ArrayLike, nucleus: npt.ArrayLike, *, tie_break: TieBreakName = "lowest-label"
 ) -> dict[str, Any]:
     """Match every cell to at most one nucleus and trim the nuclei to the cell interiors.
 
@@ -61,7 +62,7 @@ def repair_masks(
         uint64) or floats holding whole numbers. Labels need not be consecutive.
     tie_break : {"lowest-label", "aegle-cpu"}
         Which of several equally good nuclei a cell takes: the lowest nucleus label (default), or
-        the first in the CPython ``set`` iteration order that the reference CPU path uses.
+        the first in the CPython ``set`` iteration order that the original CPU path uses.
 
     Returns
     -------
@@ -72,7 +73,7 @@ def repair_masks(
             without a matched nucleus pixel; includes the membrane) and the labelled inner
             boundaries of the matched cells and of the trimmed nuclei.
         ``matched_fraction`` : float
-            The reference CPU formula ``U(cm) / (U(cell) + U(nucleus) - U(cm))`` where ``U`` counts
+            The original CPU formula ``U(cm) / (U(cell) + U(nucleus) - U(cm))`` where ``U`` counts
             distinct values *including 0 when present* and ``cm`` is ``cell_matched_mask``.
         ``matching_stats`` : dict
             See :func:`matching_stats_from_counts` (counts are of labels > 0).
@@ -85,8 +86,10 @@ def repair_masks(
     Raises
     ------
     InputError
-        If a mask is not 2-D, the shapes differ, a mask is empty, not numeric, boolean, has
-        negative or fractional labels, or `tie_break` is unknown.
+        If a mask is not 2-D, the shapes differ, a mask is empty, not numeric, boolean, or has
+        negative or fractional labels.
+    ConfigError
+        If `tie_break` is unknown.
     """
     aegle_order = _check_tie_break(tie_break)
     cell_arr = _as_label_image(cell, "cell")
@@ -160,7 +163,7 @@ def repair_masks(
 
 
 def repair_masks_batch(
-    seg_res_batch: Iterable[Mapping[str, Any]], *, tie_break: str = "lowest-label"
+    seg_res_batch: Iterable[Mapping[str, Any]], *, tie_break: TieBreakName = "lowest-label"
 ) -> list[dict[str, Any]]:
     """Run :func:`repair_masks` on every segmentation result of a batch, in order.
 
@@ -200,7 +203,7 @@ def repair_masks_batch(
 
 
 def matching_stats_from_counts(n_cells: int, n_nuclei: int, n_matched: int) -> dict[str, Any]:
-    """Matching statistics in the reference pipeline's structure.
+    """Matching statistics in the original pipeline's structure.
 
     Parameters
     ----------
@@ -244,9 +247,9 @@ def matching_stats_from_counts(n_cells: int, n_nuclei: int, n_matched: int) -> d
 
 
 def _check_tie_break(tie_break: str) -> bool:
-    """Return True for the aegle-cpu order; raise InputError for unknown modes."""
+    """Return True for the aegle-cpu order; raise ConfigError for unknown modes."""
     if tie_break not in TIE_BREAKS:
-        raise InputError(
+        raise ConfigError(
             f"unknown tie_break {tie_break!r}; use one of {', '.join(map(repr, TIE_BREAKS))}"
         )
     return tie_break == "aegle-cpu"
@@ -409,7 +412,7 @@ def _cpython_set_order(
     n_cells: int,
     n_nuclei: int,
 ) -> dict[int, dict[int, int]]:
-    """Rank of each nucleus in the CPython ``set`` iteration order the reference CPU path uses.
+    """Rank of each nucleus in the CPython ``set`` iteration order the original CPU path uses.
 
     That path iterates ``set(nucleus values under the cell's pixels in row-major order)``. A set's
     order depends only on the distinct values in first-occurrence order (0 and nuclei that touch

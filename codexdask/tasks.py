@@ -12,14 +12,11 @@ from typing import Any
 import numpy as np
 
 from .boundaries import get_boundary
-from .config import TieBreakName
 from .errors import SegmenterError
-from .outputs import MATCHED_KEYS, STAT_COLUMNS, open_result_store, write_patch_result
-from .repair import repair_masks
+from .layout import MATCHED_KEYS, REPAIR_STAT_COLUMNS, RESULT_STAT_COLUMNS
+from .outputs import open_result_store, write_patch_result
+from .repair import TieBreakName, repair_masks
 from .segmenters import Segmenter
-
-#: Repair metrics copied from ``repair_masks`` into the stats table, in ``STAT_COLUMNS`` order.
-REPAIR_STATS = STAT_COLUMNS[: STAT_COLUMNS.index("infer_s")]
 
 
 def infer_batch(segmenter: Segmenter, batch: np.ndarray, image_mpp: float) -> tuple[Any, float]:
@@ -56,7 +53,11 @@ def postprocess_batch(
 
 
 def separate_batch(labels: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Split ``(B, H, W, 2)`` labels into per-patch cell masks (channel 0) and nucleus masks (1)."""
+    """Split ``(B, H, W, 2)`` labels into per-patch cell masks (channel 0) and nucleus masks (1).
+
+    The masks are views of ``labels`` (after ``numpy.asarray``), ``(H, W)`` each.
+    """
+    labels = np.asarray(labels)
     return [image[..., 0] for image in labels], [image[..., 1] for image in labels]
 
 
@@ -100,9 +101,9 @@ def repair_patch(
     Returns
     -------
     masks : dict
-        The nine ``(H, W)`` uint32 masks named in ``outputs.MASK_NAMES``.
+        The nine ``(H, W)`` uint32 masks named in ``layout.MASK_NAMES``.
     repair_stats : numpy.ndarray
-        ``(len(REPAIR_STATS),)`` float64 metrics in ``REPAIR_STATS`` order.
+        ``(len(REPAIR_STAT_COLUMNS),)`` float64 metrics in ``REPAIR_STAT_COLUMNS`` order.
     seconds : float
         Time spent on boundaries and repair.
     """
@@ -110,7 +111,7 @@ def repair_patch(
     (original,) = segmentation_results(labels[np.newaxis])
     repaired = repair_masks(original["cell"], original["nucleus"], tie_break=tie_break)
     masks = {**original, **{name: repaired[name] for name in MATCHED_KEYS}}
-    stats = np.array([repaired[name] for name in REPAIR_STATS], dtype=np.float64)
+    stats = np.array([repaired[name] for name in REPAIR_STAT_COLUMNS], dtype=np.float64)
     return masks, stats, time.perf_counter() - start
 
 
@@ -140,10 +141,10 @@ def repair_and_store(
     Returns
     -------
     numpy.ndarray
-        ``(B, len(STAT_COLUMNS))`` float64, the rows written to the store's ``stats`` array.
+        ``(B, len(RESULT_STAT_COLUMNS))`` float64, the rows written to the store's ``stats`` array.
     """
     group = open_result_store(result_path)
-    rows = np.empty((len(indices), len(STAT_COLUMNS)), dtype=np.float64)
+    rows = np.empty((len(indices), len(RESULT_STAT_COLUMNS)), dtype=np.float64)
     for k, index in enumerate(indices):
         masks, repair_stats, repair_seconds = repair_patch(labels[k], tie_break)
         rows[k] = np.concatenate([repair_stats, timings[k], [repair_seconds]])

@@ -14,7 +14,7 @@ import imageio.v3 as iio
 import numpy as np
 
 from .errors import InputError
-from .outputs import atomic_path
+from .outputs.atomic import atomic_path
 
 #: RGB colour of whole-cell outlines (red) and nucleus outlines (yellow).
 CELL_COLOUR = (255, 0, 0)

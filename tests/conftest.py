@@ -113,3 +113,84 @@ def client():
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=":0") as cluster, Client(cluster) as dask_client:
         yield dask_client
+
+
+class FakeNvml:
+    """A stand-in for the ``pynvml`` module (nvidia-ml-py) with scripted GPUs and failures.
+
+    ``gpus`` are ``(name, uuid, total_bytes, free_bytes)``; ``init_error`` / ``query_error`` name
+    an NVML error class (e.g. ``"NVMLError_NoPermission"``) raised by ``nvmlInit`` or by
+    ``nvmlDeviceGetMemoryInfo``.
+    """
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, gpus=(), init_error=None, query_error=None):
+        self.gpus = list(gpus)
+        self.init_error = init_error
+        self.query_error = query_error
+        for name in ("NVMLError_LibraryNotFound", "NVMLError_DriverNotLoaded",
+                     "NVMLError_NoPermission", "NVMLError_Unknown", "NVMLError_NotFound"):
+            setattr(self, name, type(name, (self.NVMLError,), {}))
+
+    def _raise(self, name):
+        if name:
+            raise getattr(self, name)(name.removeprefix("NVMLError_"))
+
+    def nvmlInit(self):
+        self._raise(self.init_error)
+
+    def nvmlShutdown(self):
+        pass
+
+    def nvmlDeviceGetCount(self):
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        return index
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        for index, gpu in enumerate(self.gpus):
+            if gpu[1] == uuid:
+                return index
+        raise self.NVMLError_NotFound("NotFound")
+
+    def nvmlDeviceGetIndex(self, handle):
+        return handle
+
+    def nvmlDeviceGetName(self, handle):
+        return self.gpus[handle][0].encode()
+
+    def nvmlDeviceGetUUID(self, handle):
+        return self.gpus[handle][1]
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        from types import SimpleNamespace
+
+        self._raise(self.query_error)
+        _, _, total, free = self.gpus[handle]
+        return SimpleNamespace(total=total, free=free, used=total - free)
+
+
+@pytest.fixture
+def fake_nvml(monkeypatch):
+    """Install a :class:`FakeNvml` as ``pynvml``: ``fake_nvml(gpus=..., init_error=...)``."""
+    import sys
+
+    def install(**kwargs):
+        fake = FakeNvml(**kwargs)
+        monkeypatch.setitem(sys.modules, "pynvml", fake)
+        return fake
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    return install
+
+
+@pytest.fixture
+def no_weights_env(tmp_path, monkeypatch) -> Path:
+    """A HOME without deepcell's cache and no token or model path in the environment."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("DEEPCELL_ACCESS_TOKEN", raising=False)
+    monkeypatch.delenv("CODEXDASK_MODEL_PATH", raising=False)
+    return tmp_path

@@ -42,9 +42,10 @@ from test_engine import make_store
 from codexdask import cluster
 from codexdask.cli import main
 from codexdask.config import PatchConfig, SegmentConfig
-from codexdask.engine import MANIFEST, RESULT_STORE, run
+from codexdask.engine import run
 from codexdask.errors import ClusterError, CodexDaskError, InputError, ModelLoadError
-from codexdask.patches import METADATA_FILE, write_patch_store
+from codexdask.layout import MANIFEST, METADATA_FILE, RESULT_STORE
+from codexdask.patches import write_patch_store
 from codexdask.synthetic import synthetic_slide
 
 SUMMARY_FILES = (MANIFEST, "patches_metadata.csv", "matched_seg_res_batch.pickle",

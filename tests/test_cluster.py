@@ -8,6 +8,7 @@ from distributed import Client, LocalCluster
 from codexdask import cluster
 from codexdask.config import SegmentConfig
 from codexdask.errors import ClusterError
+from codexdask.hardware import GpuProbe
 
 
 def test_existing_client_is_used_and_left_open():
@@ -47,7 +48,7 @@ def test_unreachable_scheduler_fails_fast_with_hint(monkeypatch):
 
 
 def test_gpus_without_a_gpu_say_drop_gpus(monkeypatch):
-    monkeypatch.setattr(cluster, "count_gpus", lambda: 0)
+    monkeypatch.setattr(cluster, "probe_gpus", lambda visible_only: GpuProbe([], note="no driver"))
     with pytest.raises(ClusterError, match="drop --gpus"):
         cluster.local_gpu_cluster(SegmentConfig(gpus=True))
 

@@ -12,9 +12,10 @@ import zarr
 from distributed import Client, LocalCluster, SpecCluster, Worker
 
 from codexdask.config import PatchConfig, SegmentConfig
-from codexdask.engine import build_graph, load_manifest, run, run_serial, submit
+from codexdask.engine import build_graph, run, run_serial, submit
 from codexdask.errors import OutputExistsError, StoreError
-from codexdask.outputs import MASK_NAMES, STAT_COLUMNS
+from codexdask.layout import MASK_NAMES, RESULT_STAT_COLUMNS
+from codexdask.outputs import load_manifest
 from codexdask.patches import open_patch_store, write_patch_store
 from codexdask.segmenters import get_segmenter
 from codexdask.segmenters.planner import BatchPlan
@@ -74,7 +75,7 @@ def test_metadata_csv_has_stats_and_nan_for_skipped_rows(finished_run):
     out, result = finished_run
     csv = pd.read_csv(out / "patches_metadata.csv")
     assert len(csv) == 7
-    assert set(STAT_COLUMNS) <= set(csv.columns)
+    assert set(RESULT_STAT_COLUMNS) <= set(csv.columns)
     assert csv.loc[list(EMPTY_PATCHES), "matched_fraction"].isna().all()
     informative = csv[csv["is_informative"]]
     assert informative["matched_fraction"].between(0, 1).all()

@@ -23,9 +23,10 @@ from distributed import Client, LocalCluster
 from test_engine import make_store
 
 from codexdask.config import PatchConfig, SegmentConfig
-from codexdask.engine import MANIFEST, RESULT_STORE, load_manifest, run
-from codexdask.outputs import MASK_NAMES, STAT_COLUMNS
-from codexdask.patches import METADATA_FILE, open_patch_store, write_patch_store
+from codexdask.engine import run
+from codexdask.layout import MANIFEST, MASK_NAMES, METADATA_FILE, RESULT_STAT_COLUMNS, RESULT_STORE
+from codexdask.outputs import load_manifest
+from codexdask.patches import open_patch_store, write_patch_store
 from codexdask.segmenters import Segmenter, get_segmenter
 from codexdask.synthetic import synthetic_slide
 
@@ -144,7 +145,7 @@ def assert_same_outputs(out: Path, expected: Path) -> None:
     for name in MASK_NAMES:
         np.testing.assert_array_equal(got[name][:], want[name][:], err_msg=name)
     np.testing.assert_array_equal(got["done"][:], want["done"][:])
-    keep = [k for k, column in enumerate(STAT_COLUMNS) if column not in TIMING_COLUMNS]
+    keep = [k for k, column in enumerate(RESULT_STAT_COLUMNS) if column not in TIMING_COLUMNS]
     np.testing.assert_array_equal(got["stats"][:][:, keep], want["stats"][:][:, keep])
     csv, csv_want = (pd.read_csv(d / METADATA_FILE).drop(columns=TIMING_COLUMNS)
                      for d in (out, expected))

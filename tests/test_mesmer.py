@@ -9,12 +9,9 @@ the default run keeps to about 60 tiles: one or two images per case, mostly one 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import io
 import os
 import pickle
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +19,7 @@ import pytest
 from conftest import tissue_batch
 
 from codexdask.errors import ModelLoadError, SegmenterError
+from codexdask.mesmer.weights import find_model_source
 from codexdask.segmenters import get_segmenter
 from codexdask.segmenters import mesmer as mesmer_module
 from codexdask.segmenters.mesmer import MesmerSegmenter, load_mesmer_model, model_load_count
@@ -203,16 +201,7 @@ def test_empty_batch(mesmer_model_dir):
     assert labels.shape == (0, 64, 48, 2) and labels.dtype == np.uint32
 
 
-# --- weights -----------------------------------------------------------------------------------
-
-@pytest.fixture
-def no_weights_env(tmp_path, monkeypatch) -> Path:
-    """A HOME without deepcell's cache and no token or model path in the environment."""
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("DEEPCELL_ACCESS_TOKEN", raising=False)
-    monkeypatch.delenv(mesmer_module.MODEL_PATH_ENV, raising=False)
-    return tmp_path
-
+# --- loading the weights (where they come from: test_weights.py) -------------------------------
 
 def test_model_loaded_once_per_process(mesmer_model_dir, model):
     count = model_load_count()
@@ -220,14 +209,6 @@ def test_model_loaded_once_per_process(mesmer_model_dir, model):
     assert load_mesmer_model(str(mesmer_model_dir) + os.sep) is model  # same resolved path
     assert model_load_count() == count
     assert model.input_shape == (None, 256, 256, 2) and len(model.outputs) == 4
-
-
-def test_constants_match_deepcell():
-    from deepcell.applications import mesmer as deepcell_mesmer
-
-    assert mesmer_module.MODEL_KEY == deepcell_mesmer.MODEL_KEY
-    assert mesmer_module.MODEL_NAME == deepcell_mesmer.MODEL_NAME
-    assert mesmer_module.MODEL_HASH == deepcell_mesmer.MODEL_HASH
 
 
 def test_missing_model_path_names_the_path(tmp_path):
@@ -257,53 +238,7 @@ def test_no_weights_error_names_three_options(no_weights_env):
     models = no_weights_env / ".deepcell" / "models"
     assert str(models / "MultiplexSegmentation-9.tar.gz") in message
     assert "DEEPCELL_ACCESS_TOKEN" in message
-    assert mesmer_module.describe_model_source()["ok"] is False
-
-
-def _fake_archive(path: Path) -> str:
-    """A tar.gz like deepcell's (``MultiplexSegmentation/saved_model.pb``); returns its md5."""
-    payload = b"placeholder"
-    with tarfile.open(path, "w:gz") as tar:
-        member = tarfile.TarInfo("MultiplexSegmentation/saved_model.pb")
-        member.size = len(payload)
-        tar.addfile(member, io.BytesIO(payload))
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def test_deepcell_cache_archive_is_checked_and_extracted(no_weights_env, monkeypatch):
-    models = no_weights_env / ".deepcell" / "models"
-    models.mkdir(parents=True)
-    digest = _fake_archive(models / "MultiplexSegmentation-9.tar.gz")
-    with pytest.raises(ModelLoadError, match="md5"):  # not deepcell's hash: refused
-        mesmer_module._locate_model_dir(None)
-    monkeypatch.setattr(mesmer_module, "MODEL_HASH", digest)
-    assert mesmer_module.describe_model_source()["source"] == "deepcell-cache-archive"
-    found = mesmer_module._locate_model_dir(None)
-    assert found == models / "MultiplexSegmentation"
-    assert (found / "saved_model.pb").read_bytes() == b"placeholder"
-    assert mesmer_module.describe_model_source()["source"] == "deepcell-cache"
-    assert not [p for p in models.iterdir() if p.name.startswith(".codexdask-extract")]
-
-
-def test_token_download_comes_last(no_weights_env, monkeypatch, tmp_path):
-    archive = tmp_path / "download" / "MultiplexSegmentation-9.tar.gz"
-    archive.parent.mkdir()
-    _fake_archive(archive)
-    (no_weights_env / ".deepcell" / "models").mkdir(parents=True)
-    monkeypatch.setattr(mesmer_module, "_download", lambda: archive)  # no network in tests
-    monkeypatch.setenv("DEEPCELL_ACCESS_TOKEN", "test-token")
-    assert mesmer_module.describe_model_source()["source"] == "download"
-    found = mesmer_module._locate_model_dir(None)
-    assert found == no_weights_env / ".deepcell" / "models" / "MultiplexSegmentation"
-    # An explicit model_path wins over the token.
-    assert mesmer_module.describe_model_source(tmp_path)["source"] == "model_path"
-
-
-def test_model_path_env_variable(no_weights_env, mesmer_model_dir, monkeypatch):
-    monkeypatch.setenv(mesmer_module.MODEL_PATH_ENV, str(mesmer_model_dir))
-    source = mesmer_module.describe_model_source()
-    assert source["source"] == "model_path" and source["ok"]
-    assert mesmer_module._locate_model_dir(None) == mesmer_model_dir
+    assert find_model_source().ok is False
 
 
 def _infer_in_worker(model_dir: str, batch: np.ndarray) -> tuple[int, int, int]:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from codexdask.errors import InputError
+from codexdask.errors import ConfigError, InputError
 from codexdask.metrics import (
     DSB_THRESHOLDS,
     average_precision,
@@ -190,7 +190,12 @@ def test_bad_input_raises_input_error() -> None:
         match_instances(labels > 0, labels)
     with pytest.raises(InputError, match="negative"):
         match_instances(labels.astype(np.int32) - 1, labels)
-    with pytest.raises(InputError, match="threshold"):
+
+
+def test_bad_threshold_raises_config_error() -> None:
+    """A threshold is a setting, not data: errors.py's rule makes it a ConfigError."""
+    labels = _squares()
+    with pytest.raises(ConfigError, match="threshold"):
         match_instances(labels, labels, threshold=0.0)
-    with pytest.raises(InputError, match="threshold"):
+    with pytest.raises(ConfigError, match="threshold"):
         segmentation_scores(labels, labels, thresholds=())

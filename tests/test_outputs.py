@@ -15,18 +15,20 @@ import pytest
 import tifffile
 import zarr
 
-from codexdask.errors import InputError, OutputExistsError, StoreError
-from codexdask.outputs import (
+from codexdask.errors import ConfigError, InputError, OutputExistsError, StoreError
+from codexdask.layout import (
     MASK_NAMES,
     MATCHED_KEYS,
     ORIGINAL_KEYS,
-    STAT_COLUMNS,
+    RESULT_STAT_COLUMNS,
+    pickle_suffix,
+)
+from codexdask.outputs import (
     atomic_path,
     create_result_store,
     iter_seg_res,
     load_seg_res,
     open_result_store,
-    pickle_suffix,
     pyramid_shapes,
     read_stats_table,
     write_manifest,
@@ -59,7 +61,7 @@ def stats_for(n_cells: int, n_nuclei: int, n_matched: int, jaccard: float) -> np
         "frac_nuclei_matched": n_matched / n_nuclei if n_nuclei else math.nan,
         "match_jaccard": jaccard, "infer_s": 0.5, "postprocess_s": 0.25, "repair_s": 0.125,
     }
-    return np.array([values[c] for c in STAT_COLUMNS], dtype=np.float64)
+    return np.array([values[c] for c in RESULT_STAT_COLUMNS], dtype=np.float64)
 
 
 @pytest.fixture
@@ -82,9 +84,9 @@ def test_constants_follow_the_interface():
     assert MATCHED_KEYS == ("cell_matched_mask", "nucleus_matched_mask",
                             "cell_outside_nucleus_mask", "cell_matched_boundary",
                             "nucleus_matched_boundary")
-    assert STAT_COLUMNS == ("matched_fraction", "n_cells", "n_nuclei", "n_matched", "n_repaired",
-                            "frac_cells_matched", "frac_nuclei_matched", "match_jaccard",
-                            "infer_s", "postprocess_s", "repair_s")
+    assert RESULT_STAT_COLUMNS == ("matched_fraction", "n_cells", "n_nuclei", "n_matched",
+                                   "n_repaired", "frac_cells_matched", "frac_nuclei_matched",
+                                   "match_jaccard", "infer_s", "postprocess_s", "repair_s")
 
 
 def test_atomic_path_renames_on_success_and_cleans_up_on_failure(tmp_path):
@@ -130,7 +132,8 @@ def test_create_result_store_layout(tmp_path):
         assert array.compressor.cname == "zstd" and array.compressor.shuffle == 2  # bitshuffle
     assert (group["done"].shape, group["done"].chunks, group["done"].dtype) == ((3,), (1,), bool)
     stats = group["stats"]
-    assert (stats.shape, stats.chunks) == ((3, len(STAT_COLUMNS)), (1, len(STAT_COLUMNS)))
+    n_columns = len(RESULT_STAT_COLUMNS)
+    assert (stats.shape, stats.chunks) == ((3, n_columns), (1, n_columns))
     assert np.isnan(stats[:]).all() and not group["done"][:].any()
     info = group.attrs["codexdask"]
     assert info["kind"] == "result-store" and info["version"] == 1
@@ -160,16 +163,16 @@ def test_write_patch_result_round_trip_and_stats_table(tmp_path, store):
         np.testing.assert_array_equal(store[name][3], expected[name])
     np.testing.assert_array_equal(store["cell"][1], 0)  # never written -> fill value
     table = read_stats_table(store)
-    assert list(table.columns) == [*STAT_COLUMNS, "done"]
+    assert list(table.columns) == [*RESULT_STAT_COLUMNS, "done"]
     assert table["done"].tolist() == [True, False, True, True, False]
-    np.testing.assert_array_equal(table.loc[0, list(STAT_COLUMNS)].to_numpy(dtype=float),
+    np.testing.assert_array_equal(table.loc[0, list(RESULT_STAT_COLUMNS)].to_numpy(dtype=float),
                                   stats_for(3, 2, 2, 2 / 3))
-    assert table.loc[[1, 4], list(STAT_COLUMNS)].isna().all().all()
+    assert table.loc[[1, 4], list(RESULT_STAT_COLUMNS)].isna().all().all()
 
 
 def test_stats_row_without_done_reads_as_nan(store):
     store["stats"][1] = stats_for(1, 1, 1, 1.0)  # a crash after the stats, before done
-    assert read_stats_table(store).loc[1, list(STAT_COLUMNS)].isna().all()
+    assert read_stats_table(store).loc[1, list(RESULT_STAT_COLUMNS)].isna().all()
 
 
 def test_write_patch_result_accepts_a_mapping_and_casts(store):
@@ -241,7 +244,7 @@ def expected_lists(indices=(0, 2, 3)):
     for i in indices:
         masks = masks_for(i)
         c, n, m, jac = counts[i]
-        stats = dict(zip(STAT_COLUMNS, stats_for(c, n, m, jac).tolist(), strict=True))
+        stats = dict(zip(RESULT_STAT_COLUMNS, stats_for(c, n, m, jac).tolist(), strict=True))
         original.append({k: masks[k] for k in ORIGINAL_KEYS})
         matched.append({
             **{k: masks[k] for k in MATCHED_KEYS},
@@ -298,7 +301,7 @@ def test_pickles_empty_and_not_done(tmp_path, store):
     with pytest.raises(StoreError, match="resume"):
         write_seg_res_pickles(store, [0, 1], tmp_path / "x")
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
-    with pytest.raises(InputError, match="compression"):
+    with pytest.raises(ConfigError, match="compression"):  # a setting: errors.py's rule
         write_seg_res_pickles(store, [0], tmp_path, compression="lz4")
     with pytest.raises(StoreError, match="no segmentation pickle"):
         load_seg_res(tmp_path / "absent.pickle")
@@ -335,7 +338,7 @@ def test_iter_seg_res_yields_lazily(store):
     first = next(entries)
     assert set(first) == set(ORIGINAL_KEYS)
     np.testing.assert_array_equal(first["cell"], masks_for(0)["cell"])
-    with pytest.raises(InputError):
+    with pytest.raises(ConfigError):  # a choice of kind is a setting: errors.py's rule
         next(iter_seg_res(store, [0], "repaired"))
 
 
@@ -352,13 +355,13 @@ def test_metadata_csv_adds_stats_nan_for_non_informative(tmp_path, store):
     table = write_metadata_csv(metadata, read_stats_table(store), tmp_path / "patches_metadata.csv")
     back = pd.read_csv(tmp_path / "patches_metadata.csv")
     assert list(back.columns) == ["patch_id", "x_start", "y_start", "is_informative",
-                                  *STAT_COLUMNS]
-    assert back.loc[[1, 4], list(STAT_COLUMNS)].isna().all().all()
+                                  *RESULT_STAT_COLUMNS]
+    assert back.loc[[1, 4], list(RESULT_STAT_COLUMNS)].isna().all().all()
     assert back.loc[0, "matched_fraction"] == pytest.approx(3 / 4)
     assert back.loc[0, "n_cells"] == 3 and back.loc[3, "n_matched"] == 1
     assert "n_cells" in (tmp_path / "patches_metadata.csv").read_text().splitlines()[0]
     assert ",3," in (tmp_path / "patches_metadata.csv").read_text().splitlines()[1]  # integer
-    assert table.shape == (5, 4 + len(STAT_COLUMNS))
+    assert table.shape == (5, 4 + len(RESULT_STAT_COLUMNS))
     write_metadata_csv(metadata.drop(columns="matched_fraction"), None, tmp_path / "plain.csv")
     assert list(pd.read_csv(tmp_path / "plain.csv").columns) == ["patch_id", "x_start",
                                                                  "y_start", "is_informative"]

@@ -1,4 +1,4 @@
-"""Patch geometry, QC flags, the patch store round trip, atomic writes, errors and memory bounds."""
+"""The patch store: round trip, atomic writes, stale temporaries, errors and memory bounds."""
 
 from __future__ import annotations
 
@@ -13,26 +13,18 @@ import pytest
 import tifffile
 import zarr
 
-from codexdask import patches as patches_mod
+from codexdask import selection
 from codexdask.config import PatchConfig
 from codexdask.errors import InputError, OutputExistsError, SlideError, StoreError
-from codexdask.patches import (
-    FLAG_COLUMNS,
-    METADATA_FILE,
-    STAT_COLUMNS,
-    open_patch_store,
-    patch_grid,
-    patch_slide,
-    patch_statistics,
-    qc_flags,
-    write_patch_store,
-)
+from codexdask.layout import FLAG_COLUMNS, METADATA_FILE, QC_STAT_COLUMNS
+from codexdask.patches import open_patch_store, patch_slide, write_patch_store
+from codexdask.selection import patch_statistics
 
 NAMES = ["DAPI", "CD45", "PanCK", "CD3"]
-PATCHES_COLUMNS = ["patch_id", "x_start", "y_start", "height", "width", *STAT_COLUMNS,
+PATCHES_COLUMNS = ["patch_id", "x_start", "y_start", "height", "width", *QC_STAT_COLUMNS,
                    *FLAG_COLUMNS]
 OTHER_COLUMNS = ["patch_id", "patch_index", "x_start", "y_start", "patch_width", "patch_height",
-                 "height", "width", *STAT_COLUMNS, *FLAG_COLUMNS]
+                 "height", "width", *QC_STAT_COLUMNS, *FLAG_COLUMNS]
 
 
 def _cfg(**kwargs: object) -> PatchConfig:
@@ -52,94 +44,6 @@ def image() -> np.ndarray:
 
 def _extracted(img: np.ndarray) -> np.ndarray:
     return np.stack([img[0], np.maximum(img[1], img[2])], axis=-1)
-
-
-# ------------------------------------------------------------------------------- geometry
-
-
-def test_grid_reference_example_150x170() -> None:
-    grid = patch_grid(150, 170, _cfg(patch_size=(64, 64), overlap=0.1))
-    assert grid.padded_shape == (186, 186)  # reference §1.2 over-pads (minimal would be 180)
-    assert grid.step == (58, 58) and grid.patch_shape == (64, 64)
-    assert [b[:2] for b in grid.boxes] == [(y, x) for y in (0, 58, 116) for x in (0, 58, 116)]
-    frame = grid.to_frame()
-    assert list(frame.columns) == ["y_start", "x_start", "height", "width"]
-    assert (frame["height"] == 64).all() and len(frame) == 9
-
-
-def test_grid_image_smaller_than_patch() -> None:
-    grid = patch_grid(30, 40, _cfg(patch_size=(64, 64), overlap=0.1))
-    assert grid.padded_shape == (70, 70) and grid.boxes == ((0, 0, 64, 64),)
-    exact = patch_grid(32, 32, _cfg(patch_size=(64, 64), overlap=0.5))  # formula pads 0 here
-    assert exact.padded_shape == (64, 64) and exact.n_patches == 1
-
-
-def test_grid_no_overlap_exact_multiple_and_step_floor() -> None:
-    grid = patch_grid(128, 192, _cfg(patch_size=(64, 64), overlap=0.0))
-    assert grid.padded_shape == (128, 192) and grid.n_patches == 6
-    tiny = patch_grid(5, 5, _cfg(patch_size=(2, 2), overlap=0.99))  # step floors at 1
-    assert tiny.step == (1, 1)
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_grid_patches_cover_slide_row_major(seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    for _ in range(40):
-        h, w = (int(v) for v in rng.integers(1, 400, size=2))
-        ph, pw = (int(v) for v in rng.integers(1, 130, size=2))
-        grid = patch_grid(h, w, _cfg(patch_size=(ph, pw), overlap=float(rng.choice([0, .1, .5]))))
-        cover = np.zeros(grid.padded_shape, dtype=bool)
-        for y, x, bh, bw in grid.boxes:
-            assert y + bh <= grid.padded_shape[0] and x + bw <= grid.padded_shape[1]
-            cover[y:y + bh, x:x + bw] = True
-        assert cover[:h, :w].all()
-        assert list(grid.boxes) == sorted(grid.boxes)
-
-
-def test_grid_full_image_halves_quarters_odd_sizes() -> None:
-    full = patch_grid(45, 71, _cfg(split_mode="full_image"))
-    assert full.boxes == ((0, 0, 45, 71),) and full.padded_shape == (45, 71)
-    vert = patch_grid(45, 71, _cfg(split_mode="halves"))
-    assert vert.boxes == ((0, 0, 45, 35), (0, 35, 45, 36)) and vert.patch_shape == (45, 36)
-    horiz = patch_grid(45, 71, _cfg(split_mode="halves", split_direction="horizontal"))
-    assert horiz.boxes == ((0, 0, 22, 71), (22, 0, 23, 71))
-    quarters = patch_grid(45, 71, _cfg(split_mode="quarters"))
-    assert quarters.boxes == ((0, 0, 22, 35), (0, 35, 22, 36), (22, 0, 23, 35), (22, 35, 23, 36))
-    assert quarters.patch_shape == (23, 36) and quarters.overlap == 0.0
-    with pytest.raises(SlideError, match="2 pixels wide"):
-        patch_grid(10, 1, _cfg(split_mode="halves"))
-
-
-# ------------------------------------------------------------------------------- QC
-
-
-def test_patch_statistics_values() -> None:
-    tile = np.zeros((4, 5, 2), dtype=np.uint16)
-    tile[0, :, 0] = 10  # 5 of 20 pixels
-    tile[..., 1] = 3
-    stats = patch_statistics(tile)
-    assert stats["nucleus_mean"] == pytest.approx(2.5)
-    assert stats["nucleus_std"] == pytest.approx(np.std(tile[..., 0]))  # population std
-    assert stats["nucleus_non_zero_perc"] == pytest.approx(0.25)  # a fraction, not a percent
-    assert stats["wholecell_mean"] == 3 and stats["wholecell_std"] == 0
-    assert stats["wholecell_non_zero_perc"] == 1.0
-
-
-def test_informative_flag_scenario() -> None:
-    stats = pd.DataFrame({
-        "nucleus_non_zero_perc": [0.049, 0.05, 1.0, 1.0],
-        "nucleus_mean": [50.0, 50.0, 0.99, 1.0],
-    })
-    flags = qc_flags(stats)
-    assert flags["is_empty"].tolist() == [True, False, False, False]
-    assert flags["is_noisy"].tolist() == [False, False, True, False]
-    assert flags["is_informative"].tolist() == [False, True, False, True]
-    dark = np.zeros((8, 8, 2), dtype=np.uint16)
-    dark[..., 1] = 60000  # zero DAPI, bright whole-cell: bad, only the nucleus channel counts
-    row = qc_flags(pd.DataFrame([patch_statistics(dark)]))
-    assert bool(row["is_bad_patch"][0]) and not bool(row["is_informative"][0])
-    loose = qc_flags(stats, non_zero_perc_threshold=0.01, mean_intensity_threshold=0.5)
-    assert loose["is_informative"].all()
 
 
 # ------------------------------------------------------------------------------- store
@@ -233,7 +137,7 @@ def test_existing_output_refused_unless_overwrite(tmp_path: Path, image: np.ndar
 
 def test_failed_write_leaves_nothing(tmp_path: Path, image: np.ndarray,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    real = patches_mod.patch_statistics
+    real = selection.patch_statistics
     calls = {"n": 0}
 
     def failing(tile: np.ndarray) -> dict[str, float]:
@@ -242,7 +146,7 @@ def test_failed_write_leaves_nothing(tmp_path: Path, image: np.ndarray,
             raise RuntimeError("injected failure")
         return real(tile)
 
-    monkeypatch.setattr(patches_mod, "patch_statistics", failing)
+    monkeypatch.setattr(selection, "patch_statistics", failing)
     with pytest.raises(RuntimeError, match="injected"):
         write_patch_store(image, tmp_path / "o.zarr", _cfg(patch_size=(64, 64)),
                           channel_names=NAMES)

@@ -9,7 +9,7 @@ import pytest
 from conftest import tissue_batch
 
 from codexdask.errors import ConfigError, SegmenterError
-from codexdask.segmenters import MemoryEstimate, Segmenter, get_segmenter, planner
+from codexdask.segmenters import MemoryEstimate, Segmenter, TiledSegmenter, get_segmenter, planner
 from codexdask.segmenters.mesmer import DEVICE_BYTES_PER_TILE, MesmerSegmenter
 from codexdask.segmenters.planner import (
     BatchPlan,
@@ -42,16 +42,25 @@ class FakeTiled(Segmenter):
         return MemoryEstimate(device_bytes=9 * 100 * MiB, host_bytes=50 * MiB)
 
 
-class FakePlain(FakeTiled):
-    """No tiles, CPU only."""
+class FakePlain(Segmenter):
+    """No tiles, CPU only, 50 MiB of host per patch."""
 
-    wants_gpu = False
-    tiles_per_patch = None  # type: ignore[assignment]
+    name = "fake-plain"
+
+    def infer(self, batch, image_mpp):
+        return batch
+
+    def postprocess(self, maps):
+        return np.zeros(maps.shape[:3] + (2,), np.uint32)
+
+    def memory_per_patch(self, shape, image_mpp):
+        return MemoryEstimate(device_bytes=0, host_bytes=50 * MiB)
 
 
-@pytest.fixture
-def no_gpu(monkeypatch):
-    monkeypatch.setattr(planner, "measure_device_free_bytes", lambda: None)
+def test_tiled_segmenters_are_recognised_by_their_protocol():
+    assert isinstance(FakeTiled(), TiledSegmenter) and isinstance(MesmerSegmenter(), TiledSegmenter)
+    assert not isinstance(FakePlain(), TiledSegmenter)
+    assert not isinstance(get_segmenter("watershed"), TiledSegmenter)
 
 
 # --- plan_batches arithmetic -------------------------------------------------------------------
@@ -81,7 +90,7 @@ def test_host_memory_limits_patches_per_task():
     assert (plan.tiles_per_call, plan.patches_per_task) == (66, 4)
 
 
-def test_cpu_plan_takes_network_memory_from_host(no_gpu):
+def test_cpu_plan_takes_network_memory_from_host():
     plan = plan_batches(FakeTiled(), (512, 512), 0.5, host_free_bytes=8 * GiB)
     # Budget 4 GiB; tiles = 4 GiB x 0.5 / 100 MiB = 20; 4096 - 2000 MiB left = 41 patches fit.
     assert plan.tiles_per_call == 20
@@ -89,16 +98,17 @@ def test_cpu_plan_takes_network_memory_from_host(no_gpu):
     assert "no GPU" in plan.reason
 
 
-def test_zero_device_memory_means_cpu(monkeypatch):
-    monkeypatch.setattr(planner, "measure_device_free_bytes", lambda: 80 * GiB)
-    plan = plan_batches(FakeTiled(), (512, 512), 0.5, device_free_bytes=0,
-                        host_free_bytes=8 * GiB)
-    assert plan.tiles_per_call == 20 and "no GPU" in plan.reason
-    measured = plan_batches(FakeTiled(), (512, 512), 0.5, host_free_bytes=8 * GiB)
-    assert measured.tiles_per_call == planner.MAX_TILES_PER_CALL_GPU  # the (fake) GPU was used
+def test_zero_or_no_device_memory_means_cpu():
+    for device in (0, None):
+        plan = plan_batches(FakeTiled(), (512, 512), 0.5, device_free_bytes=device,
+                            host_free_bytes=8 * GiB)
+        assert plan.tiles_per_call == 20 and "no GPU" in plan.reason
+    gpu = plan_batches(FakeTiled(), (512, 512), 0.5, device_free_bytes=80 * GiB,
+                       host_free_bytes=8 * GiB)
+    assert gpu.tiles_per_call == planner.MAX_TILES_PER_CALL_GPU  # the GPU figure is used
 
 
-def test_cpu_tiles_are_capped(no_gpu):
+def test_cpu_tiles_are_capped():
     plan = plan_batches(FakeTiled(), (512, 512), 0.5, host_free_bytes=1000 * GiB)
     assert plan.tiles_per_call == planner.MAX_TILES_PER_CALL_CPU
 
@@ -118,7 +128,7 @@ def test_plain_segmenter_has_no_tiles():
     assert small.patches_per_task == 3  # 150 MiB budget / 50 MiB
 
 
-def test_patch_too_big_for_memory_still_plans_one(no_gpu):
+def test_patch_too_big_for_memory_still_plans_one():
     plan = plan_batches(FakePlain(), (512, 512), 0.5, host_free_bytes=10 * MiB)
     assert plan.patches_per_task == 1
     assert "warning" in plan.reason
@@ -262,22 +272,3 @@ def test_labels_identical_for_every_patches_per_task(backend):
         pieces = [segmenter.postprocess(segmenter.infer(batch[i:i + size], 0.5))
                   for i in range(0, 5, size)]
         np.testing.assert_array_equal(np.concatenate(pieces), whole)
-
-
-# --- memory measurement ------------------------------------------------------------------------
-
-def test_memory_measurement_without_tensorflow():
-    gpus, error = planner.gpu_memory_info()
-    assert (gpus and error is None) or (not gpus and isinstance(error, str))
-    free = planner.measure_device_free_bytes()
-    assert free is None or free > 0
-    assert planner.measure_host_free_bytes() > 0
-
-
-def test_host_memory_is_capped_by_the_dask_worker_limit():
-    distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                                  memory_limit="1GiB", dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
-        inside = client.submit(planner.measure_host_free_bytes, pure=False).result()
-    assert 0 <= inside <= GiB

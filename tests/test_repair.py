@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from slow_repair_reference import slow_repair_masks
 
 from codexdask.boundaries import get_boundary
-from codexdask.errors import CodexDaskError, InputError
+from codexdask.errors import CodexDaskError, ConfigError, InputError
 from codexdask.repair import matching_stats_from_counts, repair_masks, repair_masks_batch
 
 MASK_KEYS = (
@@ -558,7 +558,7 @@ def test_bad_input(cell: np.ndarray, nucleus: np.ndarray, message: str) -> None:
 
 def test_bad_tie_break() -> None:
     cell, nucleus = a1()
-    with pytest.raises(InputError, match="tie_break"):
+    with pytest.raises(ConfigError, match="tie_break"):  # a setting, not data: errors.py's rule
         repair_masks(cell, nucleus, tie_break="random")
 
 

@@ -11,7 +11,7 @@ import tifffile
 import zarr
 
 from codexdask.errors import InputError, SlideError
-from codexdask.slide import extract_channels, open_slide, read_antibodies
+from codexdask.slide import Slide, open_slide, read_antibodies, read_window
 
 NAMES = ["DAPI", "CD45", "PanCK", "CD3"]
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "real_data"
@@ -183,32 +183,45 @@ def test_big_endian_tiff_becomes_native(tmp_path: Path, image: np.ndarray) -> No
     np.testing.assert_array_equal(slide.data.compute(), image)
 
 
-def test_extract_channels_single_marker_as_is_and_max(image: np.ndarray) -> None:
+def _two_channel(slide: Slide, nucleus: str, markers: list[str]) -> np.ndarray:
+    channels = [slide.channel_index(nucleus)] + [slide.channel_index(m) for m in markers]
+    return read_window(slide, channels, 0, slide.height, 0, slide.width)
+
+
+def test_two_channel_single_marker_as_is_and_max(image: np.ndarray) -> None:
     slide = open_slide(image, channel_names=NAMES)
-    one = extract_channels(slide, "DAPI", ["CD3"])
-    assert isinstance(one, da.Array) and one.shape == (45, 70, 2) and one.dtype == np.uint16
-    np.testing.assert_array_equal(one.compute(), np.stack([image[0], image[3]], axis=-1))
-    many = extract_channels(slide, "DAPI", ["CD45", "PanCK", "CD3"]).compute()
+    one = _two_channel(slide, "DAPI", ["CD3"])
+    assert one.shape == (45, 70, 2) and one.dtype == np.uint16
+    np.testing.assert_array_equal(one, np.stack([image[0], image[3]], axis=-1))
+    many = _two_channel(slide, "DAPI", ["CD45", "PanCK", "CD3"])
     np.testing.assert_array_equal(many[..., 0], image[0])
     np.testing.assert_array_equal(many[..., 1], image[1:].max(axis=0))
 
 
-def test_extract_channels_max_starts_from_zero(image: np.ndarray) -> None:
-    negative = -image.astype(np.float32)  # reference §1.1: zeros of the nucleus dtype first
+def test_two_channel_max_starts_from_zero(image: np.ndarray) -> None:
+    negative = -image.astype(np.float32)  # the original rule: zeros of the nucleus dtype first
     slide = open_slide(negative, channel_names=NAMES)
-    both = extract_channels(slide, "DAPI", ["CD45", "PanCK"]).compute()
+    both = _two_channel(slide, "DAPI", ["CD45", "PanCK"])
     assert both.dtype == np.float32 and (both[..., 1] == 0).all()
-    single = extract_channels(slide, "DAPI", "CD45").compute()
+    single = _two_channel(slide, "DAPI", ["CD45"])
     np.testing.assert_array_equal(single[..., 1], negative[1])
+
+
+def test_window_beyond_the_slide_is_zero_padding(image: np.ndarray) -> None:
+    slide = open_slide(image, channel_names=NAMES)
+    window = read_window(slide, [0, 1], 40, 50, 60, 80)
+    assert window.shape == (10, 20, 2)
+    np.testing.assert_array_equal(window[:5, :10, 0], image[0, 40:, 60:])
+    assert not window[5:].any() and not window[:, 10:].any()
 
 
 def test_unknown_channel_lists_names_and_closest(image: np.ndarray) -> None:
     slide = open_slide(image, channel_names=NAMES)
     with pytest.raises(SlideError, match="closest match: 'CD45'") as err:
-        extract_channels(slide, "DAPI", ["CD4"])
+        slide.channel_index("CD4")
     assert "DAPI, CD45, PanCK, CD3" in str(err.value)
     with pytest.raises(SlideError, match="case-sensitive"):
-        extract_channels(slide, "dapi", ["CD45"])
+        slide.channel_index("dapi")
 
 
 @pytest.mark.parametrize("kind", ["ome", "tiled", "qptiff", "npy"])
@@ -270,5 +283,5 @@ def test_real_imc_tiff_with_antibodies(tmp_path: Path) -> None:
     slide = open_slide(tiff, antibodies=_tsv(tmp_path / "ab.tsv", names))
     assert slide.data.shape == (5, 100, 100) and slide.dtype == np.float32
     np.testing.assert_array_equal(slide.data.compute(), ref["E34_all_channels"])
-    pair = extract_channels(slide, "H3", ["CDH"]).compute()
+    pair = _two_channel(slide, "H3", ["CDH"])
     np.testing.assert_array_equal(pair, ref["E34_image"])

@@ -19,7 +19,7 @@ import abc
 import dataclasses
 import difflib
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -74,6 +74,23 @@ class Segmenter(abc.ABC):
         """Bytes of accelerator and host memory one ``shape`` patch needs (a safe over-estimate)."""
         height, width = shape
         return MemoryEstimate(device_bytes=0, host_bytes=64 * height * width)
+
+
+@runtime_checkable
+class TiledSegmenter(Protocol):
+    """A segmenter whose network runs on fixed-size tiles (Mesmer): its memory model per tile.
+
+    The planner gives a segmenter that has these two members a tile batch (tiles per network
+    call) sized to the free accelerator memory, and fills each inference task with enough
+    patches for one call.
+    """
+
+    #: Accelerator memory one tile needs in a network call, bytes.
+    device_bytes_per_tile: int
+
+    def tiles_per_patch(self, shape: tuple[int, int], image_mpp: float) -> int:
+        """Network tiles one ``shape`` patch at ``image_mpp`` becomes."""
+        ...
 
 
 class CallableSegmenter(Segmenter):

@@ -22,19 +22,17 @@ on one axis and longer on the other (e.g. 300×200): its ``_tile_input`` then pa
 the short axis is reflect-padded to 256 exactly as deepcell pads small images, the padded image is
 tiled with deepcell's ``tile_image``, and the padding is cropped after untiling.
 
-Weights (:func:`load_mesmer_model`) come from ``model_path`` (or ``$CODEXDASK_MODEL_PATH``), then
-deepcell's cache ``~/.deepcell/models``, then a download with ``DEEPCELL_ACCESS_TOKEN``; the model
-is loaded once per process. TensorFlow and deepcell are imported only when Mesmer is used.
+Weights (:func:`load_mesmer_model`) come from where
+:func:`codexdask.mesmer.weights.find_model_source` says: ``model_path`` (or
+``$CODEXDASK_MODEL_PATH``), then deepcell's cache ``~/.deepcell/models``, then a download with
+``DEEPCELL_ACCESS_TOKEN``; the model is loaded once per process. TensorFlow and deepcell are
+imported only when Mesmer is used.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import shutil
-import tarfile
-import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,7 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, ModelLoadError, SegmenterError
+from .. import hardware
+from ..config import fixed_or_none
+from ..errors import ConfigError, ModelLoadError, SegmenterError
+from ..mesmer.weights import MODEL_ARCHIVE, find_model_source, locate_model_dir, weights_key
 from . import planner
 from .base import MemoryEstimate, Segmenter, check_batch, register_segmenter
 
@@ -53,14 +54,6 @@ MODEL_MPP = 0.5
 #: Side of the model's input tile and the tile stride used by deepcell (``0.75 * 256``).
 TILE_SIZE = 256
 TILE_STRIDE = 192
-#: deepcell's asset for the Mesmer weights (``deepcell.applications.mesmer`` constants).
-MODEL_NAME = "MultiplexSegmentation"
-MODEL_ARCHIVE = "MultiplexSegmentation-9.tar.gz"
-MODEL_KEY = "models/" + MODEL_ARCHIVE
-MODEL_HASH = "a1dfbce2594f927b9112f23a0a1739e0"
-#: Environment variable read when no ``model_path`` is given.
-MODEL_PATH_ENV = "CODEXDASK_MODEL_PATH"
-TOKEN_ENV = "DEEPCELL_ACCESS_TOKEN"
 
 #: ``Mesmer.predict``'s post-processing defaults (user values are merged on top).
 WHOLE_CELL_DEFAULTS: dict[str, Any] = {
@@ -72,7 +65,7 @@ NUCLEAR_DEFAULTS: dict[str, Any] = {**WHOLE_CELL_DEFAULTS, "maxima_threshold": 0
 #: Accelerator memory per 256² tile in one network call (fp32 activations). Measured on CPU with
 #: the Mesmer architecture (TF 2.8, oneDNN): peak RSS grows 116-133 MB per tile between 1 and 24
 #: tiles per call; a liveness analysis of the graph in Keras layer order gives ~168 MB on GPU
-#: (reference/mesmer.md). 200 MiB covers both plus cuDNN workspace.
+#: (``docs/architecture.md``, measured facts). 200 MiB covers both plus cuDNN workspace.
 DEVICE_BYTES_PER_TILE = 200 * 2**20
 #: Host bytes per tile held by ``infer``: the float32 input tile (0.5 MiB) and the 4 kept output
 #: channels (1 MiB).
@@ -156,11 +149,11 @@ def load_mesmer_model(model_path: str | os.PathLike[str] | None = None) -> Any:
 
 def _loaded(model_path: str | os.PathLike[str] | None) -> _LoadedModel:
     global _LOAD_COUNT
-    key = _cache_key(model_path)
+    key = weights_key(model_path)
     with _LOCK:
         if key in _MODELS:
             return _MODELS[key]
-        directory = _locate_model_dir(model_path)
+        directory = locate_model_dir(model_path)
         tf = _tensorflow()
         try:
             model = tf.keras.models.load_model(str(directory), compile=False)
@@ -177,162 +170,6 @@ def _loaded(model_path: str | os.PathLike[str] | None) -> _LoadedModel:
         _LOAD_COUNT += 1
         logger.info("loaded Mesmer model from %s", directory)
         return loaded
-
-
-def _cache_key(model_path: str | os.PathLike[str] | None) -> str:
-    path = model_path or os.environ.get(MODEL_PATH_ENV)
-    if path:
-        return str(Path(path).expanduser().resolve())
-    return str(deepcell_models_dir() / MODEL_NAME)
-
-
-def deepcell_models_dir() -> Path:
-    """deepcell's model cache, ``~/.deepcell/models``."""
-    return Path.home() / ".deepcell" / "models"
-
-
-def describe_model_source(model_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """Where :func:`load_mesmer_model` would take weights from, without loading or downloading.
-
-    Returns
-    -------
-    dict
-        ``source`` (``"model_path"``, ``"deepcell-cache"``, ``"deepcell-cache-archive"``,
-        ``"download"`` or ``None``), ``path`` (str or None), ``ok`` (bool) and ``detail`` (str).
-    """
-    explicit = model_path or os.environ.get(MODEL_PATH_ENV)
-    if explicit:
-        path = Path(explicit).expanduser()
-        problem = _savedmodel_problem(path)
-        origin = "model_path" if model_path else f"${MODEL_PATH_ENV}"
-        return {
-            "source": "model_path", "path": str(path), "ok": problem is None,
-            "detail": f"{origin} {path}" + (f": {problem}" if problem else " (Keras SavedModel)"),
-        }
-    models = deepcell_models_dir()
-    extracted = models / MODEL_NAME
-    if _savedmodel_problem(extracted) is None:
-        return {"source": "deepcell-cache", "path": str(extracted), "ok": True,
-                "detail": f"deepcell cache {extracted}"}
-    archive = models / MODEL_ARCHIVE
-    notes = []
-    if archive.is_file():
-        digest = _md5(archive)
-        if digest == MODEL_HASH:
-            return {"source": "deepcell-cache-archive", "path": str(archive), "ok": True,
-                    "detail": f"deepcell cache archive {archive} (md5 ok; extracted on first use)"}
-        notes.append(f"cached archive {archive} has md5 {digest}, expected {MODEL_HASH}")
-    if os.environ.get(TOKEN_ENV):
-        return {"source": "download", "path": None, "ok": True,
-                "detail": f"download through deepcell with ${TOKEN_ENV} into {models}"
-                + (f" ({notes[0]})" if notes else "")}
-    return {"source": None, "path": None, "ok": False, "detail": _no_weights_message(notes)}
-
-
-def _locate_model_dir(model_path: str | os.PathLike[str] | None) -> Path:
-    """The SavedModel directory to load, extracting or downloading deepcell's archive if needed."""
-    explicit = model_path or os.environ.get(MODEL_PATH_ENV)
-    if explicit:
-        path = Path(explicit).expanduser()
-        problem = _savedmodel_problem(path)
-        if problem:
-            raise ModelLoadError(
-                f"Mesmer model_path {str(path)!r} {problem}; point model_path at a Keras "
-                "SavedModel directory (the one holding saved_model.pb), e.g. the "
-                f"{MODEL_NAME} folder extracted from deepcell's {MODEL_ARCHIVE}"
-            )
-        return path
-    models = deepcell_models_dir()
-    extracted = models / MODEL_NAME
-    if _savedmodel_problem(extracted) is None:
-        return extracted
-    notes = []
-    archive = models / MODEL_ARCHIVE
-    if archive.is_file():
-        digest = _md5(archive)
-        if digest == MODEL_HASH:
-            return _extract(archive, models)
-        notes.append(f"cached archive {archive} has md5 {digest}, expected {MODEL_HASH} "
-                     "(partial or corrupt download; delete it)")
-    if os.environ.get(TOKEN_ENV):
-        return _extract(_download(), models)
-    raise ModelLoadError(_no_weights_message(notes))
-
-
-def _no_weights_message(notes: list[str]) -> str:
-    models = deepcell_models_dir()
-    prefix = "; ".join(notes) + ". " if notes else ""
-    return (
-        f"{prefix}No Mesmer weights found. Provide them in one of three ways: "
-        f"(1) set model_path (--model-path, or ${MODEL_PATH_ENV}) to a Keras SavedModel "
-        f"directory; (2) put deepcell's cache in place: {models / MODEL_ARCHIVE} "
-        f"(md5 {MODEL_HASH}) or its extracted {models / MODEL_NAME} directory; "
-        f"(3) set ${TOKEN_ENV} (from https://users.deepcell.org) so deepcell downloads them"
-    )
-
-
-def _savedmodel_problem(path: Path) -> str | None:
-    if not path.exists():
-        return "does not exist"
-    if not path.is_dir():
-        return "is a file, not a SavedModel directory (extract an archive with tar xzf first)"
-    if not (path / "saved_model.pb").is_file():
-        return "is not a Keras SavedModel directory (no saved_model.pb inside)"
-    return None
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _extract(archive: Path, models: Path) -> Path:
-    """Extract deepcell's archive into ``models/MultiplexSegmentation`` atomically."""
-    target = models / MODEL_NAME
-    models.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".codexdask-extract-", dir=models))
-    try:
-        with tarfile.open(archive) as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(scratch, filter="data")
-            else:  # Python < 3.10.12
-                tar.extractall(scratch)
-        found = [p.parent for p in scratch.rglob("saved_model.pb")]
-        if not found:
-            raise ModelLoadError(f"archive {archive} holds no saved_model.pb; delete it and retry")
-        try:
-            os.rename(found[0], target)
-        except OSError:  # another worker extracted it first
-            if _savedmodel_problem(target) is not None:
-                raise
-    except (tarfile.TarError, OSError) as exc:
-        raise ModelLoadError(f"could not extract {archive} into {models}: {exc}") from exc
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return target
-
-
-def _download() -> Path:
-    """Download deepcell's archive with ``$DEEPCELL_ACCESS_TOKEN`` through deepcell's fetch_data."""
-    from deepcell.utils import fetch_data
-
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:  # fetch_data calls logging.basicConfig(level=INFO); undo that afterwards
-        return Path(fetch_data(asset_key=MODEL_KEY, cache_subdir="models", file_hash=MODEL_HASH))
-    except Exception as exc:  # requests / HTTP / token errors
-        raise ModelLoadError(
-            f"downloading the Mesmer weights with ${TOKEN_ENV} failed ({type(exc).__name__}: "
-            f"{str(exc).strip()[:300]}); check the token and network access, or use model_path"
-        ) from exc
-    finally:
-        for handler in root.handlers[:]:
-            if handler not in handlers:
-                root.removeHandler(handler)
-        root.setLevel(level)
 
 
 def _check_model(model: Any, directory: Path) -> None:
@@ -415,15 +252,13 @@ class MesmerSegmenter(Segmenter):
         pad_mode: str = "constant",
     ):
         self.model_path = None if model_path is None else os.fspath(model_path)
-        if tiles_per_call != "auto":
-            planner._auto_or_int("tiles_per_call", tiles_per_call)
-            tiles_per_call = int(tiles_per_call)
-        self.tiles_per_call = tiles_per_call
+        fixed = fixed_or_none("tiles_per_call", tiles_per_call)
+        self.tiles_per_call: int | str = "auto" if fixed is None else fixed
         self.preprocess_kwargs = dict(preprocess_kwargs or {})
         self.whole_cell_kwargs = {**WHOLE_CELL_DEFAULTS, **(postprocess_kwargs_whole_cell or {})}
         self.nuclear_kwargs = {**NUCLEAR_DEFAULTS, **(postprocess_kwargs_nuclear or {})}
         if pad_mode not in ("constant", "reflect"):
-            raise InputError(f"pad_mode must be 'constant' or 'reflect', got {pad_mode!r}")
+            raise ConfigError(f"pad_mode must be 'constant' or 'reflect', got {pad_mode!r}")
         self.pad_mode = pad_mode
 
     def __repr__(self) -> str:
@@ -436,11 +271,9 @@ class MesmerSegmenter(Segmenter):
         Only looks at the files (no TensorFlow import, no download); a SavedModel that exists
         but cannot be loaded is still found by the first inference task.
         """
-        source = describe_model_source(self.model_path)
-        if not source["ok"]:
-            if source["source"] == "model_path":
-                _locate_model_dir(self.model_path)  # raises ModelLoadError naming the path
-            raise ModelLoadError(str(source["detail"]))
+        source = find_model_source(self.model_path)
+        if not source.ok:
+            raise source.error()
 
     def infer(self, batch: np.ndarray, image_mpp: float) -> dict[str, Any]:
         """Resize, preprocess, tile, run the network, untile: Mesmer's maps.
@@ -466,7 +299,7 @@ class MesmerSegmenter(Segmenter):
             empty = np.zeros((0, height, width, 1), np.float32)
             return {**dict.fromkeys(_MAP_KEYS, empty), "original_shape": tuple(batch.shape),
                     "image_mpp": float(image_mpp), "n_tiles": 0, "tiles_per_call": 0}
-        key = _cache_key(self.model_path)
+        key = weights_key(self.model_path)
         loaded = _loaded(self.model_path)
         app = loaded.app
         image = app._resize_input(batch, image_mpp)
@@ -544,7 +377,8 @@ class MesmerSegmenter(Segmenter):
             return int(self.tiles_per_call)
         if key not in _AUTO_TILES:
             tiles, why = planner.auto_tiles_per_call(
-                DEVICE_BYTES_PER_TILE, device_free_bytes=planner.measure_device_free_bytes()
+                DEVICE_BYTES_PER_TILE, device_free_bytes=hardware.device_free_bytes(),
+                host_free_bytes=hardware.host_free_bytes(),
             )
             logger.info("Mesmer tiles_per_call=%d (%s)", tiles, why)
             _AUTO_TILES[key] = tiles

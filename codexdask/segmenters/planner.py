@@ -1,7 +1,10 @@
 """Right-sized batches: how many patches go into one inference task, how many tiles into one call.
 
-The planner turns free memory and a segmenter's memory model into a :class:`BatchPlan`. All
-figures are bytes. With ``T`` the tiles per network call, ``n`` the tiles of one patch, ``d`` the
+The planner is pure arithmetic: it turns free memory figures and a segmenter's memory model into a
+:class:`BatchPlan`. The figures come from :mod:`codexdask.hardware`, measured by the caller (the
+engine measures them on the workers). All figures are bytes.
+
+With ``T`` the tiles per network call, ``n`` the tiles of one patch, ``d`` the
 accelerator bytes per tile and ``h`` the host bytes per patch (from
 :meth:`~codexdask.segmenters.base.Segmenter.memory_per_patch`):
 
@@ -27,9 +30,9 @@ leave room for the CUDA context, cuDNN workspaces, other tasks of the same worke
 allocator's fragmentation. Out-of-memory errors that still happen are handled by
 :func:`run_with_backoff`, which halves the tile batch down to 1.
 
-Memory is measured without importing TensorFlow: the first visible NVIDIA GPU through NVML
-(``nvidia-ml-py``), host memory through ``psutil`` (capped by the Dask worker's memory limit when
-called inside a worker).
+The free host memory of a worker is its memory limit minus what the worker process already holds
+(about 145 MiB when idle, :data:`codexdask.hardware.WORKER_IDLE_BYTES`); the engine subtracts it
+before calling the planner.
 """
 
 from __future__ import annotations
@@ -38,13 +41,12 @@ import dataclasses
 import gc
 import logging
 import math
-import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..config import auto_or_positive_int
+from ..config import fixed_or_none
 from ..errors import ConfigError, SegmenterError
-from .base import Segmenter
+from .base import Segmenter, TiledSegmenter
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +105,8 @@ def plan_batches(
     patch_shape: tuple[int, int],
     image_mpp: float,
     *,
+    host_free_bytes: int,
     device_free_bytes: int | None = None,
-    host_free_bytes: int | None = None,
     batch_size: int | str = "auto",
     tiles_per_call: int | str = "auto",
 ) -> BatchPlan:
@@ -113,18 +115,17 @@ def plan_batches(
     Parameters
     ----------
     segmenter : Segmenter
-        Its ``memory_per_patch`` gives the per-patch figures; a segmenter with a
-        ``tiles_per_patch(shape, image_mpp)`` method and a ``device_bytes_per_tile`` attribute
-        (Mesmer) also gets a tile batch.
+        Its ``memory_per_patch`` gives the per-patch figures; a
+        :class:`~codexdask.segmenters.base.TiledSegmenter` (Mesmer) also gets a tile batch.
     patch_shape : (int, int)
         Patch height and width in pixels.
     image_mpp : float
         Microns per pixel of the patches.
+    host_free_bytes : int
+        Host memory one worker can give to segmentation (its limit minus what it holds).
     device_free_bytes : int, optional
-        Free accelerator memory; measured with NVML for a segmenter that wants a GPU when
-        omitted. ``0``, or no GPU visible, plans for inference on CPU.
-    host_free_bytes : int, optional
-        Available host memory; measured with psutil when omitted.
+        Free accelerator memory of the GPU inference runs on. ``None`` or ``0`` plans for
+        inference on CPU.
     batch_size, tiles_per_call : "auto" or int
         Fixed values replace the planner's choice.
 
@@ -137,24 +138,21 @@ def plan_batches(
     ConfigError
         If ``batch_size`` or ``tiles_per_call`` is neither ``"auto"`` nor a positive integer.
     """
-    fixed_patches = _auto_or_int("batch_size", batch_size)
-    fixed_tiles = _auto_or_int("tiles_per_call", tiles_per_call)
+    fixed_patches = fixed_or_none("batch_size", batch_size)
+    fixed_tiles = fixed_or_none("tiles_per_call", tiles_per_call)
     shape = (int(patch_shape[0]), int(patch_shape[1]))
     estimate = segmenter.memory_per_patch(shape, image_mpp)
     host_per_patch = max(1, int(estimate.host_bytes))
-    if device_free_bytes is None and segmenter.wants_gpu:
-        device_free_bytes = measure_device_free_bytes()
-    if not device_free_bytes:  # 0 (or nothing measured): plan for inference on CPU
+    if not device_free_bytes:  # 0 or nothing measured: plan for inference on CPU
         device_free_bytes = None
-    if host_free_bytes is None:
-        host_free_bytes = measure_host_free_bytes()
     host_budget = int(host_free_bytes * HOST_FRACTION)
     notes = []
 
     tiles: int | None = None
-    tiles_per_patch = _tiles_per_patch(segmenter, shape, image_mpp)
-    if tiles_per_patch is not None:
-        per_tile = int(segmenter.device_bytes_per_tile)  # type: ignore[attr-defined]
+    tiles_per_patch: int | None = None
+    if isinstance(segmenter, TiledSegmenter):
+        tiles_per_patch = int(segmenter.tiles_per_patch(shape, image_mpp))
+        per_tile = int(segmenter.device_bytes_per_tile)
         if fixed_tiles is not None:
             tiles = fixed_tiles
             notes.append(f"tiles_per_call={tiles} (set by the user)")
@@ -197,13 +195,12 @@ def plan_batches(
 def auto_tiles_per_call(
     bytes_per_tile: int,
     *,
-    device_free_bytes: int | None = None,
-    host_free_bytes: int | None = None,
+    device_free_bytes: int | None,
+    host_free_bytes: int,
 ) -> tuple[int, str]:
     """Tiles per network call that fit in memory.
 
-    Uses ``device_free_bytes`` when given (GPU), otherwise a share of the host budget (CPU).
-    ``host_free_bytes`` is measured when needed and omitted.
+    Uses ``device_free_bytes`` when given (GPU), otherwise a share of ``host_free_bytes`` (CPU).
 
     Returns
     -------
@@ -222,8 +219,6 @@ def auto_tiles_per_call(
             f"cap {MAX_TILES_PER_CALL_GPU}"
         )
         return tiles, why
-    if host_free_bytes is None:
-        host_free_bytes = measure_host_free_bytes()
     usable = int(host_free_bytes * HOST_FRACTION * CPU_NETWORK_SHARE)
     tiles = _clamp(usable // per_tile, 1, MAX_TILES_PER_CALL_CPU)
     why = (
@@ -292,119 +287,6 @@ def run_with_backoff(
             logger.warning("%s ran out of memory with %d tiles per call; retrying with %d",
                            what, tiles, smaller)
             tiles = smaller
-
-
-def measure_device_free_bytes() -> int | None:
-    """Free memory of the first visible NVIDIA GPU via NVML, or ``None`` without GPU/NVML.
-
-    "First visible" follows ``CUDA_VISIBLE_DEVICES`` (an index or a ``GPU-`` UUID), which is how
-    dask-cuda pins one GPU per worker.
-    """
-    gpus, _ = gpu_memory_info(visible_only=True)
-    return int(gpus[0]["free_bytes"]) if gpus else None
-
-
-def gpu_memory_info(visible_only: bool = False) -> tuple[list[dict[str, Any]], str | None]:
-    """NVIDIA GPUs and their memory through NVML, without TensorFlow.
-
-    Parameters
-    ----------
-    visible_only : bool
-        Only the devices listed in ``CUDA_VISIBLE_DEVICES`` (in that order) when it is set.
-
-    Returns
-    -------
-    gpus : list of dict
-        Keys ``index``, ``name``, ``uuid``, ``total_bytes``, ``free_bytes``.
-    error : str or None
-        Why no GPU could be listed (no nvidia-ml-py, no driver), else ``None``.
-    """
-    try:
-        import pynvml
-    except ImportError:
-        return [], "nvidia-ml-py is not installed (pip install nvidia-ml-py)"
-    try:
-        pynvml.nvmlInit()
-    except Exception as exc:  # NVMLError_LibraryNotFound, NVMLError_DriverNotLoaded, ...
-        return [], f"no NVIDIA driver found ({type(exc).__name__})"
-    try:
-        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
-        if visible_only:
-            handles = _visible_handles(pynvml, handles)
-        gpus = []
-        for handle in handles:
-            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            name = pynvml.nvmlDeviceGetName(handle)
-            uuid = pynvml.nvmlDeviceGetUUID(handle)
-            gpus.append({
-                "index": int(pynvml.nvmlDeviceGetIndex(handle)),
-                "name": name.decode() if isinstance(name, bytes) else str(name),
-                "uuid": uuid.decode() if isinstance(uuid, bytes) else str(uuid),
-                "total_bytes": int(memory.total),
-                "free_bytes": int(memory.free),
-            })
-        return gpus, None
-    except Exception as exc:
-        return [], f"NVML query failed ({type(exc).__name__}: {exc})"
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:  # shutting down NVML never matters to the caller
-            pass
-
-
-def measure_host_free_bytes() -> int:
-    """Available host memory, capped by this Dask worker's memory limit when in a worker."""
-    import psutil
-
-    available = int(psutil.virtual_memory().available)
-    limit = _worker_memory_limit()
-    if limit:
-        used = int(psutil.Process().memory_info().rss)
-        available = min(available, max(0, limit - used))
-    return available
-
-
-def _worker_memory_limit() -> int | None:
-    try:
-        from distributed import get_worker
-
-        worker = get_worker()
-    except (ImportError, ValueError):  # not inside a worker
-        return None
-    limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)
-    return int(limit) if limit else None
-
-
-def _visible_handles(pynvml: Any, handles: list[Any]) -> list[Any]:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
-        return handles
-    chosen = []
-    for item in (part.strip() for part in visible.split(",")):
-        if not item:
-            continue
-        if item.isdigit():
-            if int(item) < len(handles):
-                chosen.append(handles[int(item)])
-        else:
-            try:
-                chosen.append(pynvml.nvmlDeviceGetHandleByUUID(item))
-            except Exception:  # a MIG or unknown id: NVML cannot size it, skip
-                continue
-    return chosen
-
-
-def _tiles_per_patch(segmenter: Segmenter, shape: tuple[int, int], image_mpp: float) -> int | None:
-    method = getattr(segmenter, "tiles_per_patch", None)
-    if method is None or not hasattr(segmenter, "device_bytes_per_tile"):
-        return None
-    return int(method(shape, image_mpp))
-
-
-def _auto_or_int(key: str, value: int | str) -> int | None:
-    checked = auto_or_positive_int(key, value)
-    return None if checked == "auto" else int(checked)
 
 
 def _clamp(value: int, low: int, high: int) -> int:

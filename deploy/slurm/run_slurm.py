@@ -24,7 +24,7 @@ from typing import Any
 
 import dask
 
-from codexdask.cli import add_segment_options, segment_config, summary
+from codexdask.cli import add_segment_options, segment_config
 from codexdask.config import load_yaml
 from codexdask.errors import ClusterError, CodexDaskError, ConfigError
 
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # Workers resolve relative paths from their own directory: pass absolute ones.
                 result = run(Path(args.store).resolve(), Path(args.out).resolve(), config,
                              client=client, progress=True)
-        print(summary(result))
+        print(result.summary())
         return 0
     except CodexDaskError as exc:
         print(f"run_slurm.py: error: {exc}", file=sys.stderr)

@@ -1,0 +1,404 @@
+"""Whole-slide mosaics: the image and the label masks placed on the slide, as OME-Zarr and OME-TIFF.
+
+Four steps, each bounded by one patch or one canvas block in memory:
+
+1. :func:`place_patches` fills level 0 of every canvas patch by patch (image from every patch,
+   labels from the informative ones, made unique across patches by a running offset);
+2. :func:`build_pyramid` strides each level 2x into the next;
+3. :func:`write_ngff_metadata` describes the OME-Zarr image and its label images (NGFF 0.4);
+4. :func:`write_label_tiffs` copies each label pyramid into a pyramidal OME-TIFF.
+
+:func:`write_mosaics` runs them in a temporary folder renamed to ``OUT/mosaics`` at the end.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numcodecs
+import numpy as np
+import pandas as pd
+import tifffile
+import zarr
+
+from ..errors import StoreError
+from ..layout import (
+    DEFAULT_IMAGE_MPP,
+    MASK_NAMES,
+    MOSAIC_LABELS,
+    MOSAIC_ZARR,
+    MOSAICS_DIR,
+    mosaic_tiff_name,
+)
+from .atomic import atomic_path
+from .result_store import LABEL_COMPRESSOR, require_done
+
+__all__ = [
+    "PatchStoreLike",
+    "build_pyramid",
+    "place_patches",
+    "pyramid_shapes",
+    "write_label_tiffs",
+    "write_mosaics",
+    "write_ngff_metadata",
+]
+
+#: Side of the canvas chunks (and of the blocks the pyramid is built from).
+CANVAS_CHUNK = 512
+#: Side of the OME-TIFF tiles.
+TIFF_TILE = 512
+_IMAGE_COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE)
+_UINT32_MAX = int(np.iinfo(np.uint32).max)
+#: Label canvases whose IDs advance together: a matched cell and its nucleus keep one ID.
+_MATCHED_PAIR = (("cells_matched", "cell_matched_mask"), ("nuclei_matched", "nucleus_matched_mask"))
+
+
+class PatchStoreLike(Protocol):
+    """What :func:`write_mosaics` needs from a patch store (``patches.open_patch_store``)."""
+
+    @property
+    def patches(self) -> Any:
+        """(N, H, W, 2) zarr array: nucleus, whole-cell."""
+
+    @property
+    def metadata(self) -> pd.DataFrame:
+        """One row per patch with x_start, y_start, height, width, is_informative."""
+
+    @property
+    def attrs(self) -> Mapping[str, Any]:
+        """Store facts: padded_shape, image_mpp, nucleus_channel, wholecell_channels."""
+
+
+def pyramid_shapes(height: int, width: int) -> list[tuple[int, int]]:
+    """Level shapes of a 2x striding pyramid, as the original pipeline builds its OME-TIFFs.
+
+    A level is added while both sides of the current one are >= 512 and the new one is >= 256
+    on both sides: 1200x1200 -> 600x600 -> 300x300.
+    """
+    shapes = [(int(height), int(width))]
+    while min(shapes[-1]) >= 512:
+        h, w = shapes[-1]
+        nxt = ((h + 1) // 2, (w + 1) // 2)
+        if min(nxt) < 256:
+            break
+        shapes.append(nxt)
+    return shapes
+
+
+def _create_level(group: zarr.Group, name: str, shape: tuple[int, ...], dtype: Any,
+                  compressor: Any) -> zarr.Array:
+    chunks = (1,) + tuple(min(CANVAS_CHUNK, s) or 1 for s in shape[1:])
+    return group.create_dataset(
+        name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, compressor=compressor,
+        write_empty_chunks=False, dimension_separator="/",
+    )
+
+
+def _downsample(src: zarr.Array, dst: zarr.Array) -> None:
+    """dst = src[:, ::2, ::2], one destination block (CANVAS_CHUNK²) at a time."""
+    _, h, w = dst.shape
+    step = CANVAS_CHUNK
+    for y in range(0, h, step):
+        for x in range(0, w, step):
+            y1, x1 = min(y + step, h), min(x + step, w)
+            block = src[:, 2 * y : 2 * y1 : 2, 2 * x : 2 * x1 : 2]
+            if block.any():
+                dst[:, y:y1, x:x1] = block
+
+
+def _multiscales(name: str, n_levels: int, mpp: float) -> list[dict]:
+    """NGFF 0.4 ``multiscales`` for (c, y, x) levels 0..n_levels-1, each 2x the previous."""
+    axes = [
+        {"name": "c", "type": "channel"},
+        {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"},
+    ]
+    datasets = [
+        {
+            "path": str(level),
+            "coordinateTransformations": [
+                {"type": "scale", "scale": [1.0, mpp * 2**level, mpp * 2**level]}
+            ],
+        }
+        for level in range(n_levels)
+    ]
+    return [{
+        "version": "0.4",
+        "name": name,
+        "axes": axes,
+        "datasets": datasets,
+        "type": "nearest",
+        "metadata": {"method": "numpy striding [::2, ::2]"},
+    }]
+
+
+def _placements(metadata: pd.DataFrame, canvas: tuple[int, int],
+                patch_shape: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """(y, x, h, w) of every patch, cropped to its true size and to the canvas."""
+    needed = ["x_start", "y_start", "height", "width", "is_informative"]
+    missing = [c for c in needed if c not in metadata.columns]
+    if missing:
+        raise StoreError(f"patch store metadata lacks {missing}; rewrite it with `codexdask patch`")
+    out = []
+    for y, x, h, w in metadata[["y_start", "x_start", "height", "width"]].itertuples(index=False):
+        y, x = max(int(y), 0), max(int(x), 0)
+        h = max(min(int(h), patch_shape[0], canvas[0] - y), 0)
+        w = max(min(int(w), patch_shape[1], canvas[1] - x), 0)
+        out.append((y, x, h, w))
+    return out
+
+
+def _paste_labels(canvas: zarr.Array, labels: np.ndarray, y: int, x: int, offset: int) -> None:
+    """Shift non-zero ``labels`` by offset - 1 and write them where ``canvas`` is still 0."""
+    h, w = labels.shape
+    if h == 0 or w == 0 or not labels.any():
+        return
+    if offset - 1 + int(labels.max()) > _UINT32_MAX:
+        raise StoreError("the slide has more than 2^32 - 1 labels; the uint32 mosaics cannot "
+                         "hold them")
+    region = np.asarray(canvas[0, y : y + h, x : x + w])
+    write = (region == 0) & (labels > 0)
+    if not write.any():
+        return
+    region[write] = labels[write] + np.uint32(offset - 1)
+    canvas[0, y : y + h, x : x + w] = region
+
+
+def _tiles(level: zarr.Array, tile: int = TIFF_TILE) -> Iterator[np.ndarray]:
+    """Yield the (tile, tile) tiles of ``level[0]`` in row-major order (edge tiles smaller).
+
+    Reads one band of ``tile`` rows by CANVAS_CHUNK columns at a time.
+    """
+    _, h, w = level.shape
+    band = max(CANVAS_CHUNK // tile, 1) * tile
+    for y in range(0, h, tile):
+        for xb in range(0, w, band):
+            block = np.asarray(level[0, y : y + tile, xb : xb + band])
+            for x in range(0, block.shape[1], tile):
+                yield np.ascontiguousarray(block[:, x : x + tile])
+
+
+def _write_ome_tiff(path: Path, levels: Sequence[zarr.Array], name: str, mpp: float) -> None:
+    """Pyramidal OME-TIFF (BigTIFF, uint32, zlib, 512² tiles, SubIFD levels), tile by tile."""
+    metadata = {
+        "axes": "CYX",
+        "Channel": {"Name": [name]},
+        "PhysicalSizeX": mpp,
+        "PhysicalSizeXUnit": "µm",
+        "PhysicalSizeY": mpp,
+        "PhysicalSizeYUnit": "µm",
+    }
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
+        for k, level in enumerate(levels):
+            tif.write(
+                _tiles(level),
+                shape=tuple(level.shape),
+                dtype=np.uint32,
+                tile=(TIFF_TILE, TIFF_TILE),
+                compression="zlib",
+                photometric="minisblack",
+                subifds=len(levels) - 1 if k == 0 else None,
+                subfiletype=0 if k == 0 else 1,
+                metadata=metadata if k == 0 else None,
+            )
+
+
+
+
+class Canvases:
+    """The level pyramids of one mosaic: the image ``(2, h, w)`` and each label ``(1, h, w)``.
+
+    Attributes
+    ----------
+    root : zarr.Group
+        The OME-Zarr group (``slide.ome.zarr``).
+    image : list of zarr.Array
+        Image levels, the patch store's dtype.
+    labels : dict
+        NGFF label name -> list of uint32 levels, for each name of ``MOSAIC_LABELS``.
+    """
+
+    def __init__(self, path: Path, shapes: Sequence[tuple[int, int]], dtype: Any) -> None:
+        self.root = zarr.open_group(str(path), mode="w")
+        self.image = [
+            _create_level(self.root, str(k), (2, *s), dtype, _IMAGE_COMPRESSOR)
+            for k, s in enumerate(shapes)
+        ]
+        labels_root = self.root.create_group("labels")
+        self.labels: dict[str, list[zarr.Array]] = {}
+        for label in MOSAIC_LABELS:
+            label_group = labels_root.create_group(label)
+            self.labels[label] = [
+                _create_level(label_group, str(k), (1, *s), np.uint32, LABEL_COMPRESSOR)
+                for k, s in enumerate(shapes)
+            ]
+
+
+def place_patches(
+    canvases: Canvases,
+    group: zarr.Group,
+    patches: Any,
+    placements: Sequence[tuple[int, int, int, int]],
+    informative: Sequence[int],
+) -> tuple[float, float]:
+    """Fill level 0 of every canvas, one patch at a time.
+
+    Patches are placed at their ``(y, x)`` cut to their true ``(h, w)``. Labels come from the
+    informative patches only, in patch order, with a running offset: a patch's non-zero labels
+    are shifted by offset - 1 (offset starts at 1), then offset += that patch's maximum label, and
+    pixels are written only where the canvas is still 0 (the first patch wins on overlap).
+    ``cell`` and ``nucleus`` have independent offsets; the matched cells and nuclei share one
+    (advanced by the larger maximum of the two), so a matched pair keeps one ID.
+
+    Returns
+    -------
+    (float, float)
+        Display maximum of the nucleus and whole-cell channels (largest 99.9th percentile of a
+        patch, sampled every 4th pixel).
+    """
+    window = [0.0, 0.0]
+    offsets = {"cells": 1, "nuclei": 1, "matched": 1}
+    informative_set = set(informative)
+    for i, (y, x, h, w) in enumerate(placements):
+        if h == 0 or w == 0:
+            continue
+        patch = np.asarray(patches[i, :h, :w, :])
+        canvases.image[0][:, y : y + h, x : x + w] = np.moveaxis(patch, -1, 0)
+        for c in range(2):
+            window[c] = max(window[c], float(np.percentile(patch[::4, ::4, c], 99.9)))
+        if i not in informative_set:
+            continue
+        for label, key in (("cells", "cell"), ("nuclei", "nucleus")):
+            mask = np.asarray(group[key][i, :h, :w])
+            _paste_labels(canvases.labels[label][0], mask, y, x, offsets[label])
+            offsets[label] += int(mask.max(initial=0))
+        pair = {label: np.asarray(group[key][i, :h, :w]) for label, key in _MATCHED_PAIR}
+        for label, mask in pair.items():
+            _paste_labels(canvases.labels[label][0], mask, y, x, offsets["matched"])
+        offsets["matched"] += max(int(m.max(initial=0)) for m in pair.values())
+    return window[0], window[1]
+
+
+def build_pyramid(canvases: Canvases) -> None:
+    """Fill every level below 0 by 2x nearest-neighbour striding of the level above."""
+    for levels in (canvases.image, *canvases.labels.values()):
+        for k in range(1, len(levels)):
+            _downsample(levels[k - 1], levels[k])
+
+
+def write_ngff_metadata(
+    canvases: Canvases,
+    attrs: Mapping[str, Any],
+    dtype: Any,
+    window: tuple[float, float],
+    mpp: float,
+) -> None:
+    """Write the NGFF 0.4 ``multiscales``, ``omero`` and ``image-label`` attributes.
+
+    ``attrs`` are the patch store's (channel names); ``window`` the display maxima.
+    """
+    n_levels = len(canvases.image)
+    channels = [str(attrs.get("nucleus_channel", "nucleus")),
+                "+".join(attrs.get("wholecell_channels", [])) or "whole-cell"]
+    max_value = int(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1
+    canvases.root.attrs["multiscales"] = _multiscales("slide", n_levels, mpp)
+    canvases.root.attrs["omero"] = {
+        "name": "slide",
+        "version": "0.4",
+        "channels": [
+            {"label": label, "color": color, "active": True, "coefficient": 1,
+             "family": "linear", "inverted": False,
+             "window": {"min": 0, "max": max_value, "start": 0, "end": end or max_value}}
+            for label, color, end in zip(channels, ("0000FF", "00FF00"), window, strict=True)
+        ],
+        "rdefs": {"model": "color"},
+    }
+    labels_root = canvases.root["labels"]
+    labels_root.attrs["labels"] = list(MOSAIC_LABELS)
+    for label in MOSAIC_LABELS:
+        labels_root[label].attrs["multiscales"] = _multiscales(label, n_levels, mpp)
+        labels_root[label].attrs["image-label"] = {"version": "0.4", "source": {"image": "../../"}}
+
+
+def write_label_tiffs(canvases: Canvases, folder: Path, exp_id: str, mpp: float) -> None:
+    """One pyramidal OME-TIFF per label mosaic, ``folder/{exp_id}.{mask}.segmentations...``."""
+    for label, name in MOSAIC_LABELS.items():
+        _write_ome_tiff(folder / mosaic_tiff_name(exp_id, name), canvases.labels[label], name, mpp)
+
+
+def write_mosaics(
+    group: zarr.Group,
+    patch_store: PatchStoreLike,
+    out_dir: str | os.PathLike[str],
+    *,
+    exp_id: str = "codexdask",
+    image_mpp: float | None = None,
+) -> dict[str, Path]:
+    """Whole-slide mosaics of the image and of the cell / nucleus labels (original and matched).
+
+    Canvas: the patch store's ``padded_shape`` (He, We); placement and label IDs as in
+    :func:`place_patches`. Written under ``out_dir/mosaics/`` (built in a temporary sibling,
+    then renamed; an existing ``mosaics/`` is replaced):
+
+    - ``slide.ome.zarr``: OME-NGFF 0.4 (zarr v2) image (2, He, We) (nucleus, whole-cell; the
+      patch store dtype) with ``labels/{cells,nuclei,cells_matched,nuclei_matched}``, each
+      (1, He, We) uint32 with the same number of levels as the image;
+    - ``{exp_id}.{name}.segmentations.ome.tiff`` for name in cell, nucleus, cell_matched_mask,
+      nucleus_matched_mask: pyramidal OME-TIFF of the same levels.
+
+    Every level is a 2x nearest-neighbour striding of the one above (:func:`pyramid_shapes`).
+    Memory: one patch plus one canvas block at a time.
+
+    Parameters
+    ----------
+    group : zarr.Group
+        The result store; every informative patch must be done.
+    patch_store : PatchStore
+        ``.patches`` (N, H, W, 2), ``.metadata`` (x_start, y_start, height, width,
+        is_informative), ``.attrs`` (padded_shape, optionally image_mpp and channel names).
+    out_dir : path
+        The run's output directory.
+    exp_id : str
+        Base name of the OME-TIFF files.
+    image_mpp : float, optional
+        Microns per pixel (PhysicalSizeX/Y and NGFF scale); default the store's ``image_mpp``.
+
+    Returns
+    -------
+    dict
+        ``{"ome_zarr": Path, "cell": Path, "nucleus": Path, "cell_matched_mask": Path,
+        "nucleus_matched_mask": Path}`` (final paths).
+    """
+    attrs = dict(patch_store.attrs)
+    if "padded_shape" not in attrs:
+        raise StoreError("patch store attributes lack padded_shape; rewrite it with "
+                         "`codexdask patch`")
+    mpp = float(image_mpp if image_mpp is not None
+                else attrs.get("image_mpp") or DEFAULT_IMAGE_MPP)
+    canvas_shape = (int(attrs["padded_shape"][0]), int(attrs["padded_shape"][1]))
+    metadata = patch_store.metadata.reset_index(drop=True)
+    n, ph, pw = (int(v) for v in group[MASK_NAMES[0]].shape)
+    if len(metadata) != n or int(patch_store.patches.shape[0]) != n:
+        raise StoreError(f"result store has {n} patches but the patch store has "
+                         f"{len(metadata)}; use the patch store the run was made from")
+    placements = _placements(metadata, canvas_shape, (ph, pw))
+    informative = [i for i, flag in enumerate(metadata["is_informative"].astype(bool)) if flag]
+    require_done(group, informative)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / MOSAICS_DIR
+    dtype = patch_store.patches.dtype
+    with atomic_path(final, replace_dir=True) as tmp:
+        tmp.mkdir()
+        canvases = Canvases(tmp / MOSAIC_ZARR, pyramid_shapes(*canvas_shape), dtype)
+        window = place_patches(canvases, group, patch_store.patches, placements, informative)
+        build_pyramid(canvases)
+        write_ngff_metadata(canvases, attrs, dtype, window, mpp)
+        write_label_tiffs(canvases, tmp, exp_id, mpp)
+    paths = {"ome_zarr": final / MOSAIC_ZARR}
+    for name in MOSAIC_LABELS.values():
+        paths[name] = final / mosaic_tiff_name(exp_id, name)
+    return paths
