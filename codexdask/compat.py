@@ -190,8 +190,9 @@ def run_cell_segmentation(codex_patches: CodexPatches, config: Mapping[str, Any]
     result = run(codex_patches.store.path, codex_patches.out_dir, segment_config(config),
                  client=client)
     group = open_result_store(codex_patches.out_dir / RESULT_STORE)
-    repaired = list(iter_seg_res(group, informative, "matched"))
-    original = list(iter_seg_res(group, informative, "original"))
+    sizes = codex_patches.store.true_sizes(informative)
+    repaired = list(iter_seg_res(group, informative, "matched", sizes))
+    original = list(iter_seg_res(group, informative, "original", sizes))
     codex_patches.set_seg_res(repaired, original)
     codex_patches.set_metadata(result.metadata)  # + matched_fraction (NaN where skipped), counts
     if (config.get("segmentation") or {}).get("save_segmentation_pickle", True):

@@ -35,7 +35,6 @@ import numpy as np
 import pandas as pd
 from dask import delayed
 from distributed import Client
-from distributed import progress as progress_bar
 
 from . import __version__, cluster, hardware
 from .config import SegmentConfig, make_config
@@ -60,11 +59,12 @@ from .outputs import (
     write_seg_res_pickles,
 )
 from .patches import PatchStore, open_patch_store
+from .progress import show_progress
 from .repair import TieBreakName
 from .segmenters import Segmenter, get_segmenter
 from .segmenters.planner import BatchPlan, plan_batches
 from .selection import split_batches
-from .tasks import infer_batch, postprocess_batch, repair_and_store, repair_patch
+from .tasks import infer_batch, pad_to, postprocess_batch, repair_and_store, repair_patch
 from .viz import write_overlay_png
 
 logger = logging.getLogger(__name__)
@@ -193,8 +193,7 @@ def run(
             graph_start = time.perf_counter()
             future = submit(dask_client, stats)
             if progress:
-                progress_bar(future)
-                print(file=sys.stderr)
+                show_progress(future)
             future.result()
             timings["graph_s"] = time.perf_counter() - graph_start
 
@@ -392,32 +391,39 @@ def build_graph(
 ) -> da.Array:
     """The lazy segmentation graph for the patches ``todo``.
 
+    Each patch is segmented and repaired at its true size (``PatchStore.true_sizes``) and its
+    masks are stored zero-padded to the store's patch shape.
+
     Returns
     -------
     dask.array.Array
         ``(len(todo), len(RESULT_STAT_COLUMNS))`` float64 statistics; computing it writes the masks.
     """
-    height, width = patch_store.patch_shape
-    batches = split_batches(todo, plan.patches_per_task)
-    sizes = tuple(len(batch) for batch in batches)
-    selected = da.from_zarr(patch_store.patches)[todo].rechunk({0: sizes})
+    shape = patch_store.patch_shape
+    true_sizes = patch_store.true_sizes(todo)
+    batches = split_batches(np.arange(len(todo)), plan.patches_per_task)
+    counts = tuple(len(batch) for batch in batches)
+    selected = da.from_zarr(patch_store.patches)[todo].rechunk({0: counts})
 
     labels, timings = [], []
-    for block, size in zip(selected.to_delayed().ravel(), sizes):
+    for block, rows in zip(selected.to_delayed().ravel(), batches):
         with dask.annotate(resources={"GPU": 1}) if pin_gpu else contextlib.nullcontext():
-            inferred = delayed(infer_batch, pure=True)(segmenter, block, image_mpp)
-        out = delayed(postprocess_batch, pure=True, nout=2)(segmenter, inferred, size)
-        labels.append(da.from_delayed(out[0], (size, height, width, 2), np.uint32))
-        timings.append(da.from_delayed(out[1], (size, 2), np.float64)[:, None, None, :])
-    index = da.from_array(todo.reshape(-1, 1, 1, 1), chunks=(sizes, 1, 1, 1))
+            inferred = delayed(infer_batch, pure=True)(
+                segmenter, block, true_sizes[rows], image_mpp
+            )
+        out = delayed(postprocess_batch, pure=True, nout=2)(segmenter, inferred, len(rows), shape)
+        labels.append(da.from_delayed(out[0], (len(rows), *shape, 2), np.uint32))
+        timings.append(da.from_delayed(out[1], (len(rows), 2), np.float64)[:, None, None, :])
+    # One row per patch: its index in the store and its true height and width.
+    where = np.column_stack([todo, true_sizes]).reshape(-1, 1, 1, 3)
     stats = da.map_blocks(
         _repair_block,
         da.concatenate(labels),
         da.concatenate(timings),
-        index,
+        da.from_array(where, chunks=(counts, 1, 1, 3)),
         result_path=result_path,
         tie_break=tie_break,
-        chunks=(sizes, 1, 1, len(RESULT_STAT_COLUMNS)),
+        chunks=(counts, 1, 1, len(RESULT_STAT_COLUMNS)),
         dtype=np.float64,
         meta=np.empty((0, 0, 0, 0), np.float64),
     )
@@ -437,14 +443,14 @@ def submit(client: Client, stats: da.Array) -> Any:
 def _repair_block(
     labels: np.ndarray,
     timings: np.ndarray,
-    index: np.ndarray,
+    where: np.ndarray,
     *,
     result_path: str,
     tie_break: TieBreakName,
 ) -> np.ndarray:
     rows = repair_and_store(
-        labels, timings[:, 0, 0, :], index[:, 0, 0, 0], result_path=result_path,
-        tie_break=tie_break,
+        labels, timings[:, 0, 0, :], where[:, 0, 0, 0], where[:, 0, 0, 1:],
+        result_path=result_path, tie_break=tie_break,
     )
     return rows[:, None, None, :]
 
@@ -466,19 +472,20 @@ def finish_outputs(
             "run again with --resume"
         )
     metadata = write_metadata_csv(patch_store.metadata, stats, out_dir / METADATA_FILE)
+    sizes = patch_store.true_sizes(informative)
     if config.save_pickles:
         write_seg_res_pickles(
-            group, informative, out_dir,
+            group, informative, out_dir, sizes=sizes,
             compression=config.pickle_compression, level=config.pickle_compression_level,
         )
     if config.save_mosaics:
         write_mosaics(group, patch_store, out_dir, image_mpp=image_mpp)
-    for index in informative[: config.n_overlays]:
+    for index, (h, w) in zip(informative[: config.n_overlays], sizes):
         patch_id = int(patch_store.metadata["patch_id"].iloc[index])
-        masks = {name: group[name][index] for name in ("cell_boundary", "nucleus_boundary")}
-        write_overlay_png(
-            out_dir / OVERLAYS_DIR / overlay_name(patch_id), patch_store.patches[index], masks
-        )
+        masks = {name: group[name][index, :h, :w]
+                 for name in ("cell_boundary", "nucleus_boundary")}
+        write_overlay_png(out_dir / OVERLAYS_DIR / overlay_name(patch_id),
+                          patch_store.patches[index, :h, :w], masks)
     return metadata
 
 
@@ -512,6 +519,8 @@ def run_serial(
 ) -> Iterator[tuple[int, dict[str, np.ndarray], np.ndarray]]:
     """The plain loop the engine must equal: load one patch, segment it, repair it.
 
+    Each patch is cut to its true size first; its masks are zero-padded back to the store's.
+
     Yields
     ------
     index : int
@@ -525,7 +534,8 @@ def run_serial(
     patch_store = open_patch_store(store)
     image_mpp = float(config.image_mpp or patch_store.image_mpp)
     segmenter = segmenter or get_segmenter(config.backend, **segmenter_options(config))
-    for index in patch_store.informative_indices:
-        labels = segmenter.predict(patch_store.patches[index][np.newaxis], image_mpp)
+    informative = patch_store.informative_indices
+    for index, (h, w) in zip(informative, patch_store.true_sizes(informative)):
+        labels = segmenter.predict(patch_store.patches[index, :h, :w][np.newaxis], image_mpp)
         masks, stats, _ = repair_patch(labels[0], config.tie_break)
-        yield int(index), masks, stats
+        yield int(index), {k: pad_to(m, patch_store.patch_shape) for k, m in masks.items()}, stats

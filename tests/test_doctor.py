@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 
@@ -66,3 +67,14 @@ def test_nothing_imports_tensorflow_until_mesmer_runs():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_doctor_json_prints_the_report_as_json(capsys, tmp_path, monkeypatch):
+    from codexdask.cli import main
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["doctor", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) == KEYS
+    assert report["python"] == sys.version.split()[0]
+    assert set(report["mesmer_weights"]) == {"source", "path", "ok", "detail"}

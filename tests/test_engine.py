@@ -11,18 +11,29 @@ import pytest
 import zarr
 from distributed import Client, LocalCluster, SpecCluster, Worker
 
+from codexdask import progress
 from codexdask.config import PatchConfig, SegmentConfig
-from codexdask.engine import build_graph, run, run_serial, submit
-from codexdask.errors import OutputExistsError, StoreError
-from codexdask.layout import MASK_NAMES, RESULT_STAT_COLUMNS
-from codexdask.outputs import load_manifest
+from codexdask.engine import build_graph, plan_run, run, run_serial, submit
+from codexdask.errors import ClusterError, OutputExistsError, StoreError
+from codexdask.hardware import WORKER_IDLE_BYTES
+from codexdask.layout import (
+    MASK_NAMES,
+    MATCHED_KEYS,
+    MATCHED_PICKLE,
+    ORIGINAL_KEYS,
+    ORIGINAL_PICKLE,
+    RESULT_STAT_COLUMNS,
+    RESULT_STORE,
+)
+from codexdask.outputs import load_manifest, load_seg_res, open_result_store
 from codexdask.patches import open_patch_store, write_patch_store
-from codexdask.segmenters import get_segmenter
-from codexdask.segmenters.planner import BatchPlan
+from codexdask.segmenters import MemoryEstimate, Segmenter, get_segmenter
+from codexdask.segmenters.planner import HOST_FRACTION, BatchPlan
 from codexdask.synthetic import synthetic_slide
 
 PATCH = 96
 EMPTY_PATCHES = (2, 5)
+MiB = 2**20
 
 
 def make_store(path: Path, *, n_patches: int = 7, empty=EMPTY_PATCHES) -> Path:
@@ -202,3 +213,125 @@ def test_gpu_annotation_survives_graph_optimisation(store, tmp_path):
     assert all("infer_batch" in key and state == "no-worker" for key, state in pinned.items())
     unpinned = [key for key, (res, _) in restrictions.items() if not res]
     assert not any("infer_batch" in key for key in unpinned)
+
+
+# --------------------------------------------------------------------------------------------
+# Patches smaller than the store's patch shape (halves and quarters of odd-sized slides)
+
+QUARTER_SIZES = [(503, 671), (503, 672), (504, 671), (504, 672)]
+
+
+class WholeImageSegmenter(Segmenter):
+    """Labels every pixel it is given as cell 1, and every pixel with nucleus signal as nucleus 1.
+
+    Zero padding handed to it would show as cell pixels in the padding; a cell edge at the true
+    patch edge would gain a boundary from padding next to it.
+    """
+
+    name = "whole-image"
+
+    def infer(self, batch, image_mpp):
+        return np.asarray(batch)
+
+    def postprocess(self, maps):
+        cell = np.ones(maps.shape[:3] + (1,), np.uint32)
+        return np.concatenate([cell, (maps[..., :1] > 0).astype(np.uint32)], axis=-1)
+
+
+@pytest.fixture(scope="module")
+def quarters_store(tmp_path_factory):
+    """A 1007 x 1343 slide, nucleus signal everywhere, cut in quarters of four different sizes."""
+    rng = np.random.default_rng(7)
+    image = rng.integers(1, 1000, size=(2, 1007, 1343), dtype=np.uint16)
+    config = PatchConfig(nucleus="DAPI", wholecell=["CD45"], split_mode="quarters")
+    path = tmp_path_factory.mktemp("quarters") / "slide.zarr"
+    return write_patch_store(image, path, config, channel_names=["DAPI", "CD45"])
+
+
+def test_quarters_pickle_entries_have_the_true_patch_sizes(quarters_store, tmp_path, client):
+    out = tmp_path / "out"
+    run(quarters_store, out, SegmentConfig(save_mosaics=False, n_overlays=0), client=client,
+        segmenter=WholeImageSegmenter())
+    for name, keys in ((ORIGINAL_PICKLE, ORIGINAL_KEYS), (MATCHED_PICKLE, MATCHED_KEYS)):
+        entries = load_seg_res(out / name)
+        assert [tuple(e[key].shape) for e in entries for key in keys[:1]] == QUARTER_SIZES
+        assert all(e[key].shape == e[keys[0]].shape for e in entries for key in keys)
+
+
+def test_segmentation_and_repair_see_the_true_patch_not_its_padding(quarters_store, tmp_path,
+                                                                    client):
+    out = tmp_path / "out"
+    run(quarters_store, out, SegmentConfig(save_mosaics=False, n_overlays=0), client=client,
+        segmenter=WholeImageSegmenter())
+    group = open_result_store(out / RESULT_STORE, mode="r")
+    assert group["cell"].shape == (4, 504, 672)  # stored zero-padded to the largest quarter
+    for index, (h, w) in enumerate(QUARTER_SIZES):
+        cell = group["cell"][index]
+        assert (cell[:h, :w] == 1).all() and not cell[h:].any() and not cell[:, w:].any()
+        # The true patch edge is the image edge: no boundary along it, in any mask.
+        for name in ("cell_boundary", "nucleus_boundary", "cell_matched_boundary"):
+            assert not group[name][index].any(), (index, name)
+        nucleus = group["nucleus_matched_mask"][index]
+        assert (nucleus[:h, :w] == 1).all() and int(nucleus.sum()) == h * w
+    serial = {index: masks for index, masks, _ in
+              run_serial(quarters_store, segmenter=WholeImageSegmenter())}
+    for index in range(4):
+        np.testing.assert_array_equal(serial[index]["cell"], group["cell"][index])
+
+
+# --------------------------------------------------------------------------------------------
+# Progress output off a terminal
+
+
+def test_progress_off_a_terminal_is_plain_lines(store, tmp_path, client, capsys, monkeypatch):
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 3600.0)  # lines by percent only, here
+    run(store, tmp_path / "out", SegmentConfig(batch_size=1, save_mosaics=False, n_overlays=0),
+        client=client, progress=True)
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err
+    assert "\r" not in printed  # no bar redrawn in place
+    lines = [line for line in printed.splitlines() if "% done" in line]
+    assert lines and lines[-1].startswith("segmentation: 100% done")
+    assert len(lines) <= 12  # at most one line per 10 % (plus the last), however long the run
+
+
+# --------------------------------------------------------------------------------------------
+# Planning: the worker's own memory and the GPU's
+
+
+def test_host_budget_leaves_out_what_the_worker_already_holds(store):
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      memory_limit="400MiB", dashboard_address=":0") as cluster, \
+            Client(cluster) as small:
+        plan, _ = plan_run(small, FixedMemorySegmenter(), (96, 96), 0.5,
+                           SegmentConfig(), n_patches=10_000)
+    # Without the worker's own ~145 MiB the budget would be 400 MiB x 0.5 = 4 patches of 50 MiB.
+    fit = int((400 * MiB - WORKER_IDLE_BYTES) * HOST_FRACTION) // (50 * MiB)
+    assert plan.patches_per_task <= fit == 2
+
+
+class FixedMemorySegmenter(WholeImageSegmenter):
+    """50 MiB of host memory per patch."""
+
+    def memory_per_patch(self, shape, image_mpp):
+        return MemoryEstimate(device_bytes=0, host_bytes=50 * MiB)
+
+
+class GpuWholeImageSegmenter(WholeImageSegmenter):
+    """A segmenter that wants a GPU (its inference tasks are pinned to GPU workers)."""
+
+    wants_gpu = True
+
+
+def test_a_gpu_that_cannot_be_measured_is_a_warning_in_the_manifest(store, tmp_path, fake_nvml):
+    fake_nvml(gpus=[("H100", "GPU-aaa", 80 * 2**30, 79 * 2**30)], query_error="NVMLError_Unknown")
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, resources={"GPU": 1},
+                      dashboard_address=":0") as cluster, Client(cluster) as gpu_client:
+        result = run(store, tmp_path / "out", SegmentConfig(save_mosaics=False, n_overlays=0),
+                     client=gpu_client, segmenter=GpuWholeImageSegmenter())
+        (warning,) = result.manifest["warnings"]
+        assert "NVMLError_Unknown" in warning and "CPU memory" in warning
+        assert load_manifest(tmp_path / "out")["warnings"] == [warning]
+        with pytest.raises(ClusterError, match="NVMLError_Unknown.*drop --gpus"):
+            run(store, tmp_path / "out2", SegmentConfig(gpus=True), client=gpu_client,
+                segmenter=GpuWholeImageSegmenter())

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -302,3 +305,28 @@ def test_peak_memory_bounded_by_patch_rows(tmp_path: Path) -> None:
     y, x = int(last["y_start"]), int(last["x_start"])
     src = np.load(path, mmap_mode="r")
     np.testing.assert_array_equal(store.patches[-1][: 5000 - y, : 5000 - x, 0], src[0, y:, x:])
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path: Path, image: np.ndarray,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A killed `codexdask patch` leaves its temporary; the next patch to that path removes it."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        stale = [tmp_path / f"o.zarr.tmp-{dead.pid}", tmp_path / f".o.zarr.tmp-{dead.pid}"]
+        running = tmp_path / f".o.zarr.tmp-{live.pid}"
+        for folder in (*stale, running):
+            folder.mkdir()
+            (folder / ".zgroup").write_text("{}")
+        with caplog.at_level(logging.WARNING):
+            write_patch_store(image, tmp_path / "o.zarr", _cfg(patch_size=(64, 64)),
+                              channel_names=NAMES)
+        assert not any(path.exists() for path in stale)
+        assert running.is_dir()  # a write in progress is never touched
+        for path in stale:
+            assert f"removed {path}, left by process {dead.pid}" in caplog.text
+        assert open_patch_store(tmp_path / "o.zarr").n_patches == 9
+    finally:
+        live.kill()
+        live.wait()

@@ -182,7 +182,7 @@ def iter_seg_res(
     group: zarr.Group,
     indices: Iterable[int],
     kind: str,
-    sizes: Sequence[tuple[int, int]] | None = None,
+    sizes: Sequence[tuple[int, int]] | np.ndarray | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield the seg-res dicts of patches ``indices`` one at a time.
 
@@ -194,7 +194,7 @@ def iter_seg_res(
         Patch indices (usually the informative ones, in order).
     kind : {"original", "matched"}
         :func:`original_entry` or :func:`matched_entry` dicts.
-    sizes : sequence of (int, int), optional
+    sizes : sequence of (int, int) or (K, 2) int array, optional
         True (height, width) per index to crop to; None keeps (H, W).
     """
     if kind not in ("original", "matched"):
@@ -212,7 +212,7 @@ def write_seg_res_pickles(
     *,
     compression: str | None = "none",
     level: int | None = None,
-    sizes: Sequence[tuple[int, int]] | None = None,
+    sizes: Sequence[tuple[int, int]] | np.ndarray | None = None,
 ) -> list[Path]:
     """Write ``original_seg_res_batch.pickle{sfx}`` then ``matched_seg_res_batch.pickle{sfx}``.
 
@@ -232,7 +232,7 @@ def write_seg_res_pickles(
         Suffix "", ".gz", ".bz2", ".xz", ".zst".
     level : int, optional
         gzip/bz2 compresslevel, xz preset, zstd level; None = gzip 6, bz2 9, xz 6, zstd 3.
-    sizes : sequence of (int, int), optional
+    sizes : sequence of (int, int) or (K, 2) int array, optional
         True (height, width) of each informative patch, same order; masks are cropped to it.
         None keeps the stored (H, W).
 
