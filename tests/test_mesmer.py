@@ -272,6 +272,7 @@ SLOW_CASES = [
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # up to 2 x 125 network tiles on 2 CPU cores
 @pytest.mark.parametrize(("batch_size", "shape", "image_mpp"), SLOW_CASES)
 def test_full_matrix_equals_deepcell(mesmer_model_dir, app, batch_size, shape, image_mpp):
     batch = tissue_batch(batch_size, *shape, seed=batch_size * 1000 + shape[0])
@@ -280,6 +281,7 @@ def test_full_matrix_equals_deepcell(mesmer_model_dir, app, batch_size, shape, i
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("tiles_per_call", [1, 2, 3, 5, 16])
 def test_tiles_per_call_sweep(mesmer_model_dir, app, patch_512, tiles_per_call, record_property):
     batch, expected_at_4 = patch_512
