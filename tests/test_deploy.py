@@ -161,6 +161,36 @@ def test_slurm_dask_cuda_worker_alternative_yields_a_valid_command(
     assert not ctx.params["preload_argv"]  # every option was recognised
 
 
+def test_slurm_workers_and_scheduler_speak_tls_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from distributed.cli import dask_worker
+    from distributed.comm import parse_address
+
+    pytest.importorskip("cryptography")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    run_slurm = _run_slurm_module()
+    settings = run_slurm.jobqueue_settings(DEPLOY / "slurm" / "cluster.yaml")
+    security = run_slurm.cluster_security(settings)
+    assert security.require_encryption
+    shared = tmp_path / "home" / ".codexdask" / "tls"
+    assert shared.is_dir() and (shared.stat().st_mode & 0o777) == 0o700
+    from dask_jobqueue import SLURMCluster
+
+    with dask.config.set(settings), SLURMCluster(
+        security=security, scheduler_options={"dashboard_address": ":0"}
+    ) as cluster:
+        assert parse_address(cluster.scheduler_address)[0] == "tls"
+        argv = _worker_argv(str(cluster.job_script()), "distributed.cli.dask_worker")
+        assert parse_address(argv[0])[0] == "tls"
+        ctx = dask_worker.main.make_context("dask worker", list(argv))
+        for option in ("tls_ca_file", "tls_cert", "tls_key"):
+            path = Path(os.path.expanduser(ctx.params[option]))
+            assert path.parent == shared and path.is_file(), option
+            assert path.stat().st_mode & 0o077 == 0  # readable by the user only
+
+
 def test_run_slurm_arguments_become_a_segment_config() -> None:
     run_slurm = _run_slurm_module()
     config_file = str(DEPLOY / "local-gpu" / "segment-mesmer.yaml")
@@ -186,7 +216,9 @@ def test_run_slurm_refuses_cluster_flags_and_bad_sizes(argv: list[str]) -> None:
 def test_run_slurm_main_segments_a_store_on_an_adaptive_cluster(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The driver end to end, with an in-process LocalCluster standing in for SLURMCluster."""
+    """The driver end to end over TLS, with an in-process LocalCluster standing in for SLURM."""
+    pytest.importorskip("cryptography")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # shared-temp-directory: ~/.codexdask/tls
     import dask_jobqueue
     from distributed import LocalCluster
 
@@ -205,8 +237,10 @@ def test_run_slurm_main_segments_a_store_on_an_adaptive_cluster(
 
     def fake_slurm_cluster(**kwargs: Any) -> LocalCluster:
         seen["gres"] = dask.config.get("jobqueue.slurm.job-extra-directives")
+        seen["security"] = kwargs["security"]
         return LocalCluster(n_workers=0, threads_per_worker=1, processes=False,
-                            resources={"GPU": 1}, dashboard_address=":0")
+                            resources={"GPU": 1}, dashboard_address=":0", protocol="tls",
+                            security=kwargs["security"])
 
     monkeypatch.setattr(dask_jobqueue, "SLURMCluster", fake_slurm_cluster)
     out = tmp_path / "results"
@@ -216,6 +250,7 @@ def test_run_slurm_main_segments_a_store_on_an_adaptive_cluster(
     ])
     assert status == 0
     assert seen["gres"] == ["--gres=gpu:1"]  # cluster.yaml was in force
+    assert seen["security"].require_encryption  # the run went over TLS, with its own certificates
     assert (out / "run_manifest.json").is_file()
     assert (out / "masks.zarr").is_dir()
 
@@ -324,6 +359,25 @@ def test_every_pod_that_touches_data_mounts_the_same_shared_volume() -> None:
     assert len(set(mounts.values())) == 1  # driver and workers see the same paths
 
 
+def test_network_policy_admits_only_the_cluster_and_the_driver() -> None:
+    kinds = _k8s()
+    (cluster,) = kinds["DaskCluster"]
+    (policy,) = kinds["NetworkPolicy"]
+    name, namespace = cluster["metadata"]["name"], cluster["metadata"]["namespace"]
+    assert policy["metadata"]["namespace"] == namespace
+    spec = policy["spec"]
+    assert spec["podSelector"] == {"matchLabels": {"dask.org/cluster-name": name}}
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    # Only pod selectors of this namespace: no ipBlock, no namespaceSelector, no open rule.
+    assert rule["from"] and all(set(peer) == {"podSelector"} for peer in rule["from"])
+    admitted = [peer["podSelector"]["matchLabels"] for peer in rule["from"]]
+    (job,) = kinds["Job"]
+    job_labels = job["spec"]["template"]["metadata"]["labels"]
+    assert {"dask.org/cluster-name": name} in admitted
+    assert any(labels.items() <= job_labels.items() for labels in admitted)
+
+
 def test_job_init_container_returns_once_a_gpu_worker_is_connected() -> None:
     from distributed import LocalCluster
 
@@ -359,11 +413,15 @@ def _mount_target(volume: str) -> str:
     return volume.rsplit(":", 1)[1]
 
 
-def test_compose_scheduler_publishes_8786() -> None:
+def test_compose_scheduler_stays_on_the_private_network() -> None:
     scheduler = _services()["scheduler"]
     assert scheduler["command"][:2] == ["dask", "scheduler"]
     assert int(_after(scheduler["command"], "--port") or 0) == SCHEDULER_PORT
-    assert f"{SCHEDULER_PORT}:{SCHEDULER_PORT}" in scheduler["ports"]
+    # A scheduler runs any code it is sent: 8786 is not published; the dashboard is, on loopback.
+    assert not any(str(port).split(":")[-1] == str(SCHEDULER_PORT) for port in scheduler["ports"])
+    assert scheduler["ports"] == ["127.0.0.1:8787:8787"]
+    for name, service in _services().items():
+        assert all(str(port).startswith("127.0.0.1:") for port in service.get("ports", [])), name
 
 
 def test_compose_workers_reach_the_scheduler_and_gpu_workers_advertise_gpu() -> None:
@@ -424,6 +482,16 @@ def test_scheduler_addresses_in_docs_and_configs_are_what_the_cli_accepts() -> N
         protocol, location = parse_address(address)
         assert protocol == "tcp"
         assert parse_host_port(location)[1] == SCHEDULER_PORT, address
+        args = _parse_segment(["segment", "s.zarr", "--out", "o", "--scheduler", address])
+        assert segment_config(args).scheduler == address
+
+
+def test_tls_addresses_in_docs_are_what_the_cli_accepts() -> None:
+    addresses = {m for p in _text_files()
+                 for m in re.findall(r"tls://[A-Za-z0-9][A-Za-z0-9.\-]*:\d+", p.read_text())}
+    assert "tls://HOST:8786" in addresses
+    for address in addresses:
+        assert parse_address(address)[0] == "tls"
         args = _parse_segment(["segment", "s.zarr", "--out", "o", "--scheduler", address])
         assert segment_config(args).scheduler == address
 

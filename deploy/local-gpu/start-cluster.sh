@@ -5,14 +5,16 @@
 #   codexdask segment /abs/path/slide.zarr --out /abs/path/results --scheduler tcp://HOST:8786
 #
 # Usage: start-cluster.sh [PORT]
-# Environment: HOST (address the workers and the driver use, default: this node's hostname),
+# Environment: HOST (address the scheduler listens on and the workers and the driver use; default
+#   127.0.0.1, this node only: a Dask scheduler runs any code it is sent. Set it to the node's
+#   address only on a private network, and see deploy/README.md for TLS),
 #   DASHBOARD_PORT (default 8787), NTHREADS (threads per worker, default: cores / GPUs),
 #   MEMORY_LIMIT (host memory per worker, default auto), CUDA_VISIBLE_DEVICES (which GPUs).
 set -euo pipefail
 
 PORT="${1:-8786}"
 DASHBOARD_PORT="${DASHBOARD_PORT:-8787}"
-HOST="${HOST:-$(hostname)}"
+HOST="${HOST:-127.0.0.1}"
 MEMORY_LIMIT="${MEMORY_LIMIT:-auto}"
 
 if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
@@ -33,7 +35,7 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
-dask scheduler --port "$PORT" --dashboard-address ":${DASHBOARD_PORT}" &
+dask scheduler --port "$PORT" --host "$HOST" --dashboard-address "${HOST}:${DASHBOARD_PORT}" &
 pids+=("$!")
 # Workers retry until the scheduler listens. dask-cuda starts one process per visible GPU and
 # gives each its own CUDA_VISIBLE_DEVICES; every process advertises GPU=1.

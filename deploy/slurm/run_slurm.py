@@ -5,6 +5,12 @@ the codexdask driver. dask-jobqueue submits one SLURM job per GPU worker, as des
 ``cluster.yaml``. The workers start the Python interpreter that runs this script, so this
 environment must sit on storage that the compute nodes share.
 
+The scheduler, the workers and the driver talk over TLS: a Dask scheduler runs whatever code a
+client sends it, and on a cluster's network anyone could connect. With certificates named in
+Dask's configuration (``distributed.comm.tls.*``) those are used; otherwise throw-away ones are
+made for the run (needs the ``cryptography`` package) and the workers' copies are written, readable
+by you only, to ``shared-temp-directory`` of ``cluster.yaml``.
+
 Usage::
 
     python deploy/slurm/run_slurm.py STORE --out DIR [--cluster-config deploy/slurm/cluster.yaml]
@@ -17,12 +23,14 @@ Exit status: 0 on success, 2 for an error the user can fix (as ``codexdask``).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import dask
+from distributed.security import Security
 
 from codexdask.cli import add_segment_options, segment_config
 from codexdask.config import load_yaml
@@ -47,7 +55,8 @@ def jobqueue_settings(path: str | Path) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``{"jobqueue.slurm.cores": 8, ...}``, ready for ``dask.config.set``.
+        ``{"jobqueue.slurm.cores": 8, ...}``, ready for ``dask.config.set``;
+        ``shared-temp-directory`` is made absolute (``~`` and ``$VAR`` expanded).
 
     Raises
     ------
@@ -61,7 +70,51 @@ def jobqueue_settings(path: str | Path) -> dict[str, Any]:
             f"cluster config {str(path)!r} has no 'jobqueue: slurm:' mapping; start from "
             "deploy/slurm/cluster.yaml"
         )
-    return {f"jobqueue.slurm.{key}": value for key, value in section.items()}
+    settings = {f"jobqueue.slurm.{key}": value for key, value in section.items()}
+    shared = settings.get("jobqueue.slurm.shared-temp-directory")
+    if shared:  # job scripts must name real files: no ~ or $VAR left for a shell to expand
+        settings["jobqueue.slurm.shared-temp-directory"] = os.path.abspath(
+            os.path.expandvars(os.path.expanduser(shared))
+        )
+    return settings
+
+
+def cluster_security(settings: dict[str, Any]) -> Security:
+    """TLS settings for the scheduler and the worker jobs.
+
+    Parameters
+    ----------
+    settings : dict
+        :func:`jobqueue_settings`; its ``shared-temp-directory`` (created, mode 700, if missing)
+        receives the workers' copies of throw-away certificates.
+
+    Returns
+    -------
+    distributed.security.Security
+        The site's certificates when Dask's configuration names a CA file
+        (``distributed.comm.tls.ca-file``), else throw-away ones for this run.
+
+    Raises
+    ------
+    ConfigError
+        If no certificates are configured and ``cryptography`` (which makes them) is missing.
+    """
+    configured = Security()
+    if configured.get_tls_config_for_role("scheduler").get("ca_file"):
+        return configured
+    try:
+        security = Security.temporary()
+    except ImportError as exc:
+        raise ConfigError(
+            "TLS between the driver and the SLURM workers needs certificates: pip install "
+            "cryptography for throw-away ones, or name yours in Dask's configuration "
+            "(distributed.comm.tls.ca-file, .scheduler.cert/.key, .worker.cert/.key, "
+            ".client.cert/.key)"
+        ) from exc
+    shared = settings.get("jobqueue.slurm.shared-temp-directory")
+    if shared:
+        Path(shared).mkdir(mode=0o700, parents=True, exist_ok=True)
+    return security
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from codexdask.engine import run
 
-        with dask.config.set(settings), SLURMCluster() as cluster:
+        security = cluster_security(settings)
+        with dask.config.set(settings), SLURMCluster(security=security) as cluster:
             cluster.adapt(minimum=args.minimum, maximum=args.maximum)
             with Client(cluster) as client:
                 print(f"scheduler {cluster.scheduler_address}, dashboard {client.dashboard_link}",
