@@ -28,7 +28,7 @@ from distributed.security import Security
 
 from .config import SegmentConfig
 from .errors import ClusterError
-from .hardware import WORKER_IDLE_BYTES, probe_gpus
+from .hardware import WORKER_IDLE_BYTES, GpuProbe, probe_gpus
 
 #: Seconds to wait for an existing scheduler before giving up.
 CONNECT_TIMEOUT_S = 10
@@ -132,6 +132,15 @@ def gpu_workers(client: Client) -> list[str]:
     """Addresses of the workers that advertise a ``GPU`` resource."""
     workers = client.scheduler_info(n_workers=-1)["workers"]
     return [addr for addr, info in workers.items() if info.get("resources", {}).get("GPU", 0) > 0]
+
+
+def probe_gpu_worker(client: Client) -> tuple[str, GpuProbe] | None:
+    """The first GPU worker's address and what NVML says there about its GPU (``None``: no GPU
+    worker). The probe runs on that worker: its ``CUDA_VISIBLE_DEVICES`` names its GPU."""
+    gpus = gpu_workers(client)
+    if not gpus:
+        return None
+    return gpus[0], client.submit(probe_gpus, True, workers=gpus[:1], pure=False).result()
 
 
 def worker_memory_limits(client: Client) -> list[int]:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from .boundaries import get_boundary
 from .config import PatchConfig, SegmentConfig
-from .engine import RunResult, run, segmenter_options
+from .engine import RunResult, run
 from .errors import StateError
 from .layout import (
     DEFAULT_IMAGE_MPP,
@@ -208,7 +208,7 @@ def segment(valid_patches: Any, config: Mapping[str, Any]) -> list[dict[str, np.
     ``nucleus_boundary``, each ``(H, W)`` uint32.
     """
     settings = segment_config(config)
-    segmenter = get_segmenter(settings.backend, **segmenter_options(settings))
+    segmenter = get_segmenter(settings.backend, **settings.segmenter_options())
     image_mpp = float(settings.image_mpp or DEFAULT_IMAGE_MPP)
     batch = settings.batch_size if isinstance(settings.batch_size, int) else 4
     results: list[dict[str, np.ndarray]] = []

@@ -157,6 +157,12 @@ class SegmentConfig:
         if self.resume and self.overwrite:
             raise ConfigError("choose one of --resume and --overwrite, not both")
 
+    def segmenter_options(self) -> dict[str, Any]:
+        """Constructor options of the configured backend (``get_segmenter(backend, **these)``)."""
+        if self.backend == "mesmer":
+            return {"model_path": self.model_path, "tiles_per_call": self.tiles_per_call}
+        return {}
+
 
 C = TypeVar("C", PatchConfig, SegmentConfig)
 

@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import shutil
 import sys
 import time
 import warnings
@@ -36,23 +35,21 @@ import pandas as pd
 from dask import delayed
 from distributed import Client
 
-from . import __version__, cluster, hardware
+from . import cluster
 from .config import SegmentConfig, make_config
-from .errors import ClusterError, InputError, OutputExistsError, StoreError
+from .errors import ClusterError, InputError, StoreError
 from .layout import (
-    MANIFEST,
     METADATA_FILE,
     OVERLAYS_DIR,
     RESULT_STAT_COLUMNS,
     RESULT_STORE,
-    RUN_OUTPUTS,
     overlay_name,
 )
 from .outputs import (
-    create_result_store,
-    open_result_store,
-    package_versions,
+    check_output_dir,
+    prepare_result_store,
     read_stats_table,
+    run_manifest,
     write_manifest,
     write_metadata_csv,
     write_mosaics,
@@ -155,10 +152,10 @@ def run(
     # Absolute paths: workers elsewhere must find the same store and result store.
     patch_store = open_patch_store(Path(store).resolve())
     image_mpp = float(config.image_mpp or patch_store.image_mpp)
-    segmenter = segmenter or get_segmenter(config.backend, **segmenter_options(config))
+    segmenter = segmenter or get_segmenter(config.backend, **config.segmenter_options())
     segmenter.check()
     out_dir = Path(out_dir).resolve()
-    check_output(out_dir, config)
+    check_output_dir(out_dir, resume=config.resume, overwrite=config.overwrite)
 
     informative = patch_store.informative_indices
     notes: list[str] = []  # warnings, logged and recorded in the manifest
@@ -174,7 +171,9 @@ def run(
         # Inputs are checked before anything is written: a failed check leaves no result store
         # behind, so a retry with the input fixed is not refused as "already holds a run".
         check_finite(dask_client, patch_store, informative)
-        group = prepare_output(out_dir, patch_store, config)
+        group = prepare_result_store(
+            out_dir, patch_store, resume=config.resume, overwrite=config.overwrite
+        )
         result_path = str(out_dir / RESULT_STORE)
         done = np.asarray(group["done"][:], dtype=bool)
         todo = informative[~done[informative]]
@@ -201,33 +200,10 @@ def run(
     metadata = finish_outputs(out_dir, group, patch_store, informative, config, image_mpp)
     timings["outputs_s"] = time.perf_counter() - outputs_start
     timings["total_s"] = time.perf_counter() - started
-    manifest = run_manifest(patch_store, config, plan, informative, todo, timings, image_mpp)
-    manifest["warnings"] = notes
+    manifest = run_manifest(patch_store, config, plan, informative, todo, timings, image_mpp,
+                            notes)
     write_manifest(out_dir, manifest)
     return RunResult(out_dir, metadata, plan, len(todo), manifest)
-
-
-def segmenter_options(config: SegmentConfig) -> dict[str, Any]:
-    """Constructor options of the configured backend."""
-    if config.backend == "mesmer":
-        return {"model_path": config.model_path, "tiles_per_call": config.tiles_per_call}
-    return {}
-
-
-def check_output(out_dir: Path, config: SegmentConfig) -> None:
-    """Refuse an ``out_dir`` holding another run unless ``resume`` or ``overwrite`` is set.
-
-    Raises
-    ------
-    OutputExistsError
-        If ``out_dir`` holds another run and neither ``resume`` nor ``overwrite`` is set.
-    """
-    has_run = (out_dir / RESULT_STORE).exists() or (out_dir / MANIFEST).exists()
-    if has_run and not (config.resume or config.overwrite):
-        raise OutputExistsError(
-            f"{out_dir} already holds a codexdask run; pass --resume to finish it, --overwrite to "
-            "replace it, or choose another --out directory"
-        )
 
 
 def check_finite(client: Client, patch_store: PatchStore, indices: np.ndarray) -> None:
@@ -252,49 +228,6 @@ def check_finite(client: Client, patch_store: PatchStore, indices: np.ndarray) -
             f"(first: {bad[:5].tolist()}); replace them in the slide (e.g. numpy.nan_to_num) and "
             "re-create the store with `codexdask patch`"
         )
-
-
-def prepare_output(out_dir: Path, patch_store: PatchStore, config: SegmentConfig) -> Any:
-    """Create, resume or replace the result store in ``out_dir``.
-
-    ``out_dir`` must have passed :func:`check_output`.
-
-    Raises
-    ------
-    StoreError
-        If ``resume`` finds a run of another patch store.
-    """
-    result_path = out_dir / RESULT_STORE
-    # From here on the directory must not look complete until the new manifest is written.
-    (out_dir / MANIFEST).unlink(missing_ok=True)
-    if config.overwrite:
-        for name in RUN_OUTPUTS:
-            path = out_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if config.resume and result_path.exists():
-        group = open_result_store(result_path)
-        attrs = group.attrs["codexdask"]
-        same = (
-            attrs.get("patch_store") == str(patch_store.path.resolve())
-            and attrs.get("n_patches") == patch_store.n_patches
-            and list(attrs.get("patch_shape", [])) == list(patch_store.patch_shape)
-        )
-        if not same:
-            raise StoreError(
-                f"{result_path} belongs to a run of {attrs.get('patch_store')!r}, not "
-                f"{str(patch_store.path)!r}; resume with the same patch store or use --overwrite"
-            )
-        return group
-    return create_result_store(
-        result_path,
-        patch_store.n_patches,
-        patch_store.patch_shape,
-        patch_store=str(patch_store.path.resolve()),
-    )
 
 
 def plan_run(
@@ -356,21 +289,21 @@ def measure_gpu(
     free_bytes : int or None
         ``None`` plans inference for CPU memory.
     notes : list of str
-        A warning when a GPU worker's memory could not be measured (NVML failed, or is missing
-        on that worker); the warning is also logged.
+        A warning (also logged) when a GPU worker's memory could not be measured: NVML failed,
+        or is missing on that worker.
 
     Raises
     ------
     ClusterError
         In that case, if ``config.gpus`` asked for GPUs.
     """
-    gpus = cluster.gpu_workers(client)
-    if not (gpus and segmenter.wants_gpu):
+    found = cluster.probe_gpu_worker(client) if segmenter.wants_gpu else None
+    if found is None:
         return None, []
-    probe = client.submit(hardware.probe_gpus, True, workers=gpus[:1], pure=False).result()
+    address, probe = found
     if probe.gpus:
         return int(probe.gpus[0]["free_bytes"]), []
-    message = (f"GPU worker {gpus[0]}: the GPU's free memory could not be measured "
+    message = (f"GPU worker {address}: the GPU's free memory could not be measured "
                f"({probe.problem}); batches are planned for CPU memory")
     if config.gpus:
         raise ClusterError(f"{message}. Check the GPUs with `nvidia-smi`, or drop --gpus")
@@ -489,31 +422,6 @@ def finish_outputs(
     return metadata
 
 
-def run_manifest(
-    patch_store: PatchStore,
-    config: SegmentConfig,
-    plan: BatchPlan,
-    informative: np.ndarray,
-    todo: np.ndarray,
-    timings: dict[str, float],
-    image_mpp: float,
-) -> dict[str, Any]:
-    """Everything needed to reproduce and audit a run."""
-    return {
-        "codexdask_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "patch_store": str(patch_store.path.resolve()),
-        "config": dataclasses.asdict(config),
-        "image_mpp": image_mpp,
-        "n_patches": patch_store.n_patches,
-        "n_informative": int(len(informative)),
-        "n_computed": int(len(todo)),
-        "plan": plan.as_dict(),
-        "timings": timings,
-        "versions": package_versions(),
-    }
-
-
 def run_serial(
     store: str | Path, config: SegmentConfig | None = None, *, segmenter: Segmenter | None = None
 ) -> Iterator[tuple[int, dict[str, np.ndarray], np.ndarray]]:
@@ -533,7 +441,7 @@ def run_serial(
     config = config or SegmentConfig()
     patch_store = open_patch_store(store)
     image_mpp = float(config.image_mpp or patch_store.image_mpp)
-    segmenter = segmenter or get_segmenter(config.backend, **segmenter_options(config))
+    segmenter = segmenter or get_segmenter(config.backend, **config.segmenter_options())
     informative = patch_store.informative_indices
     for index, (h, w) in zip(informative, patch_store.true_sizes(informative)):
         labels = segmenter.predict(patch_store.patches[index, :h, :w][np.newaxis], image_mpp)

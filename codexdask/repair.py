@@ -32,13 +32,8 @@ import numpy.typing as npt
 from codexdask.boundaries import boundary_pixels
 from codexdask.errors import ConfigError, InputError
 
-__all__ = [
-    "TIE_BREAKS",
-    "TieBreakName",
-    "matching_stats_from_counts",
-    "repair_masks",
-    "repair_masks_batch",
-]
+__all__ = ["TIE_BREAKS", "TieBreakName", "matching_stats_from_counts", "repair_masks",
+           "repair_masks_batch"]
 
 #: How a cell chooses among equally good nuclei: the lowest nucleus label, or the original
 #: pipeline's CPU iteration order (for bit-for-bit comparisons with it).

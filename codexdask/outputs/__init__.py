@@ -24,17 +24,26 @@ from .pickles import (
     write_seg_res_pickles,
 )
 from .result_store import (
+    check_output_dir,
     create_result_store,
     open_result_store,
+    prepare_result_store,
     read_patch_masks,
     read_stats_table,
     require_done,
     write_patch_result,
 )
-from .summary import load_manifest, package_versions, write_manifest, write_metadata_csv
+from .summary import (
+    load_manifest,
+    package_versions,
+    run_manifest,
+    write_manifest,
+    write_metadata_csv,
+)
 
 __all__ = [
     "atomic_path",
+    "check_output_dir",
     "create_result_store",
     "find_seg_res",
     "iter_seg_res",
@@ -44,10 +53,12 @@ __all__ = [
     "open_result_store",
     "original_entry",
     "package_versions",
+    "prepare_result_store",
     "pyramid_shapes",
     "read_patch_masks",
     "read_stats_table",
     "require_done",
+    "run_manifest",
     "write_manifest",
     "write_metadata_csv",
     "write_mosaics",

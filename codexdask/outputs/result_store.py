@@ -16,8 +16,10 @@ the bottom and right; its true size is in the patch metadata.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numcodecs
 import numpy as np
@@ -27,17 +29,21 @@ import zarr
 from ..errors import InputError, OutputExistsError, StoreError
 from ..layout import (
     DONE_ARRAY,
+    MANIFEST,
     MASK_NAMES,
     RESULT_STAT_COLUMNS,
     RESULT_STORE,
     RESULT_STORE_KIND,
+    RUN_OUTPUTS,
     STATS_ARRAY,
 )
 
 __all__ = [
     "LABEL_COMPRESSOR",
+    "check_output_dir",
     "create_result_store",
     "open_result_store",
+    "prepare_result_store",
     "read_patch_masks",
     "read_stats_table",
     "require_done",
@@ -253,3 +259,76 @@ def require_done(group: zarr.Group, indices: Sequence[int]) -> None:
     if missing:
         raise StoreError(f"informative patches {missing[:10]} have no results yet; rerun "
                          "`codexdask segment` with --resume to finish them")
+
+
+class PatchStoreFacts(Protocol):
+    """What the result store records of its patch store (:class:`codexdask.patches.PatchStore`)."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def n_patches(self) -> int: ...
+
+    @property
+    def patch_shape(self) -> tuple[int, int]: ...
+
+
+def check_output_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse an ``out_dir`` holding another run unless ``resume`` or ``overwrite`` is set.
+
+    Raises
+    ------
+    OutputExistsError
+        If ``out_dir`` holds another run and neither ``resume`` nor ``overwrite`` is set.
+    """
+    has_run = (out_dir / RESULT_STORE).exists() or (out_dir / MANIFEST).exists()
+    if has_run and not (resume or overwrite):
+        raise OutputExistsError(
+            f"{out_dir} already holds a codexdask run; pass --resume to finish it, --overwrite to "
+            "replace it, or choose another --out directory"
+        )
+
+
+def prepare_result_store(
+    out_dir: Path, patch_store: PatchStoreFacts, *, resume: bool, overwrite: bool
+) -> zarr.Group:
+    """Create, resume or replace the result store in ``out_dir`` (after :func:`check_output_dir`).
+
+    The manifest is removed first: from here on the directory must not look complete until the
+    new manifest is written. ``overwrite`` removes every file a run writes (``RUN_OUTPUTS``),
+    and only those.
+
+    Raises
+    ------
+    StoreError
+        If ``resume`` finds a run of another patch store.
+    """
+    result_path = out_dir / RESULT_STORE
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    if overwrite:
+        for name in RUN_OUTPUTS:
+            path = out_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store_path = str(patch_store.path.resolve())
+    if resume and result_path.exists():
+        group = open_result_store(result_path)
+        attrs = group.attrs["codexdask"]
+        same = (
+            attrs.get("patch_store") == store_path
+            and attrs.get("n_patches") == patch_store.n_patches
+            and list(attrs.get("patch_shape", [])) == list(patch_store.patch_shape)
+        )
+        if not same:
+            raise StoreError(
+                f"{result_path} belongs to a run of {attrs.get('patch_store')!r}, not "
+                f"{str(patch_store.path)!r}; resume with the same patch store or use --overwrite"
+            )
+        return group
+    return create_result_store(
+        result_path, patch_store.n_patches, patch_store.patch_shape, patch_store=store_path
+    )

@@ -6,21 +6,35 @@ holding it holds a complete run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from .. import __version__
 from ..errors import InputError, StoreError
 from ..layout import COUNT_COLUMNS, MANIFEST, RESULT_STAT_COLUMNS
 from .atomic import atomic_path
 
-__all__ = ["load_manifest", "package_versions", "write_manifest", "write_metadata_csv"]
+if TYPE_CHECKING:
+    from ..config import SegmentConfig
+    from ..patches import PatchStore
+    from ..segmenters.planner import BatchPlan
+
+__all__ = [
+    "load_manifest",
+    "package_versions",
+    "run_manifest",
+    "write_manifest",
+    "write_metadata_csv",
+]
 
 
 def write_metadata_csv(
@@ -81,6 +95,38 @@ def write_manifest(out_dir: str | os.PathLike[str], manifest: Mapping[str, Any])
         tmp.write_text(json.dumps(dict(manifest), indent=2, default=str) + "\n")
     return path
 
+
+
+def run_manifest(
+    patch_store: PatchStore,
+    config: SegmentConfig,
+    plan: BatchPlan,
+    informative: np.ndarray,
+    todo: np.ndarray,
+    timings: Mapping[str, float],
+    image_mpp: float,
+    warnings: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Everything needed to reproduce and audit a run (the content of ``run_manifest.json``).
+
+    ``informative`` and ``todo`` are the store indices of the informative patches and of those
+    computed by this run; ``warnings`` what the run logged as warnings (e.g. a GPU whose memory
+    could not be measured).
+    """
+    return {
+        "codexdask_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "patch_store": str(patch_store.path.resolve()),
+        "config": dataclasses.asdict(config),
+        "image_mpp": image_mpp,
+        "n_patches": patch_store.n_patches,
+        "n_informative": int(len(informative)),
+        "n_computed": int(len(todo)),
+        "plan": plan.as_dict(),
+        "timings": dict(timings),
+        "versions": package_versions(),
+        "warnings": list(warnings),
+    }
 
 
 def load_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
