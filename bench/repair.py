@@ -221,7 +221,7 @@ def main() -> None:
             "load_average_1min": round(os.getloadavg()[0], 2),
             "runs": runs,
             "targets": checks,
-            "reference_cpu_cells_per_s_quoted": "71-92 (aegle CPU path, reference §6.2)",
+            "reference_cpu_cells_per_s_quoted": "71-92 (original CPU path, docs/architecture.md)",
         }
     )
 

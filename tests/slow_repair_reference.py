@@ -1,7 +1,7 @@
 """A slow, obviously correct cell–nucleus repair, written straight from the specification.
 
 It loops over cells in ascending label order and compares Python sets of pixel coordinates, the
-way the reference pipeline's CPU path is described (reference §2.2–2.7). It shares no code with
+way docs/semantics.md states the repair rule (the original CPU path). It shares no code with
 :mod:`codexdask.repair` and serves as the oracle of the property tests and of ``bench/repair.py``.
 Use it on small images only: it is quadratic-ish in Python.
 """

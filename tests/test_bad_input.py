@@ -1,4 +1,4 @@
-"""Bad input: the checklist of issue 5 §4, one test per item (the README's list points here).
+"""Bad input: one test per line of the README's table "Errors you can get, and what they mean".
 
 Each item must give a :class:`~codexdask.errors.CodexDaskError` whose one-line message says how to
 fix it, exit status 2 from the command line, and no output that looks complete (no
@@ -295,6 +295,13 @@ def test_unreachable_scheduler(good_store, tmp_path, capsys, monkeypatch):
     err = cli(["segment", good_store, "--out", out, "--scheduler", "tcp://127.0.0.1:1"], capsys)
     assert "could not reach a Dask scheduler at 'tcp://127.0.0.1:1'" in err
     assert "dask scheduler" in err
+    assert_nothing_complete(out)
+
+
+def test_tls_scheduler_without_certificates(good_store, tmp_path, capsys):
+    out = tmp_path / "out"
+    err = cli(["segment", good_store, "--out", out, "--scheduler", "tls://127.0.0.1:1"], capsys)
+    assert "uses TLS" in err and "distributed.comm.tls.ca-file" in err
     assert_nothing_complete(out)
 
 

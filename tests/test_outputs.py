@@ -403,7 +403,7 @@ def fake_patch_store(tmp_path, boxes, informative, patch_shape, padded_shape, se
 
 
 def reference_mosaic(patch_store, masks, keys):
-    """In-memory version of the reference §4.3 merge for ``keys`` sharing one offset."""
+    """In-memory version of the mosaics' running-offset merge for ``keys`` sharing one offset."""
     canvas = {k: np.zeros(tuple(patch_store.attrs["padded_shape"]), np.uint32) for k in keys}
     offset = 1
     for i, (y, x, h, w, flag) in enumerate(patch_store.metadata.itertuples(index=False)):

@@ -1,7 +1,8 @@
 """Tests of codexdask.repair: acceptance scenarios A1–A18, a property test against a slow
 per-cell reference, bad inputs and the batch wrapper.
 
-Scenario coordinates are (row, col), 0-based and inclusive, as in the reference's §7.
+Scenario coordinates are (row, col), 0-based and inclusive; the scenarios are listed in
+docs/semantics.md ("Acceptance scenarios").
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def a7_cells() -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
-# acceptance scenarios (reference §7); both tie-break modes agree except in A8
+# acceptance scenarios (docs/semantics.md); both tie-break modes agree except in A8
 
 
 @pytest.mark.parametrize("mode", MODES)
