@@ -22,26 +22,6 @@ MiB = 2**20
 GiB = 2**30
 
 
-class FakeTiled(Segmenter):
-    """9 tiles per patch, 100 MiB of accelerator memory per tile, 50 MiB of host per patch."""
-
-    name = "fake-tiled"
-    wants_gpu = True
-    device_bytes_per_tile = 100 * MiB
-
-    def infer(self, batch, image_mpp):
-        return batch
-
-    def postprocess(self, maps):
-        return np.zeros(maps.shape[:3] + (2,), np.uint32)
-
-    def tiles_per_patch(self, shape, image_mpp):
-        return 9
-
-    def memory_per_patch(self, shape, image_mpp):
-        return MemoryEstimate(device_bytes=9 * 100 * MiB, host_bytes=50 * MiB)
-
-
 class FakePlain(Segmenter):
     """No tiles, CPU only, 50 MiB of host per patch."""
 
@@ -55,6 +35,20 @@ class FakePlain(Segmenter):
 
     def memory_per_patch(self, shape, image_mpp):
         return MemoryEstimate(device_bytes=0, host_bytes=50 * MiB)
+
+
+class FakeTiled(FakePlain):
+    """9 tiles per patch, 100 MiB of accelerator memory per tile, 50 MiB of host per patch."""
+
+    name = "fake-tiled"
+    wants_gpu = True
+    device_bytes_per_tile = 100 * MiB
+
+    def tiles_per_patch(self, shape, image_mpp):
+        return 9
+
+    def memory_per_patch(self, shape, image_mpp):
+        return MemoryEstimate(device_bytes=9 * 100 * MiB, host_bytes=50 * MiB)
 
 
 def test_tiled_segmenters_are_recognised_by_their_protocol():
