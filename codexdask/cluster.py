@@ -68,7 +68,8 @@ def connect(config: SegmentConfig, client: Client | None = None) -> Iterator[Cli
 #: Dask's nannies set ``MALLOC_TRIM_THRESHOLD_`` in their workers, which also switches off glibc's
 #: dynamic mmap threshold: every large numpy array is then mmap'ed and page-faulted afresh. The
 #: segmentation kernels allocate many image-sized arrays and ran about 1.4x slower that way
-#: (measured on the watershed segmenter), so local workers keep glibc's defaults.
+#: (measured on the watershed segmenter), so local workers keep glibc's defaults
+#: (``docs/architecture.md``, measured facts).
 WORKER_ENVIRON = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
 

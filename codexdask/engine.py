@@ -12,7 +12,7 @@
 The graph is built lazily and computed once. Only small per-patch statistics come back to the
 driver; masks go straight from the workers to the Zarr result store, so memory is bounded by a
 batch, not by the slide. Every completed patch is flagged in the store, which makes ``resume``
-recompute only what is missing.
+recompute only what is missing. The decisions behind this design are in ``docs/architecture.md``.
 """
 
 from __future__ import annotations
