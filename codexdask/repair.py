@@ -31,9 +31,16 @@ import numpy.typing as npt
 
 from codexdask.boundaries import boundary_pixels
 from codexdask.errors import ConfigError, InputError
+from codexdask.matching import (
+    assemble_region,
+    match_tally,
+    order_table,
+    region_runs,
+    tally_region,
+)
 
-__all__ = ["TIE_BREAKS", "TieBreakName", "matching_stats_from_counts", "repair_masks",
-           "repair_masks_batch"]
+__all__ = ["TIE_BREAKS", "TieBreakName", "check_tie_break", "matching_stats_from_counts",
+           "repair_masks", "repair_masks_batch"]
 
 #: How a cell chooses among equally good nuclei: the lowest nucleus label, or the original
 #: pipeline's CPU iteration order (for bit-for-bit comparisons with it).
@@ -86,7 +93,7 @@ def repair_masks(
     ConfigError
         If `tie_break` is unknown.
     """
-    aegle_order = _check_tie_break(tie_break)
+    aegle_order = check_tie_break(tie_break)
     cell_arr = _as_label_image(cell, "cell")
     nuc_arr = _as_label_image(nucleus, "nucleus")
     if cell_arr.shape != nuc_arr.shape:
@@ -94,67 +101,19 @@ def repair_masks(
             f"cell and nucleus masks must have the same shape; got {cell_arr.shape} and "
             f"{nuc_arr.shape}. Pass the two channels of the same segmentation result."
         )
-    shape = cell_arr.shape
-
-    # 1. Runs of equal (cell, nucleus, cell-boundary) in row-major order.
-    boundary = boundary_pixels(cell_arr).ravel()
-    cell_flat, nuc_flat = cell_arr.ravel(), nuc_arr.ravel()
-    starts = _run_starts(cell_flat, nuc_flat, boundary)
-    lengths = np.diff(starts, append=cell_flat.size)
-    cell_labels, rc = _compact(cell_flat[starts])  # rc: compact cell index per run, 0 = background
-    nuc_labels, rn = _compact(nuc_flat[starts])
-    interior = (rc != 0) & ~boundary[starts]
-    n_cells, n_nuclei = cell_labels.size - 1, nuc_labels.size - 1
-
-    # 2. Overlapping (cell, nucleus) pairs and their mismatch, sorted by (cell, m, nucleus).
-    nuc_size = np.bincount(rn, weights=lengths, minlength=n_nuclei + 1)
-    pair_cell, pair_nuc, pair_m = _overlap_pairs(rc, rn, interior, lengths, nuc_size, n_nuclei)
-
-    # 3. Greedy one-to-one pass over the pairs.
-    set_order = None
-    if aegle_order:
-        tie_cells = np.unique(
-            pair_cell[1:][(pair_cell[1:] == pair_cell[:-1]) & (pair_m[1:] == pair_m[:-1])]
-        )
-        set_order = _cpython_set_order(tie_cells, rc, rn, nuc_labels, n_cells, n_nuclei)
-    match, n_repaired = _greedy_match(pair_cell, pair_nuc, pair_m, n_cells, n_nuclei, set_order)
-
-    # 4. Assemble the masks run by run.
-    matched = np.flatnonzero(match)
-    n_matched = int(matched.size)
-    new_id = np.zeros(n_cells + 1, dtype=np.uint32)
-    new_id[matched] = np.arange(1, n_matched + 1, dtype=np.uint32)
-    run_cell = new_id[rc]
-    run_nuc = np.where(interior & (rn == match[rc]), run_cell, np.uint32(0))
-    cell_matched = np.repeat(run_cell, lengths).reshape(shape)
-    nuc_matched = np.repeat(run_nuc, lengths).reshape(shape)
-    cytoplasm = cell_matched - nuc_matched  # a nucleus pixel carries its own cell's id
+    boundary = boundary_pixels(cell_arr)
+    runs = region_runs(cell_arr, nuc_arr, boundary)
+    matching = match_tally(
+        tally_region(runs), aegle_order=aegle_order, order_of=lambda cells: order_table(runs, cells)
+    )
+    masks = assemble_region(runs, matching)
     # A matched cell's boundary pixels are exactly its original boundary pixels: their differing
     # neighbour is background, an unmatched cell (now 0) or a cell with another new id.
-    cell_boundary = cell_matched * boundary.reshape(shape)
+    masks["cell_matched_boundary"] = masks["cell_matched_mask"] * boundary
     del boundary
-    nuc_boundary = nuc_matched * boundary_pixels(nuc_matched)
-
-    # 5. Metrics.
-    u_cell = n_cells + int(bool((rc == 0).any()))
-    u_nuc = n_nuclei + int(bool((rn == 0).any()))
-    u_matched = n_matched + int(bool((run_cell == 0).any()))
-    return {
-        "cell_matched_mask": cell_matched,
-        "nucleus_matched_mask": nuc_matched,
-        "cell_outside_nucleus_mask": cytoplasm,
-        "cell_matched_boundary": cell_boundary,
-        "nucleus_matched_boundary": nuc_boundary,
-        "matched_fraction": u_matched / (u_cell + u_nuc - u_matched),
-        "matching_stats": matching_stats_from_counts(n_cells, n_nuclei, n_matched),
-        "n_cells": n_cells,
-        "n_nuclei": n_nuclei,
-        "n_matched": n_matched,
-        "n_repaired": n_repaired,
-        "frac_cells_matched": _ratio(n_matched, n_cells),
-        "frac_nuclei_matched": _ratio(n_matched, n_nuclei),
-        "match_jaccard": _ratio(n_matched, n_cells + n_nuclei - n_matched),
-    }
+    nucleus_matched = masks["nucleus_matched_mask"]
+    masks["nucleus_matched_boundary"] = nucleus_matched * boundary_pixels(nucleus_matched)
+    return {**masks, **matching.metrics()}
 
 
 def repair_masks_batch(
@@ -181,7 +140,7 @@ def repair_masks_batch(
         If an item lacks ``"cell"`` or ``"nucleus"`` or holds bad masks; the message names the
         item's position.
     """
-    _check_tie_break(tie_break)
+    check_tie_break(tie_break)
     results = []
     for i, item in enumerate(seg_res_batch):
         if not isinstance(item, Mapping) or "cell" not in item or "nucleus" not in item:
@@ -241,7 +200,7 @@ def matching_stats_from_counts(n_cells: int, n_nuclei: int, n_matched: int) -> d
 # input checks
 
 
-def _check_tie_break(tie_break: str) -> bool:
+def check_tie_break(tie_break: str) -> bool:
     """Return True for the aegle-cpu order; raise ConfigError for unknown modes."""
     if tie_break not in TIE_BREAKS:
         raise ConfigError(
@@ -297,204 +256,3 @@ def _as_label_image(mask: npt.ArrayLike, name: str) -> np.ndarray:
             "as background."
         )
     return np.ascontiguousarray(arr)
-
-
-# --------------------------------------------------------------------------------------------------
-# kernels
-
-
-def _run_starts(*flat: np.ndarray) -> npt.NDArray[np.intp]:
-    """Start positions of the maximal runs over which every array in `flat` is constant.
-
-    Parameters
-    ----------
-    *flat : ndarray, shape (P,)
-        Arrays of equal length P >= 1.
-
-    Returns
-    -------
-    ndarray of intp, shape (R,)
-        Increasing positions, the first being 0.
-    """
-    change = np.empty(flat[0].size, dtype=bool)
-    change[0] = True
-    np.not_equal(flat[0][1:], flat[0][:-1], out=change[1:])
-    tmp = np.empty(flat[0].size - 1, dtype=bool)
-    for arr in flat[1:]:
-        np.not_equal(arr[1:], arr[:-1], out=tmp)
-        change[1:] |= tmp
-    return np.flatnonzero(change)
-
-
-def _compact(values: np.ndarray) -> tuple[np.ndarray, npt.NDArray[np.intp]]:
-    """Map label values to compact indices 0..K, index 0 being label 0.
-
-    Parameters
-    ----------
-    values : ndarray of non-negative integers, shape (R,)
-
-    Returns
-    -------
-    labels : ndarray, shape (K + 1,)
-        Sorted distinct labels with 0 prepended when absent (``labels[0] == 0``).
-    index : ndarray of intp, shape (R,)
-        ``labels[index] == values``.
-    """
-    vmax = int(values.max())
-    if vmax <= 4 * values.size + 65536:  # small labels: a lookup table, O(R)
-        present = np.zeros(vmax + 1, dtype=bool)
-        present[values] = True
-        present[0] = True
-        labels = np.flatnonzero(present)
-        lut = np.zeros(vmax + 1, dtype=np.intp)
-        lut[labels] = np.arange(labels.size)
-        return labels, lut[values]
-    labels, index = np.unique(values, return_inverse=True)  # huge or sparse labels: sort
-    index = index.astype(np.intp, copy=False).ravel()
-    if labels[0] != 0:
-        labels = np.concatenate([np.zeros(1, labels.dtype), labels])
-        index += 1
-    return labels, index
-
-
-def _overlap_pairs(
-    rc: np.ndarray,
-    rn: np.ndarray,
-    interior: np.ndarray,
-    lengths: np.ndarray,
-    nuc_size: np.ndarray,
-    n_nuclei: int,
-) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.float64]]:
-    """Cell-interior/nucleus overlap pairs with their mismatch, sorted by (cell, m, nucleus).
-
-    Parameters
-    ----------
-    rc, rn : ndarray of intp, shape (R,)
-        Compact cell and nucleus index of every run.
-    interior : ndarray of bool, shape (R,)
-        Whether the run lies in a cell interior.
-    lengths : ndarray of intp, shape (R,)
-        Run lengths in pixels.
-    nuc_size : ndarray of float64, shape (N + 1,)
-        Pixels per compact nucleus index.
-    n_nuclei : int
-        N, the number of nuclei.
-
-    Returns
-    -------
-    pair_cell, pair_nuc : ndarray of intp, shape (Q,)
-        Compact indices of the Q pairs with a positive interior overlap.
-    pair_m : ndarray of float64, shape (Q,)
-        ``m = (|P(n)| - |P(n) ∩ I(c)|) / |P(n)|``, in [0, 1).
-    """
-    sel = np.flatnonzero(interior & (rn != 0))
-    key = rc[sel].astype(np.int64) * (n_nuclei + 1) + rn[sel]
-    keys, inverse = np.unique(key, return_inverse=True)
-    overlap = np.bincount(inverse.ravel(), weights=lengths[sel], minlength=keys.size)
-    pair_cell = (keys // (n_nuclei + 1)).astype(np.intp)
-    pair_nuc = (keys % (n_nuclei + 1)).astype(np.intp)
-    size = nuc_size[pair_nuc]
-    pair_m = (size - overlap) / size  # one correctly rounded division, as |P \ I| / |P|
-    order = np.lexsort((pair_nuc, pair_m, pair_cell))
-    return pair_cell[order], pair_nuc[order], pair_m[order]
-
-
-def _cpython_set_order(
-    cells: np.ndarray,
-    rc: np.ndarray,
-    rn: np.ndarray,
-    nuc_labels: np.ndarray,
-    n_cells: int,
-    n_nuclei: int,
-) -> dict[int, dict[int, int]]:
-    """Rank of each nucleus in the CPython ``set`` iteration order the original CPU path uses.
-
-    That path iterates ``set(nucleus values under the cell's pixels in row-major order)``. A set's
-    order depends only on the distinct values in first-occurrence order (0 and nuclei that touch
-    only the membrane included), so building a set from that sequence reproduces it exactly.
-
-    Parameters
-    ----------
-    cells : ndarray of intp
-        Compact indices of the cells that need the order (those with tied candidates).
-    rc, rn : ndarray of intp, shape (R,)
-        Compact cell and nucleus index of every run, runs in row-major order.
-    nuc_labels : ndarray, shape (N + 1,)
-        Nucleus label of every compact index.
-    n_cells, n_nuclei : int
-        C and N.
-
-    Returns
-    -------
-    dict
-        ``{cell index: {nucleus index: rank}}`` for every cell in `cells`.
-    """
-    if cells.size == 0:
-        return {}
-    wanted = np.zeros(n_cells + 1, dtype=bool)
-    wanted[cells] = True
-    sel = np.flatnonzero(wanted[rc])
-    key = rc[sel].astype(np.int64) * (n_nuclei + 1) + rn[sel]
-    keys, first = np.unique(key, return_index=True)  # first occurrence of each (cell, nucleus)
-    key_cell, key_nuc = keys // (n_nuclei + 1), keys % (n_nuclei + 1)
-    order = np.lexsort((first, key_cell))
-    key_cell, key_nuc = key_cell[order], key_nuc[order]
-    bounds = np.flatnonzero(np.diff(key_cell)) + 1
-    ranks: dict[int, dict[int, int]] = {}
-    for c_idx, nucs in zip(
-        key_cell[np.r_[0, bounds]].tolist(), np.split(key_nuc, bounds), strict=True
-    ):
-        labels = nuc_labels[nucs].tolist()
-        label_to_index = dict(zip(labels, nucs.tolist(), strict=True))
-        # Build the set from a list: set(dict) pre-sizes its table and iterates differently.
-        ranks[c_idx] = {label_to_index[v]: i for i, v in enumerate(set(labels))}
-    return ranks
-
-
-def _greedy_match(
-    pair_cell: np.ndarray,
-    pair_nuc: np.ndarray,
-    pair_m: np.ndarray,
-    n_cells: int,
-    n_nuclei: int,
-    set_order: dict[int, dict[int, int]] | None,
-) -> tuple[npt.NDArray[np.intp], int]:
-    """Greedy one-to-one matching over pairs sorted by (cell, m, nucleus).
-
-    Returns
-    -------
-    match : ndarray of intp, shape (C + 1,)
-        Compact nucleus index matched to each compact cell index, 0 when unmatched.
-    n_repaired : int
-        Matched cells whose mismatch is strictly positive.
-    """
-    match = [0] * (n_cells + 1)
-    n_repaired = 0
-    claimed = bytearray(n_nuclei + 1)
-    cells, nucs, ms = pair_cell.tolist(), pair_nuc.tolist(), pair_m.tolist()
-    group_starts = np.flatnonzero(np.r_[True, pair_cell[1:] != pair_cell[:-1]]).tolist()
-    for start, stop in zip(group_starts, group_starts[1:] + [len(cells)], strict=True):
-        j = start
-        while j < stop and claimed[nucs[j]]:
-            j += 1
-        if j == stop:
-            continue
-        best, best_m = nucs[j], ms[j]
-        if set_order is not None and cells[j] in set_order:
-            tied = [best]
-            for t in range(j + 1, stop):
-                if ms[t] != best_m:
-                    break
-                if not claimed[nucs[t]]:
-                    tied.append(nucs[t])
-            if len(tied) > 1:
-                best = min(tied, key=set_order[cells[j]].__getitem__)
-        claimed[best] = 1
-        match[cells[j]] = best
-        n_repaired += best_m > 0.0
-    return np.asarray(match, dtype=np.intp), n_repaired
-
-
-def _ratio(num: int, den: int) -> float:
-    """``num / den`` as a float, NaN when ``den == 0``."""
-    return num / den if den else float("nan")
