@@ -77,7 +77,8 @@ def test_order_keys_preserve_order(dtype: str) -> None:
     else:
         info = np.iinfo(dtype)
         values = np.concatenate([rng.integers(info.min, info.max, 500, endpoint=True,
-                                              dtype=dtype), [info.min, info.max, 0]])
+                                              dtype=dtype),
+                                 np.array([info.min, info.max, 0], dtype=dtype)])
     values = values.astype(dtype)
     keys = order_keys(values)
     order = np.argsort(values, kind="stable")
