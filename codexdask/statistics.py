@@ -12,8 +12,10 @@ interpolation (numpy 1.x arithmetic; see its docstring).
 
 from __future__ import annotations
 
+import abc
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -21,7 +23,11 @@ import numpy.typing as npt
 from codexdask.errors import InputError
 
 __all__ = [
+    "ChannelSummary",
+    "ImageStatistics",
+    "NonZeroPercentiles",
     "ValueHistogram",
+    "gather_statistics",
     "histogram",
     "merge_histograms",
     "percentile_from_histogram",
@@ -194,3 +200,151 @@ def percentile_from_histogram(
     result = np.add(a, diff * t)
     np.subtract(b, diff * (1 - t), out=result, where=t >= 0.5, casting="unsafe")
     return float(result[0])
+
+
+# --------------------------------------------------------------------------------------------
+# statistics gathered in passes over the chunks of an image
+
+
+class ImageStatistics(abc.ABC):
+    """Image-wide statistics gathered in passes over chunks of an image (a segmenter's needs).
+
+    Instances are small, picklable and immutable: the engine sends one to the workers, calls
+    :meth:`measure` on every chunk of the image, :meth:`combine` on the partial results and
+    :meth:`advance` on the combination, until :attr:`done`. Chunks are ``(h, w, C)`` raw pixels
+    and together cover the image exactly once.
+    """
+
+    @property
+    @abc.abstractmethod
+    def done(self) -> bool:
+        """Whether the statistics are complete."""
+
+    @abc.abstractmethod
+    def measure(self, chunk: np.ndarray) -> Any:
+        """The partial result of the current pass over one chunk."""
+
+    @abc.abstractmethod
+    def combine(self, partials: Sequence[Any]) -> Any:
+        """The partial result of the union of the chunks of ``partials``."""
+
+    @abc.abstractmethod
+    def advance(self, combined: Any) -> ImageStatistics:
+        """The statistics after a pass whose combined result is ``combined``."""
+
+
+def gather_statistics(
+    stats: ImageStatistics, chunks: Callable[[], Iterable[np.ndarray]], *, max_passes: int = 8
+) -> ImageStatistics:
+    """Run every pass of ``stats`` over the chunks ``chunks()`` yields, in this process."""
+    for _ in range(max_passes):
+        if stats.done:
+            return stats
+        stats = stats.advance(stats.combine([stats.measure(chunk) for chunk in chunks()]))
+    if not stats.done:
+        raise InputError(f"{type(stats).__name__} did not finish in {max_passes} passes")
+    return stats
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelSummary:
+    """What :class:`NonZeroPercentiles` found about one channel.
+
+    Attributes
+    ----------
+    percentile : float
+        The requested percentile of the channel's non-zero values (0.0 when there are none).
+    minimum, maximum : float
+        Smallest and largest value of the channel (zeros included).
+    n_values, n_nonzero : int
+        Pixels, and pixels whose value is not 0.
+    nonzero : ValueHistogram or None
+        Exact counts of the non-zero values when the dtype allows it (integers of up to 16 bits).
+    """
+
+    percentile: float
+    minimum: float
+    maximum: float
+    n_values: int
+    n_nonzero: int
+    nonzero: ValueHistogram | None
+
+
+@dataclasses.dataclass(frozen=True)
+class NonZeroPercentiles(ImageStatistics):
+    """A percentile of the non-zero values of every channel, exactly, plus min and max.
+
+    One pass for integer pixels of up to 16 bits, two otherwise (the second refines the coarse
+    bins holding the two ranks the percentile interpolates between).
+
+    Attributes
+    ----------
+    percentile : float
+        In [0, 100], e.g. 99.9.
+    coarse : tuple of per-channel partials, or None
+        Set after the first pass.
+    channels : tuple of ChannelSummary, or None
+        The result, once :attr:`done`.
+    """
+
+    percentile: float = 99.9
+    coarse: tuple[Any, ...] | None = None
+    channels: tuple[ChannelSummary, ...] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.channels is not None
+
+    def measure(self, chunk: np.ndarray) -> Any:
+        chunk = np.asarray(chunk)
+        channels = [chunk[..., c].ravel() for c in range(chunk.shape[-1])]
+        if self.coarse is None:
+            return tuple(
+                (histogram(v[v != 0]), _min_max(v), int(v.size)) for v in channels
+            )
+        return tuple(
+            refine(v[v != 0], bins) if bins is not None else None
+            for v, bins in zip(channels, self._bins(), strict=True)
+        )
+
+    def combine(self, partials: Sequence[Any]) -> Any:
+        if self.coarse is None:
+            return tuple(
+                (merge_histograms([p[c][0] for p in partials]),
+                 (min(p[c][1][0] for p in partials), max(p[c][1][1] for p in partials)),
+                 sum(p[c][2] for p in partials))
+                for c in range(len(partials[0]))
+            )
+        return tuple(
+            merge_histograms([p[c] for p in partials]) if partials[0][c] is not None else None
+            for c in range(len(partials[0]))
+        )
+
+    def advance(self, combined: Any) -> NonZeroPercentiles:
+        coarse = self.coarse if self.coarse is not None else combined
+        fine = combined if self.coarse is not None else (None,) * len(coarse)
+        if self.coarse is None and not all(h.exact or h.total == 0 for h, _, _ in coarse):
+            return dataclasses.replace(self, coarse=coarse)  # a second pass is needed
+        summaries = []
+        for (hist, (low, high), n_values), refined in zip(coarse, fine, strict=True):
+            value = 0.0 if hist.total == 0 else percentile_from_histogram(
+                hist, refined, self.percentile)
+            summaries.append(ChannelSummary(value, low, high, n_values, hist.total,
+                                            hist if hist.exact else None))
+        return dataclasses.replace(self, coarse=coarse, channels=tuple(summaries))
+
+    def _bins(self) -> list[np.ndarray | None]:
+        out: list[np.ndarray | None] = []
+        for hist, _, _ in self.coarse or ():
+            if hist.exact or hist.total == 0:
+                out.append(None)
+            else:
+                previous, following, _ = quantile_ranks(hist.total, self.percentile)
+                out.append(rank_bins(hist, [previous, following]))
+        return out
+
+
+def _min_max(values: np.ndarray) -> tuple[float, float]:
+    if values.size == 0:
+        return float("inf"), float("-inf")
+    return float(values.min()), float(values.max())

@@ -28,7 +28,8 @@ METRICS = ("matched_fraction", "n_cells", "n_nuclei", "n_matched", "n_repaired",
 # -- grid -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape, tile", [((1, 1), 5), ((100, 37), 16), ((64, 64), 64), ((65, 7), 8)])
+@pytest.mark.parametrize("shape, tile",
+                         [((1, 1), 5), ((100, 37), 16), ((64, 64), 64), ((65, 7), 8)])
 def test_cores_partition_the_patch(shape: tuple[int, int], tile: int) -> None:
     grid = tile_grid(shape, tile, halo=3)
     count = np.zeros(shape, int)

@@ -91,3 +91,29 @@ def test_merge_refuses_mixed_kinds() -> None:
         merge_histograms([histogram(np.zeros(3, np.uint8)), histogram(np.zeros(3, np.float32))])
     with pytest.raises(InputError):
         merge_histograms([])
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "uint8", "float32", "int32"])
+def test_non_zero_percentiles_of_chunks_equal_the_whole_image(dtype: str) -> None:
+    from codexdask.statistics import NonZeroPercentiles, gather_statistics
+
+    rng = np.random.default_rng(7)
+    image = (rng.gamma(1.5, 400.0, (97, 131, 2)) * (rng.random((97, 131, 2)) < 0.6)).astype(dtype)
+    image[..., 1] = 0 if dtype == "uint8" else image[..., 1]  # an empty channel too
+
+    def chunks():
+        for y in range(0, 97, 40):
+            for x in range(0, 131, 50):
+                yield image[y:y + 40, x:x + 50]
+
+    stats = gather_statistics(NonZeroPercentiles(99.9), chunks)
+    assert stats.channels is not None
+    for c, summary in enumerate(stats.channels):
+        values = image[..., c]
+        nonzero = values[values != 0]
+        expected = float(np.percentile(nonzero, 99.9)) if nonzero.size else 0.0
+        if dtype != "float32" or NUMPY_1:
+            assert summary.percentile == expected
+        assert (summary.minimum, summary.maximum) == (float(values.min()), float(values.max()))
+        assert summary.n_nonzero == nonzero.size and summary.n_values == values.size
+        assert (summary.nonzero is not None) == (np.dtype(dtype).itemsize <= 2)

@@ -5,21 +5,26 @@ It has Mesmer's contract (``(B, H, W, 2)`` nucleus + whole-cell in, ``(B, H, W, 
 whole-cell + nucleus labels out) and needs only NumPy, SciPy and scikit-image, so the demo and
 the tests run anywhere. Sizes are physical (µm) and converted to pixels with ``image_mpp``.
 
-Per image:
+Image-wide levels (:mod:`.watershed_stats`) are computed first, over the whole image or, for a
+logical patch segmented tile by tile, over the whole patch: each channel's scale (the 99.9th
+percentile of its positive pixels), Otsu's threshold of the normalised nucleus values (never
+below ``min_nucleus_contrast``) with the median of the values below it, and 0.3 × Otsu's
+threshold of the normalised whole-cell values. Everything else is local, so a window with a halo
+gives the one-image result for the objects it owns.
 
-1. ``infer`` (cheap): each channel is divided by the 99.9th percentile of its non-zero pixels and
-   clipped to [0, 1]; an all-zero channel stays zero.
-2. Nuclei (``postprocess``): Gaussian smoothing; foreground = above the Otsu threshold (never
-   below ``min_nucleus_contrast``), or above the local mean and half the Otsu threshold (dim
-   nuclei beside bright ones); holes filled. Touching nuclei are split by a watershed of the
-   distance transform seeded at its peaks (at least 0.6 nucleus radius apart). Each nucleus is
-   then trimmed at half its own peak height above the background (a full-width-at-half-maximum
-   outline, the same for dim and bright nuclei); nuclei below ``min_nucleus_area_um2`` go.
+1. ``infer`` (cheap): each channel is divided by its scale and clipped to [0, 1].
+2. Nuclei (``postprocess``): Gaussian smoothing; foreground = above the nucleus threshold, or
+   above the local mean and half that threshold (dim nuclei beside bright ones); holes filled.
+   Touching nuclei are split by a watershed of the distance transform seeded at its peaks (at
+   least 0.6 nucleus radius apart). Each nucleus is then trimmed at half its own peak height above
+   the background (a full-width-at-half-maximum outline, the same for dim and bright nuclei);
+   nuclei below ``min_nucleus_area_um2`` go.
 3. Cells: the foreground is every pixel within ``max_expansion_um`` of a nucleus that carries
-   whole-cell signal (above 0.3 × its Otsu threshold, small gaps closed) or that this signal
+   whole-cell signal (above the whole-cell threshold, small gaps closed) or that this signal
    encloses (holes no larger than a cell). A watershed grows each nucleus over that foreground,
    on an elevation of whole-cell signal (membranes are ridges) plus distance to the nucleus
-   (dark or uniformly stained gaps are split evenly).
+   (dark or uniformly stained gaps are split evenly). Without any whole-cell signal in the image,
+   cells are their nuclei plus a 1 µm rim.
 
 Cell ``k`` contains nucleus ``k``; both compartments are labelled 1..K. An all-zero patch gives
 all-zero labels.
@@ -29,16 +34,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
-from skimage.filters import threshold_local, threshold_otsu
+from skimage.filters import threshold_local
 from skimage.morphology import remove_small_holes
 from skimage.segmentation import relabel_sequential, watershed
 
 from ..errors import ConfigError
+from ..statistics import gather_statistics
 from .base import MemoryEstimate, Segmenter, check_batch, register_segmenter
+from .watershed_stats import WatershedLevels, WatershedStatistics, normalise
 
 # Host memory per pixel of a patch: postprocess raised peak RSS by about 80 bytes/pixel on 1024²
 # and 2048² synthetic patches; add the input (up to 16 bytes/pixel for float64) and the float32
@@ -46,8 +54,6 @@ from .base import MemoryEstimate, Segmenter, check_batch, register_segmenter
 _HOST_BYTES_PER_PIXEL = 160
 # Dim nuclei must exceed this fraction of the global threshold (and their local mean).
 _LOCAL_FLOOR = 0.5
-# Whole-cell signal: above this fraction of the Otsu threshold of the pixels near nuclei.
-_WHOLECELL_FACTOR = 0.3
 # Weight of the distance to the nucleus (0 at the nucleus, 1 at max_expansion_um) in the cell
 # watershed elevation, against whole-cell signal in [0, 1].
 _DISTANCE_WEIGHT = 1.0
@@ -63,10 +69,13 @@ class WatershedMaps:
         ``(B, H, W, 2)`` float32 normalised nucleus and whole-cell channels in [0, 1].
     image_mpp : float
         Pixel size in µm.
+    levels : tuple of WatershedLevels
+        The image-wide levels of each image (of its logical patch, for a window).
     """
 
     maps: np.ndarray
     image_mpp: float
+    levels: tuple[WatershedLevels, ...]
 
 
 class WatershedSegmenter(Segmenter):
@@ -141,11 +150,29 @@ class WatershedSegmenter(Segmenter):
         batch = check_batch(batch)
         if not image_mpp > 0:
             raise ConfigError(f"image_mpp must be > 0 µm per pixel, got {image_mpp}")
+        levels = tuple(
+            self.image_levels(image) for image in batch
+        )
+        return self.normalise(batch, levels, image_mpp)
+
+    def statistics(self, image_mpp: float) -> WatershedStatistics:
+        """The image-wide levels this segmenter needs, to be gathered over a whole image."""
+        return WatershedStatistics(min_contrast=self.min_nucleus_contrast)
+
+    def image_levels(self, image: np.ndarray) -> WatershedLevels:
+        """:class:`WatershedLevels` of one ``(H, W, 2)`` image held in memory."""
+        stats = gather_statistics(self.statistics(0.5), lambda: [image])
+        return stats.levels  # type: ignore[attr-defined,no-any-return]
+
+    def normalise(
+        self, batch: np.ndarray, levels: Sequence[WatershedLevels], image_mpp: float
+    ) -> WatershedMaps:
+        """``batch`` ``(B, H, W, 2)`` divided by each image's scale and clipped to [0, 1]."""
         maps = np.empty(batch.shape, dtype=np.float32)
-        for b in range(batch.shape[0]):
+        for b, level in enumerate(levels):
             for c in range(2):
-                maps[b, ..., c] = _normalise(batch[b, ..., c])
-        return WatershedMaps(maps=maps, image_mpp=float(image_mpp))
+                maps[b, ..., c] = normalise(batch[b, ..., c], level.scale[c])
+        return WatershedMaps(maps=maps, image_mpp=float(image_mpp), levels=tuple(levels))
 
     def postprocess(self, maps: WatershedMaps) -> np.ndarray:
         """Segment normalised maps.
@@ -157,11 +184,11 @@ class WatershedSegmenter(Segmenter):
         """
         data = maps.maps
         labels = np.zeros(data.shape, dtype=np.uint32)
-        for b in range(data.shape[0]):
-            nuclei = self._nuclei(data[b, ..., 0], maps.image_mpp)
+        for b, level in enumerate(maps.levels):
+            nuclei = self._nuclei(data[b, ..., 0], maps.image_mpp, level)
             labels[b, ..., 1] = nuclei
             if nuclei.any():
-                labels[b, ..., 0] = self._cells(nuclei, data[b, ..., 1], maps.image_mpp)
+                labels[b, ..., 0] = self._cells(nuclei, data[b, ..., 1], maps.image_mpp, level)
         return labels
 
     def memory_per_patch(self, shape: tuple[int, int], image_mpp: float) -> MemoryEstimate:
@@ -169,16 +196,16 @@ class WatershedSegmenter(Segmenter):
         height, width = shape
         return MemoryEstimate(device_bytes=0, host_bytes=_HOST_BYTES_PER_PIXEL * height * width)
 
-    def _nuclei(self, nucleus: np.ndarray, image_mpp: float) -> np.ndarray:
+    def _nuclei(self, nucleus: np.ndarray, image_mpp: float, levels: WatershedLevels) -> np.ndarray:
         """``(H, W)`` uint32 nucleus labels 1..K of one normalised ``(H, W)`` channel."""
         empty = np.zeros(nucleus.shape, dtype=np.uint32)
         radius_px = 0.5 * self.nucleus_diameter_um / image_mpp
         min_area = self.min_nucleus_area_um2 / image_mpp**2
+        threshold = levels.nucleus_threshold
         smooth = _smooth(nucleus, self.smoothing_um / image_mpp)
-        if smooth.max() <= self.min_nucleus_contrast:
-            return empty
+        if not levels.has_nuclei or smooth.max() <= _LOCAL_FLOOR * threshold:
+            return empty  # nothing can be foreground
 
-        threshold = max(_otsu(smooth), self.min_nucleus_contrast)
         local = threshold_local(smooth, 2 * int(2 * radius_px) + 1, method="gaussian")
         foreground = (smooth > threshold) | ((smooth > local) & (smooth > _LOCAL_FLOOR * threshold))
         # Fill holes up to a nucleus in size (not, say, a gland lumen ringed by nuclei).
@@ -203,14 +230,16 @@ class WatershedSegmenter(Segmenter):
         labels = watershed(-distance, markers, mask=foreground)
 
         # Trim each nucleus at half its own peak height above the background.
-        background = float(np.median(smooth[~foreground])) if not foreground.all() else 0.0
+        background = levels.nucleus_background
         peak = ndi.maximum(_smooth(nucleus, 0.2 * radius_px), labels, np.arange(1, len(peaks) + 1))
         peak = np.concatenate([[np.inf], np.atleast_1d(np.asarray(peak, dtype=np.float64))])
         labels[smooth < background + 0.5 * (peak[labels] - background)] = 0
         labels = _remove_small_labels(_fill_label_holes(labels, max_hole), min_area)
         return relabel_sequential(labels.astype(np.uint32))[0]
 
-    def _cells(self, nuclei: np.ndarray, wholecell: np.ndarray, image_mpp: float) -> np.ndarray:
+    def _cells(
+        self, nuclei: np.ndarray, wholecell: np.ndarray, image_mpp: float, levels: WatershedLevels
+    ) -> np.ndarray:
         """``(H, W)`` uint32 cells grown from ``nuclei`` (cell ``k`` contains nucleus ``k``)."""
         reach_px = self.max_expansion_um / image_mpp
         radius_px = 0.5 * self.nucleus_diameter_um / image_mpp
@@ -218,8 +247,8 @@ class WatershedSegmenter(Segmenter):
         distance = ndi.distance_transform_edt(~in_nucleus)
         within = distance <= reach_px
         smooth = _smooth(wholecell, self.smoothing_um / image_mpp)
-        if smooth[within].max() > 0:
-            signal = smooth > _WHOLECELL_FACTOR * _otsu(smooth[within])
+        if levels.has_wholecell:
+            signal = smooth > levels.wholecell_threshold
             signal = ndi.binary_closing(signal, structure=np.ones((3, 3)))
             max_cell_area = math.pi * (reach_px + radius_px) ** 2
             enclosed = remove_small_holes(signal | in_nucleus, area_threshold=max_cell_area)
@@ -231,28 +260,8 @@ class WatershedSegmenter(Segmenter):
         return watershed(elevation, nuclei, mask=foreground).astype(np.uint32)
 
 
-def _normalise(channel: np.ndarray) -> np.ndarray:
-    """``(H, W)`` float32 in [0, 1]: divided by the 99.9th percentile of the non-zero pixels."""
-    values = channel.astype(np.float32)
-    positive = values[values > 0]
-    if positive.size == 0:
-        return np.zeros(values.shape, dtype=np.float32)
-    scale = np.float32(np.percentile(positive, 99.9))
-    return np.clip(values / scale, 0.0, 1.0).astype(np.float32)
-
-
 def _smooth(image: np.ndarray, sigma_px: float) -> np.ndarray:
     return ndi.gaussian_filter(image, sigma_px) if sigma_px > 0 else image
-
-
-def _otsu(values: np.ndarray) -> float:
-    """Otsu threshold of ``values``; their minimum if they are constant or empty."""
-    if values.size == 0:
-        return 0.0
-    low, high = float(values.min()), float(values.max())
-    if high <= low:
-        return low
-    return float(threshold_otsu(values))
 
 
 def _fill_label_holes(labels: np.ndarray, max_hole: float) -> np.ndarray:
