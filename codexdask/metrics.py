@@ -258,6 +258,44 @@ def average_precision(
 # helpers
 
 
+def labelling_agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
+    """How far two labellings of one image agree, whatever their label numbers.
+
+    Parameters
+    ----------
+    reference, candidate : numpy.ndarray
+        Integer label images of the same shape (0 = background), e.g. a one-shot and a tiled
+        segmentation of one image.
+
+    Returns
+    -------
+    dict
+        ``n_reference`` and ``n_candidate`` (objects), ``n_identical`` (reference objects with a
+        candidate object of exactly the same pixels), ``identical_fraction``
+        (``n_identical / n_reference``, 1.0 when both are empty) and ``pixel_agreement``: the
+        fraction of pixels whose label agrees once candidate objects are renamed after the
+        reference object they overlap most (IoU > 0.5; others count as disagreeing).
+    """
+    overlaps = overlap_table(reference, candidate)
+    same = ((overlaps.intersection == overlaps.true_area[overlaps.pair_true])
+            & (overlaps.intersection == overlaps.pred_area[overlaps.pair_pred]))
+    n_identical = int(np.count_nonzero(same))
+    matched = match_instances(overlaps, threshold=0.5)
+    rename = np.zeros(int(candidate.max(initial=0)) + 1, dtype=np.int64)
+    rename[:] = -1
+    rename[0] = 0
+    rename[matched.pred_ids] = matched.true_ids
+    renamed = rename[np.asarray(candidate, dtype=np.int64)]
+    n_reference = len(overlaps.true_ids)
+    return {
+        "n_reference": n_reference,
+        "n_candidate": len(overlaps.pred_ids),
+        "n_identical": n_identical,
+        "identical_fraction": n_identical / n_reference if n_reference else 1.0,
+        "pixel_agreement": float(np.mean(renamed == np.asarray(reference, dtype=np.int64))),
+    }
+
+
 def _required(pred: np.ndarray | None) -> np.ndarray:
     if pred is None:
         raise InputError(

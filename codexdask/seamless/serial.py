@@ -15,11 +15,13 @@ import numpy as np
 
 from codexdask.matching import combine_tallies, match_tally
 from codexdask.repair import check_tie_break
-from codexdask.seamless.grid import Box, TileGrid
+from codexdask.seamless.grid import Box, TileGrid, tile_grid
+from codexdask.segmenters.base import Segmenter, WindowInput
+from codexdask.statistics import gather_statistics
 from codexdask.seamless.regions import REPAIR_MARGIN, TALLY_MARGIN, repair_core, tally_core
 from codexdask.seamless.stitch import compose, number_objects, owned_objects
 
-__all__ = ["canonical_labels", "repair_tiles", "stitch_tiles"]
+__all__ = ["canonical_labels", "repair_tiles", "segment_tiled", "stitch_tiles"]
 
 
 def stitch_tiles(
@@ -64,6 +66,42 @@ def stitch_tiles(
             out[(*core.slices, c)], clashes = compose(core, pieces)
             report["conflicts"][c] += clashes
     return out, report
+
+
+def segment_tiled(
+    image: np.ndarray,
+    segmenter: Segmenter,
+    image_mpp: float,
+    *,
+    tile_size: int,
+    halo: int | None = None,
+    chunk_size: int = 256,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Segment an in-memory logical patch ``(H, W, 2)`` tile by tile with ``segmenter``.
+
+    Image-wide statistics are gathered over ``chunk_size``² chunks first, then every window is
+    segmented (``infer_windows`` / ``postprocess_windows``) and the owned objects stitched.
+
+    Returns
+    -------
+    labels : ndarray of uint32, shape (H, W, 2)
+        Whole-cell and nucleus labels, each numbered in raster order of first pixel.
+    report : dict
+        As :func:`stitch_tiles`.
+    """
+    shape = image.shape[:2]
+    grid = tile_grid(shape, tile_size, segmenter.halo(image_mpp) if halo is None else halo)
+    stats = segmenter.statistics(image_mpp)
+    if stats is not None:
+        blocks = tile_grid(shape, chunk_size, 0)
+        stats = gather_statistics(stats, lambda: (image[blocks.core(k).slices] for k in blocks))
+
+    def segment_window(window: Box) -> np.ndarray:
+        read = segmenter.read_box(window, shape, image_mpp)
+        inputs = [WindowInput(image[read.slices], read, window, shape)]
+        return segmenter.postprocess_windows(segmenter.infer_windows(inputs, image_mpp, stats))[0]
+
+    return stitch_tiles(grid, segment_window)
 
 
 def repair_tiles(

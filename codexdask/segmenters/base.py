@@ -18,12 +18,18 @@ from __future__ import annotations
 import abc
 import dataclasses
 import difflib
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
 from ..errors import InputError, SegmenterError
+from ..seamless.grid import Box
+from ..statistics import ImageStatistics
+
+#: Default halo of a segmenter, in microns (64 pixels at 0.5 µm/px).
+DEFAULT_HALO_UM = 32.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +80,61 @@ class Segmenter(abc.ABC):
         """Bytes of accelerator and host memory one ``shape`` patch needs (a safe over-estimate)."""
         height, width = shape
         return MemoryEstimate(device_bytes=0, host_bytes=64 * height * width)
+
+    # -- windows of a logical patch (``docs/semantics.md``, seamless logical patches) ----------
+
+    def statistics(self, image_mpp: float) -> ImageStatistics | None:
+        """Image-wide statistics this segmenter computes per image, gathered over a whole
+        logical patch before its windows are segmented; ``None`` (the default) declares the
+        segmenter tile-local: a window is segmented as an image of its own."""
+        return None
+
+    def halo(self, image_mpp: float) -> int:
+        """Default halo in pixels: room for whole objects and the reach of local operations.
+
+        The default, :data:`DEFAULT_HALO_UM` microns, holds cells up to about 30 µm across.
+        """
+        return max(1, math.ceil(DEFAULT_HALO_UM / image_mpp))
+
+    def read_box(self, window: Box, patch_shape: tuple[int, int], image_mpp: float) -> Box:
+        """The raw pixels needed to segment ``window`` of a patch (default: the window)."""
+        return window
+
+    def infer_windows(
+        self, windows: Sequence[WindowInput], image_mpp: float, statistics: Any
+    ) -> list[Any]:
+        """The accelerator stage for windows of one logical patch.
+
+        The default segments each window as an image of its own (tile-local segmenters).
+        """
+        return [self.infer(w.raw[w.window.within(w.read_box)][np.newaxis], image_mpp)
+                for w in windows]
+
+    def postprocess_windows(self, maps: Sequence[Any]) -> list[np.ndarray]:
+        """The CPU stage: ``(h, w, 2)`` uint32 labels (whole-cell, nucleus) of every window."""
+        return [np.asarray(self.postprocess(m))[0] for m in maps]
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowInput:
+    """One window of a logical patch, as a segmenter receives it.
+
+    Attributes
+    ----------
+    raw : numpy.ndarray
+        ``(h, w, 2)`` raw pixels (nucleus, whole-cell) of ``read_box``.
+    read_box : Box
+        What :meth:`Segmenter.read_box` asked for, in patch coordinates.
+    window : Box
+        The window whose labels are wanted (inside ``read_box``).
+    patch_shape : (int, int)
+        Height and width of the logical patch.
+    """
+
+    raw: np.ndarray
+    read_box: Box
+    window: Box
+    patch_shape: tuple[int, int]
 
 
 @runtime_checkable

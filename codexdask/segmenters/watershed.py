@@ -35,18 +35,23 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.filters import threshold_local
-from skimage.morphology import remove_small_holes
 from skimage.segmentation import relabel_sequential, watershed
 
 from ..errors import ConfigError
 from ..statistics import gather_statistics
-from .base import MemoryEstimate, Segmenter, check_batch, register_segmenter
+from .base import MemoryEstimate, Segmenter, WindowInput, check_batch, register_segmenter
 from .watershed_stats import WatershedLevels, WatershedStatistics, normalise
+
+#: (top, bottom, left, right): whether each edge of an image cuts its logical patch.
+Edges = tuple[bool, bool, bool, bool]
+#: The edges of a whole image: none is cut.
+NO_CUT: Edges = (False, False, False, False)
 
 # Host memory per pixel of a patch: postprocess raised peak RSS by about 80 bytes/pixel on 1024²
 # and 2048² synthetic patches; add the input (up to 16 bytes/pixel for float64) and the float32
@@ -71,11 +76,16 @@ class WatershedMaps:
         Pixel size in µm.
     levels : tuple of WatershedLevels
         The image-wide levels of each image (of its logical patch, for a window).
+    cut_edges : tuple of (bool, bool, bool, bool)
+        Per image, whether its top, bottom, left and right edges cut the logical patch (a
+        window's edges inside the patch). Regions touching a cut edge continue beyond it, so
+        their size is unknown: such holes are never filled and such objects never removed.
     """
 
     maps: np.ndarray
     image_mpp: float
     levels: tuple[WatershedLevels, ...]
+    cut_edges: tuple[Edges, ...]
 
 
 class WatershedSegmenter(Segmenter):
@@ -165,14 +175,20 @@ class WatershedSegmenter(Segmenter):
         return stats.levels  # type: ignore[attr-defined,no-any-return]
 
     def normalise(
-        self, batch: np.ndarray, levels: Sequence[WatershedLevels], image_mpp: float
+        self,
+        batch: np.ndarray,
+        levels: Sequence[WatershedLevels],
+        image_mpp: float,
+        cut_edges: Sequence[Edges] | None = None,
     ) -> WatershedMaps:
         """``batch`` ``(B, H, W, 2)`` divided by each image's scale and clipped to [0, 1]."""
         maps = np.empty(batch.shape, dtype=np.float32)
         for b, level in enumerate(levels):
             for c in range(2):
                 maps[b, ..., c] = normalise(batch[b, ..., c], level.scale[c])
-        return WatershedMaps(maps=maps, image_mpp=float(image_mpp), levels=tuple(levels))
+        edges = tuple(cut_edges) if cut_edges is not None else (NO_CUT,) * len(levels)
+        return WatershedMaps(maps=maps, image_mpp=float(image_mpp), levels=tuple(levels),
+                             cut_edges=edges)
 
     def postprocess(self, maps: WatershedMaps) -> np.ndarray:
         """Segment normalised maps.
@@ -184,19 +200,30 @@ class WatershedSegmenter(Segmenter):
         """
         data = maps.maps
         labels = np.zeros(data.shape, dtype=np.uint32)
-        for b, level in enumerate(maps.levels):
-            nuclei = self._nuclei(data[b, ..., 0], maps.image_mpp, level)
+        for b, (level, cut) in enumerate(zip(maps.levels, maps.cut_edges, strict=True)):
+            nuclei = self._nuclei(data[b, ..., 0], maps.image_mpp, level, cut)
             labels[b, ..., 1] = nuclei
             if nuclei.any():
-                labels[b, ..., 0] = self._cells(nuclei, data[b, ..., 1], maps.image_mpp, level)
+                labels[b, ..., 0] = self._cells(nuclei, data[b, ..., 1], maps.image_mpp, level,
+                                                cut)
         return labels
+
+    def infer_windows(
+        self, windows: Sequence[WindowInput], image_mpp: float, statistics: Any
+    ) -> list[WatershedMaps]:
+        """Normalise windows of a logical patch with the patch's levels (``statistics``)."""
+        levels = statistics.levels
+        return [self.normalise(w.raw[np.newaxis], [levels], image_mpp, [cut_edges(w)])
+                for w in windows]
 
     def memory_per_patch(self, shape: tuple[int, int], image_mpp: float) -> MemoryEstimate:
         """Host bytes one ``shape`` patch needs (no accelerator memory)."""
         height, width = shape
         return MemoryEstimate(device_bytes=0, host_bytes=_HOST_BYTES_PER_PIXEL * height * width)
 
-    def _nuclei(self, nucleus: np.ndarray, image_mpp: float, levels: WatershedLevels) -> np.ndarray:
+    def _nuclei(
+        self, nucleus: np.ndarray, image_mpp: float, levels: WatershedLevels, cut: Edges
+    ) -> np.ndarray:
         """``(H, W)`` uint32 nucleus labels 1..K of one normalised ``(H, W)`` channel."""
         empty = np.zeros(nucleus.shape, dtype=np.uint32)
         radius_px = 0.5 * self.nucleus_diameter_um / image_mpp
@@ -210,8 +237,8 @@ class WatershedSegmenter(Segmenter):
         foreground = (smooth > threshold) | ((smooth > local) & (smooth > _LOCAL_FLOOR * threshold))
         # Fill holes up to a nucleus in size (not, say, a gland lumen ringed by nuclei).
         max_hole = math.pi * radius_px**2
-        foreground = remove_small_holes(foreground, area_threshold=max_hole)
-        foreground = _remove_small(foreground, min_area)
+        foreground = _fill_small_holes(foreground, max_hole)
+        foreground = _remove_small(foreground, min_area, cut)
         if not foreground.any():
             return empty
 
@@ -234,11 +261,16 @@ class WatershedSegmenter(Segmenter):
         peak = ndi.maximum(_smooth(nucleus, 0.2 * radius_px), labels, np.arange(1, len(peaks) + 1))
         peak = np.concatenate([[np.inf], np.atleast_1d(np.asarray(peak, dtype=np.float64))])
         labels[smooth < background + 0.5 * (peak[labels] - background)] = 0
-        labels = _remove_small_labels(_fill_label_holes(labels, max_hole), min_area)
+        labels = _remove_small_labels(_fill_label_holes(labels, max_hole), min_area, cut)
         return relabel_sequential(labels.astype(np.uint32))[0]
 
     def _cells(
-        self, nuclei: np.ndarray, wholecell: np.ndarray, image_mpp: float, levels: WatershedLevels
+        self,
+        nuclei: np.ndarray,
+        wholecell: np.ndarray,
+        image_mpp: float,
+        levels: WatershedLevels,
+        cut: Edges,
     ) -> np.ndarray:
         """``(H, W)`` uint32 cells grown from ``nuclei`` (cell ``k`` contains nucleus ``k``)."""
         reach_px = self.max_expansion_um / image_mpp
@@ -251,7 +283,7 @@ class WatershedSegmenter(Segmenter):
             signal = smooth > levels.wholecell_threshold
             signal = ndi.binary_closing(signal, structure=np.ones((3, 3)))
             max_cell_area = math.pi * (reach_px + radius_px) ** 2
-            enclosed = remove_small_holes(signal | in_nucleus, area_threshold=max_cell_area)
+            enclosed = _fill_small_holes(signal | in_nucleus, max_cell_area)
             foreground = (enclosed & within) | in_nucleus
         else:
             # No whole-cell signal at all: cells are their nuclei plus a 1 µm rim.
@@ -264,27 +296,57 @@ def _smooth(image: np.ndarray, sigma_px: float) -> np.ndarray:
     return ndi.gaussian_filter(image, sigma_px) if sigma_px > 0 else image
 
 
+def cut_edges(window: WindowInput) -> Edges:
+    """Which edges of a window cut its logical patch: (top, bottom, left, right)."""
+    box, (height, width) = window.window, window.patch_shape
+    return box.y0 > 0, box.y1 < height, box.x0 > 0, box.x1 < width
+
+
+def _touching_cut_edges(components: np.ndarray, cut: Edges) -> np.ndarray:
+    """Ids of the ``components`` that reach an edge marked in ``cut``."""
+    edges = [components[0], components[-1], components[:, 0], components[:, -1]]
+    hits = [edge for edge, is_cut in zip(edges, cut, strict=True) if is_cut]
+    return np.unique(np.concatenate(hits)) if hits else np.zeros(0, dtype=components.dtype)
+
+
+def _fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
+    """``mask`` with its holes under ``max_area`` pixels filled.
+
+    A hole is a 4-connected background region that does not reach the edge of the image: what
+    lies beyond the edge is unknown (and for a window of a logical patch it is the rest of the
+    patch), so only enclosed regions count. This keeps the rule local: a window with a halo
+    fills exactly the holes the whole patch fills around the objects it owns.
+    """
+    holes, _ = ndi.label(~mask)
+    small = np.bincount(holes.ravel()) < max_area
+    small[0] = False
+    small[_touching_cut_edges(holes, (True, True, True, True))] = False
+    return mask | small[holes]
+
+
 def _fill_label_holes(labels: np.ndarray, max_hole: float) -> np.ndarray:
     """``labels`` with enclosed background regions smaller than ``max_hole`` pixels given the
     label of the nearest object."""
     objects = labels > 0
-    holes = remove_small_holes(objects, area_threshold=max_hole) & ~objects
+    holes = _fill_small_holes(objects, max_hole) & ~objects
     if not holes.any():
         return labels
     _, (iy, ix) = ndi.distance_transform_edt(labels == 0, return_indices=True)
     return np.where(holes, labels[iy, ix], labels)
 
 
-def _remove_small(mask: np.ndarray, min_area: float) -> np.ndarray:
+def _remove_small(mask: np.ndarray, min_area: float, cut: Edges) -> np.ndarray:
     """``mask`` without its 8-connected components smaller than ``min_area`` pixels."""
     components, _ = ndi.label(mask, structure=np.ones((3, 3)))
-    return _remove_small_labels(components, min_area) > 0
+    return _remove_small_labels(components, min_area, cut) > 0
 
 
-def _remove_small_labels(labels: np.ndarray, min_area: float) -> np.ndarray:
-    """``labels`` with the objects smaller than ``min_area`` pixels set to 0."""
+def _remove_small_labels(labels: np.ndarray, min_area: float, cut: Edges) -> np.ndarray:
+    """``labels`` with the objects smaller than ``min_area`` pixels (not reaching a cut edge) set
+    to 0."""
     small = np.bincount(labels.ravel()) < min_area
     small[0] = False
+    small[_touching_cut_edges(labels, cut)] = False
     return np.where(small[labels], 0, labels) if small.any() else labels
 
 
