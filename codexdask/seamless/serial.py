@@ -16,10 +16,10 @@ import numpy as np
 from codexdask.matching import combine_tallies, match_tally
 from codexdask.repair import check_tie_break
 from codexdask.seamless.grid import Box, TileGrid, tile_grid
-from codexdask.segmenters.base import Segmenter, WindowInput
-from codexdask.statistics import gather_statistics
 from codexdask.seamless.regions import REPAIR_MARGIN, TALLY_MARGIN, repair_core, tally_core
 from codexdask.seamless.stitch import compose, number_objects, owned_objects
+from codexdask.segmenters.base import Segmenter, WindowInput
+from codexdask.statistics import gather_statistics
 
 __all__ = ["canonical_labels", "repair_tiles", "segment_tiled", "stitch_tiles"]
 
