@@ -210,6 +210,8 @@ def clahe_window(bins: np.ndarray, read_box: Box, out_box: Box, image_shape: tup
         axes.append((source, near, far, weight))
     (src_y, near_y, far_y, c_y), (src_x, near_x, far_x, c_x) = axes
     maps = region_maps(bins[np.ix_(src_y, src_x)], kernel)
+    n_cols = maps.shape[1]
+    flat_maps = maps.reshape(-1)
     own = bins[out_box.slices(read_box)].astype(np.intp)
     row_weight = (1 - c_y, c_y)
     col_weight = (1 - c_x, c_x)
@@ -217,6 +219,7 @@ def clahe_window(bins: np.ndarray, read_box: Box, out_box: Box, image_shape: tup
     for edge_y, rows in enumerate((near_y, far_y)):
         for edge_x, cols in enumerate((near_x, far_x)):
             weight = col_weight[edge_x][None, :] * row_weight[edge_y][:, None]
-            mapped = maps[rows[:, None], cols[None, :], own]
+            region = (rows[:, None] * n_cols + cols[None, :]) * NBINS
+            mapped = flat_maps.take(region + own)
             result += (mapped * weight).astype(np.float32)
     return result.astype(np.uint16)

@@ -156,6 +156,46 @@ def _checked(raw: np.ndarray, read_box: Box, out_box: Box, plan: PreprocessPlan)
                          f"{plan.statistics.dtype} pixels")
 
 
+def _clahe_levels(raw: np.ndarray, read_box: Box, out_box: Box,
+                  plan: PreprocessPlan) -> tuple[np.ndarray, np.ndarray]:
+    """Un-normalised CLAHE levels of ``out_box`` and their per-channel extremes.
+
+    Returns ``(h, w, C)`` uint16 levels (0 in constant channels) and ``(C, 2)`` int64
+    ``[min, max]`` (0 for constant channels).
+    """
+    stats = plan.statistics
+    levels = np.zeros(out_box.shape + (stats.channels,), dtype=np.uint16)
+    extrema = np.zeros((stats.channels, 2), dtype=np.int64)
+    for c in range(stats.channels):
+        if not stats.uniform[c]:
+            channel = clahe_window(_channel_bins(raw, plan, c), read_box, out_box,
+                                   plan.image_shape, plan.kernel)
+            levels[..., c] = channel
+            extrema[c] = (channel.min(), channel.max())
+    return levels, extrema
+
+
+def _normalized(levels: np.ndarray, plan: PreprocessPlan) -> np.ndarray:
+    """``equalize_adapthist``'s final rescale by the global CLAHE range (float32 in [0, 1])."""
+    if plan.clahe_range is None:
+        raise InputError("the plan has no CLAHE range yet: run clahe_extrema over the image "
+                         "and pass combine_clahe_extrema(...) to plan.with_clahe_range")
+    stats = plan.statistics
+    out = np.zeros(levels.shape, dtype=np.float32)
+    for c in range(stats.channels):
+        if stats.uniform[c]:
+            continue  # deepcell normalises a constant channel as zeros
+        channel = levels[..., c].astype(np.float32)
+        low, high = (float(v) for v in plan.clahe_range[c])
+        if low != high:
+            channel -= np.float32(low)
+            channel /= np.float32(high - low)
+        else:
+            np.clip(channel, 0.0, 1.0, out=channel)
+        out[..., c] = channel
+    return out
+
+
 def clahe_extrema(raw: np.ndarray, read_box: Box, out_box: Box,
                   plan: PreprocessPlan) -> np.ndarray:
     """Per-channel minimum and maximum of the un-normalised CLAHE levels over ``out_box``.
@@ -176,14 +216,7 @@ def clahe_extrema(raw: np.ndarray, read_box: Box, out_box: Box,
         results of boxes partitioning the image with :func:`combine_clahe_extrema`.
     """
     _checked(raw, read_box, out_box, plan)
-    stats = plan.statistics
-    out = np.zeros((stats.channels, 2), dtype=np.int64)
-    for c in range(stats.channels):
-        if not stats.uniform[c]:
-            levels = clahe_window(_channel_bins(raw, plan, c), read_box, out_box,
-                                  plan.image_shape, plan.kernel)
-            out[c] = (levels.min(), levels.max())
-    return out
+    return _clahe_levels(raw, read_box, out_box, plan)[1]
 
 
 def combine_clahe_extrema(parts: Sequence[np.ndarray]) -> np.ndarray:
@@ -213,26 +246,12 @@ def preprocess_window(raw: np.ndarray, read_box: Box, out_box: Box,
         ``(out_h, out_w, C)`` float32 in [0, 1] (the clipped raw dtype when not normalising).
     """
     _checked(raw, read_box, out_box, plan)
-    stats = plan.statistics
     if not plan.normalize:
-        return stats.clip(raw[out_box.slices(read_box)])
+        return plan.statistics.clip(raw[out_box.slices(read_box)])
     if plan.clahe_range is None:
         raise InputError("the plan has no CLAHE range yet: run clahe_extrema over the image "
                          "and pass combine_clahe_extrema(...) to plan.with_clahe_range")
-    out = np.zeros(out_box.shape + (stats.channels,), dtype=np.float32)
-    for c in range(stats.channels):
-        if stats.uniform[c]:
-            continue  # deepcell normalises a constant channel as zeros
-        levels = clahe_window(_channel_bins(raw, plan, c), read_box, out_box,
-                              plan.image_shape, plan.kernel).astype(np.float32)
-        low, high = (float(v) for v in plan.clahe_range[c])
-        if low != high:
-            levels -= np.float32(low)
-            levels /= np.float32(high - low)
-        else:
-            np.clip(levels, 0.0, 1.0, out=levels)
-        out[..., c] = levels
-    return out
+    return _normalized(_clahe_levels(raw, read_box, out_box, plan)[0], plan)
 
 
 def _as_batch(image: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
@@ -270,9 +289,15 @@ def mesmer_preprocess(image: np.ndarray, threshold: bool = True,
         stats = whole_image_statistics(item, percentile if threshold else None)
         plan = preprocess_plan(item.shape[:2], stats, kernel_size, normalize)
         whole = Box.whole(plan.image_shape)
-        if normalize and plan.clahe_range is None:
-            plan = plan.with_clahe_range(clahe_extrema(item, whole, whole, plan))
-        outputs.append(preprocess_window(item, whole, whole, plan))
+        if not normalize:
+            outputs.append(preprocess_window(item, whole, whole, plan))
+            continue
+        # The window path, with the CLAHE levels computed once for both passes.
+        _checked(item, whole, whole, plan)
+        levels, extrema = _clahe_levels(item, whole, whole, plan)
+        if plan.clahe_range is None:
+            plan = plan.with_clahe_range(extrema)
+        outputs.append(_normalized(levels, plan))
     out = np.stack(outputs)
     return out[0] if single else out
 

@@ -174,20 +174,38 @@ def image_statistics(chunk: np.ndarray, query: StatisticsQuery | None = None) ->
     rows = 1 if query is None else 2
     histogram = np.zeros((channels, rows, bins), dtype=np.int64)
     nonzero = np.zeros(channels, dtype=np.int64)
+    minimum = np.zeros(channels, dtype=dtype)
+    maximum = np.zeros(channels, dtype=dtype)
     for c in range(channels):
-        plane = chunk[..., c]
+        plane = np.ascontiguousarray(chunk[..., c])
         if query is None:
             nonzero[c], histogram[c, 0] = _first_digit_histogram(plane, bins)
         else:
             histogram[c] = _refine_histogram(plane, query, c, bins)
+        minimum[c], maximum[c] = _extremes(plane, histogram[c, 0] if query is None else None)
     return StatisticsPartial(dtype=dtype, query=query, pixels=chunk.shape[0] * chunk.shape[1],
-                             nonzero=nonzero, minimum=chunk.min(axis=(0, 1)),
-                             maximum=chunk.max(axis=(0, 1)), histogram=histogram)
+                             nonzero=nonzero, minimum=minimum, maximum=maximum,
+                             histogram=histogram)
+
+
+def _small_int(dtype: np.dtype) -> bool:
+    return dtype.kind in "ui" and dtype.itemsize <= 2
+
+
+def _extremes(plane: np.ndarray, counts: np.ndarray | None) -> tuple[np.generic, np.generic]:
+    """Minimum and maximum of a plane (read off the first-pass counts for small integers)."""
+    if counts is None or not _small_int(plane.dtype):
+        return plane.min(), plane.max()
+    present = np.flatnonzero(counts)
+    if counts.sum() < plane.size:  # the plane holds zeros too
+        present = np.union1d(present, order_keys(np.zeros(1, dtype=plane.dtype)))
+    values = key_values(present, plane.dtype)
+    return values[0], values[-1]
 
 
 def _first_digit_histogram(plane: np.ndarray, bins: int) -> tuple[int, np.ndarray]:
     dtype = plane.dtype
-    if dtype.kind in "ui" and dtype.itemsize <= 2:
+    if _small_int(dtype):
         # Small integers: count every pixel's key, then forget the zeros.
         counts = np.bincount(order_keys(plane).ravel(), minlength=bins)
         zero_key = int(order_keys(np.zeros(1, dtype=dtype))[0])
