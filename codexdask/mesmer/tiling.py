@@ -252,15 +252,31 @@ def tile_inputs(values: np.ndarray, values_box: Box, grid: MesmerTileGrid,
     indices = [int(i) for i in indices]
     check_window(values, values_box, tiles_required_box(grid, indices), "values")
     source_y, source_x = _source_indices(grid)
-    tiles = np.zeros((len(indices),) + grid.tile_shape + values.shape[2:], dtype=values.dtype)
-    for n, index in enumerate(indices):
-        box = grid.tile_box(index)
-        rows = source_y[box.top + grid.pad_before[0]: box.bottom + grid.pad_before[0]]
-        cols = source_x[box.left + grid.pad_before[1]: box.right + grid.pad_before[1]]
-        inside_y, inside_x = np.flatnonzero(rows >= 0), np.flatnonzero(cols >= 0)
-        tiles[n][np.ix_(inside_y, inside_x)] = values[
-            np.ix_(rows[inside_y] - values_box.top, cols[inside_x] - values_box.left)]
-    return tiles
+    boxes = [grid.tile_box(index) for index in indices]
+    # Pad the union of the tiles once (zeros or reflection), then cut every tile from it.
+    union = boxes[0]
+    for box in boxes[1:]:
+        union = union.union(box)
+    rows = source_y[union.top + grid.pad_before[0]: union.bottom + grid.pad_before[0]]
+    cols = source_x[union.left + grid.pad_before[1]: union.right + grid.pad_before[1]]
+    inside_y, inside_x = np.flatnonzero(rows >= 0), np.flatnonzero(cols >= 0)
+    canvas = np.zeros(union.shape + values.shape[2:], dtype=values.dtype)
+    target = (_as_slice(inside_y), _as_slice(inside_x))
+    source = (_as_slice(rows[inside_y] - values_box.top),
+              _as_slice(cols[inside_x] - values_box.left))
+    if all(isinstance(part, slice) for part in target + source):
+        canvas[target] = values[source]
+    else:
+        canvas[np.ix_(inside_y, inside_x)] = values[np.ix_(rows[inside_y] - values_box.top,
+                                                           cols[inside_x] - values_box.left)]
+    return np.stack([canvas[box.slices(union)] for box in boxes])
+
+
+def _as_slice(index: np.ndarray) -> slice | np.ndarray:
+    """A slice when ``index`` is a run of consecutive integers, else ``index`` itself."""
+    if index.size and index[-1] - index[0] == index.size - 1 and np.all(np.diff(index) == 1):
+        return slice(int(index[0]), int(index[-1]) + 1)
+    return index
 
 
 def untile_window(outputs: np.ndarray, grid: MesmerTileGrid, indices: TileIndices,
