@@ -14,14 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from codexdask.mesmer.geometry import Box
 from codexdask.mesmer.preprocess import (
+    clahe_extrema,
     histogram_normalization,
     mesmer_preprocess,
     percentile_threshold,
+    preprocess_plan,
 )
 from codexdask.mesmer.resize import resize_image, resize_labels, resized_shape
 from codexdask.mesmer.statistics import whole_image_statistics
-from codexdask.mesmer.tiling import tile_image, untile_image
+from codexdask.mesmer.tiling import tile_grid, tile_image, untile_image, untile_window
+from codexdask.mesmer.windows import plan_window, window_inputs
 from codexdask.synthetic import synthetic_slide
 
 processing = pytest.importorskip("deepcell_toolbox.processing")
@@ -168,3 +172,43 @@ def test_resize_labels(channels: int) -> None:
         # Mesmer resizes its labels back to the input size.
         back = toolbox_utils.resize(expected, (301, 257), labeled_image=True)
         assert np.array_equal(resize_labels(expected, (301, 257)), back)
+
+
+class _PointwiseModel:
+    """Stands in for Mesmer's network in deepcell's Application: four pointwise heads."""
+
+    def predict(self, batch: np.ndarray, batch_size: int) -> list[np.ndarray]:
+        return heads(batch)
+
+
+def heads(tiles: np.ndarray) -> list[np.ndarray]:
+    nucleus, membrane = tiles[..., 0:1], tiles[..., 1:2]
+    soft = np.concatenate([nucleus, membrane, nucleus * membrane], axis=-1)
+    return [np.maximum(nucleus - 0.3, 0), soft, membrane ** 2, soft[..., ::-1] * 0.5]
+
+
+@pytest.mark.parametrize("image_mpp", [None, 0.377, 2.0])
+def test_application_chain_in_windows(image_mpp) -> None:
+    """deepcell's resize -> preprocess -> tile -> network -> untile, against our windows."""
+    raw = synthetic_slide(420, 390, seed=6).two_channel()
+    app = application.Application(_PointwiseModel(), model_image_shape=(256, 256, 2),
+                                  model_mpp=0.5, preprocessing_fn=mesmer_app.mesmer_preprocess,
+                                  format_model_output_fn=mesmer_app.format_output_mesmer)
+    resized = app._resize_input(raw[None], image_mpp)
+    expected = app._run_model(resized, batch_size=4)
+
+    shape = resized.shape[1:3]
+    stats = whole_image_statistics(resized[0])
+    plan = preprocess_plan(shape, stats)
+    whole = Box.whole(shape)
+    plan = plan.with_clahe_range(clahe_extrema(resized[0], whole, whole, plan))
+    grid = tile_grid(shape)
+    for out_box in (Box(0, 0, 200, 150), Box(100, 180, shape[0], shape[1]), whole):
+        window = plan_window(out_box, grid, plan, raw.shape[:2])
+        inputs = window_inputs(raw[window.raw_box.slices()], window, plan, grid,
+                               (raw.min(), raw.max()))
+        maps = [untile_window(head, grid, window.tiles, out_box) for head in heads(inputs)]
+        for key, (first, second) in (("whole-cell", (0, 1)), ("nuclear", (2, 3))):
+            inner, interior = expected[key]
+            assert np.array_equal(maps[first], inner[0][out_box.slices()])
+            assert np.array_equal(maps[second][..., 1:2], interior[0][out_box.slices()])
