@@ -134,16 +134,9 @@ def _channel_bins(raw: np.ndarray, plan: PreprocessPlan, c: int) -> np.ndarray:
         # Small integers: push every possible value through the pipeline once.
         info = np.iinfo(stats.dtype)
         values = np.arange(info.min, info.max + 1).astype(stats.dtype)
-        table = grey_bins(_unit_values(_clip_channel(values, stats, c), stats, c))
+        table = grey_bins(_unit_values(stats.clip_channel(values, c), stats, c))
         return table[plane.astype(np.int64) - info.min]
-    return grey_bins(_unit_values(_clip_channel(plane, stats, c), stats, c))
-
-
-def _clip_channel(values: np.ndarray, stats: MesmerStatistics, c: int) -> np.ndarray:
-    if np.isnan(stats.clip_value[c]):
-        return values
-    limit = stats._limit(c)
-    return np.where(values > limit, stats._cast_clip(c), values)
+    return grey_bins(_unit_values(stats.clip_channel(plane, c), stats, c))
 
 
 def _checked(raw: np.ndarray, read_box: Box, out_box: Box, plan: PreprocessPlan) -> None:
@@ -175,18 +168,15 @@ def _clahe_levels(raw: np.ndarray, read_box: Box, out_box: Box,
     return levels, extrema
 
 
-def _normalized(levels: np.ndarray, plan: PreprocessPlan) -> np.ndarray:
+def _normalized(levels: np.ndarray, stats: MesmerStatistics,
+                clahe_range: np.ndarray) -> np.ndarray:
     """``equalize_adapthist``'s final rescale by the global CLAHE range (float32 in [0, 1])."""
-    if plan.clahe_range is None:
-        raise InputError("the plan has no CLAHE range yet: run clahe_extrema over the image "
-                         "and pass combine_clahe_extrema(...) to plan.with_clahe_range")
-    stats = plan.statistics
     out = np.zeros(levels.shape, dtype=np.float32)
     for c in range(stats.channels):
         if stats.uniform[c]:
             continue  # deepcell normalises a constant channel as zeros
         channel = levels[..., c].astype(np.float32)
-        low, high = (float(v) for v in plan.clahe_range[c])
+        low, high = (float(v) for v in clahe_range[c])
         if low != high:
             channel -= np.float32(low)
             channel /= np.float32(high - low)
@@ -251,7 +241,8 @@ def preprocess_window(raw: np.ndarray, read_box: Box, out_box: Box,
     if plan.clahe_range is None:
         raise InputError("the plan has no CLAHE range yet: run clahe_extrema over the image "
                          "and pass combine_clahe_extrema(...) to plan.with_clahe_range")
-    return _normalized(_clahe_levels(raw, read_box, out_box, plan)[0], plan)
+    levels = _clahe_levels(raw, read_box, out_box, plan)[0]
+    return _normalized(levels, plan.statistics, plan.clahe_range)
 
 
 def _as_batch(image: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
@@ -277,6 +268,10 @@ def mesmer_preprocess(image: np.ndarray, threshold: bool = True,
     ----------
     image : numpy.ndarray
         ``(B, H, W, C)`` or ``(H, W, C)`` pixels (integers or float16/32/64, finite).
+    threshold, percentile : bool, float
+        Clip at this percentile of the non-zero pixels of each channel.
+    normalize, kernel_size : bool, int or (int, int) or None
+        Rescale and equalise with CLAHE regions of this size (None: 1/8 of each side).
 
     Returns
     -------
@@ -295,9 +290,8 @@ def mesmer_preprocess(image: np.ndarray, threshold: bool = True,
         # The window path, with the CLAHE levels computed once for both passes.
         _checked(item, whole, whole, plan)
         levels, extrema = _clahe_levels(item, whole, whole, plan)
-        if plan.clahe_range is None:
-            plan = plan.with_clahe_range(extrema)
-        outputs.append(_normalized(levels, plan))
+        clahe_range = extrema if plan.clahe_range is None else plan.clahe_range
+        outputs.append(_normalized(levels, stats, clahe_range))
     out = np.stack(outputs)
     return out[0] if single else out
 

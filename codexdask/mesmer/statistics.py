@@ -126,9 +126,10 @@ class StatisticsPartial:
     pixels : int
         Pixels per channel seen.
     nonzero : numpy.ndarray
-        ``(C,)`` int64 count of non-zero pixels.
+        ``(C,)`` int64 count of non-zero pixels (first pass; zeros in refinement passes).
     minimum, maximum : numpy.ndarray
-        ``(C,)`` extremes of all pixels (zeros included), in the pixel dtype.
+        ``(C,)`` extremes of all pixels (zeros included), in the pixel dtype (refinement passes
+        repeat the first pass's values).
     histogram : numpy.ndarray
         ``(C, T, B)`` int64 digit counts of the non-zero pixels: ``T = 1`` in the first pass
         (the most significant digit of every pixel), ``T = 2`` in a refinement pass (one row
@@ -180,9 +181,11 @@ def image_statistics(chunk: np.ndarray, query: StatisticsQuery | None = None) ->
         plane = np.ascontiguousarray(chunk[..., c])
         if query is None:
             nonzero[c], histogram[c, 0] = _first_digit_histogram(plane, bins)
+            minimum[c], maximum[c] = _extremes(plane, histogram[c, 0])
         else:
             histogram[c] = _refine_histogram(plane, query, c, bins)
-        minimum[c], maximum[c] = _extremes(plane, histogram[c, 0] if query is None else None)
+    if query is not None:  # known from the first pass
+        minimum, maximum = query.minimum.copy(), query.maximum.copy()
     return StatisticsPartial(dtype=dtype, query=query, pixels=chunk.shape[0] * chunk.shape[1],
                              nonzero=nonzero, minimum=minimum, maximum=maximum,
                              histogram=histogram)
@@ -192,9 +195,9 @@ def _small_int(dtype: np.dtype) -> bool:
     return dtype.kind in "ui" and dtype.itemsize <= 2
 
 
-def _extremes(plane: np.ndarray, counts: np.ndarray | None) -> tuple[np.generic, np.generic]:
+def _extremes(plane: np.ndarray, counts: np.ndarray) -> tuple[np.generic, np.generic]:
     """Minimum and maximum of a plane (read off the first-pass counts for small integers)."""
-    if counts is None or not _small_int(plane.dtype):
+    if not _small_int(plane.dtype):
         return plane.min(), plane.max()
     present = np.flatnonzero(counts)
     if counts.sum() < plane.size:  # the plane holds zeros too
@@ -371,20 +374,23 @@ class MesmerStatistics:
         return self.rescale_low == self.rescale_high
 
     def clip(self, values: np.ndarray) -> np.ndarray:
-        """Clip ``(..., C)`` pixels as ``percentile_threshold`` does (same dtype, a new array).
+        """Clip ``(..., C)`` pixels as ``percentile_threshold`` does (same dtype, a new array)."""
+        out = np.array(values, copy=True)
+        for c in range(self.channels):
+            out[..., c] = self.clip_channel(out[..., c], c)
+        return out
+
+    def clip_channel(self, values: np.ndarray, c: int) -> np.ndarray:
+        """Clip pixels of channel ``c`` (any shape, the pixel dtype).
 
         Pixels above the clip value take the clip value cast to the pixel dtype (truncated for
-        integers); a channel without non-zero pixels is left as it is. Float pixels are
+        integers); a channel without non-zero pixels is returned as it is. Float pixels are
         compared with the cast clip value, as numpy 1.26 compares a float32 array with a
         float64 scalar.
         """
-        out = np.array(values, copy=True)
-        for c in range(self.channels):
-            if not np.isnan(self.clip_value[c]):
-                plane = out[..., c]
-                limit = self._limit(c)
-                out[..., c] = np.where(plane > limit, self._cast_clip(c), plane)
-        return out
+        if np.isnan(self.clip_value[c]):
+            return values
+        return np.where(values > self._limit(c), self._cast_clip(c), values)
 
     def _cast_clip(self, c: int) -> Any:
         return np.asarray(self.clip_value[c]).astype(self.dtype)[()]
