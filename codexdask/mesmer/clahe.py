@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 from ..errors import InputError
-from .geometry import Box, padded_source_index, span
+from .geometry import Box, check_window, padded_source_index, span
 
 #: Grey levels of skimage's CLAHE (``NR_OF_GRAY``).
 GREY_LEVELS = 2**14
@@ -41,12 +41,12 @@ _BIN_WIDTH = 1 + GREY_LEVELS // NBINS
 def _grey_bin_table() -> np.ndarray:
     """uint8 bin of every uint16 level ``u`` (``img_as_uint`` output) of a non-constant image.
 
-    The image handed to CLAHE always spans 0..65535 after ``img_as_uint`` (its minimum maps to
-    0.0, its maximum to 1.0), so ``rescale_intensity(u, out_range=(0, 16383))`` is the fixed
-    float64 expression below, followed by numpy's round half to even.
+    A non-constant channel handed to CLAHE always spans 0..65535 after ``img_as_uint`` (its
+    minimum is rescaled to 0.0, its maximum to 1.0), so ``rescale_intensity(u, out_range=(0,
+    16383))`` is the fixed float64 expression below, then numpy's round half to even.
     """
     levels = np.arange(65536, dtype=np.float64)
-    grey = np.round((levels - 0.0) / (65535.0 - 0.0) * (GREY_LEVELS - 1 - 0.0) + 0.0)
+    grey = np.round(levels / 65535.0 * (GREY_LEVELS - 1))
     return (grey.astype(np.uint16) // _BIN_WIDTH).astype(np.uint8)
 
 
@@ -54,7 +54,7 @@ _GREY_BIN = _grey_bin_table()
 
 
 def grey_bins(unit: np.ndarray) -> np.ndarray:
-    """CLAHE histogram bin (uint8) of float32 pixels in [0, 1] (skimage steps 1)."""
+    """CLAHE histogram bin (uint8) of float32 pixels in [0, 1] (step 1 above)."""
     if unit.dtype != np.float32:
         raise InputError(f"grey_bins expects float32 pixels in [0, 1], got {unit.dtype}")
     scaled = np.multiply(unit, np.float32(65535))
@@ -168,8 +168,7 @@ def region_maps(bins: np.ndarray, kernel: tuple[int, int]) -> np.ndarray:
     limit = max(1, int(CLIP_LIMIT * pixels))
     clipped = clip_histograms(hist, limit)
     mapped = np.cumsum(clipped, axis=1).astype(np.float64)
-    mapped *= (GREY_LEVELS - 1 - 0) / pixels
-    mapped += 0
+    mapped *= (GREY_LEVELS - 1) / pixels
     np.minimum(mapped, GREY_LEVELS - 1, out=mapped)
     return mapped.astype(np.int64).reshape(ny, nx, NBINS)
 
@@ -196,6 +195,7 @@ def clahe_window(bins: np.ndarray, read_box: Box, out_box: Box, image_shape: tup
         ``(out_h, out_w)`` uint16 levels in [0, 16383], equal to skimage's ``_clahe`` output
         over ``out_box`` of the whole image.
     """
+    check_window(bins, read_box, clahe_required_box(out_box, image_shape, kernel), "bins")
     axes = []
     for (start, stop), size, k, offset in zip((out_box.rows, out_box.cols), image_shape, kernel,
                                               (read_box.top, read_box.left)):

@@ -199,12 +199,14 @@ def _source_indices(grid: MesmerTileGrid) -> tuple[np.ndarray, np.ndarray]:
 def tiles_covering(grid: MesmerTileGrid, box: Box) -> np.ndarray:
     """Indices (ascending, int64) of the tiles whose extent overlaps ``box`` (image coords)."""
     check_inside(box, grid.image_shape, "box")
-    rows = [i for i, s in enumerate(grid.starts_y)
-            if s - grid.pad_before[0] < box.bottom and box.top < s - grid.pad_before[0]
-            + grid.tile_shape[0]]
-    cols = [j for j, s in enumerate(grid.starts_x)
-            if s - grid.pad_before[1] < box.right and box.left < s - grid.pad_before[1]
-            + grid.tile_shape[1]]
+
+    def overlapping(starts: Sequence[int], before: int, size: int, low: int,
+                    high: int) -> list[int]:
+        return [i for i, start in enumerate(starts) if start - before < high
+                and low < start - before + size]
+
+    rows = overlapping(grid.starts_y, grid.pad_before[0], grid.tile_shape[0], *box.rows)
+    cols = overlapping(grid.starts_x, grid.pad_before[1], grid.tile_shape[1], *box.cols)
     return np.array([i * len(grid.starts_x) + j for i in rows for j in cols], dtype=np.int64)
 
 
