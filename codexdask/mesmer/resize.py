@@ -122,8 +122,7 @@ def resize_required_box(out_box: Box, in_shape: tuple[int, int],
     for (start, stop), n, m in zip((out_box.rows, out_box.cols), in_shape, out_shape):
         coords = _axis_coordinates(start, stop, n, m)
         low, high = int(np.floor(coords[0])), int(np.floor(coords[-1])) + 2
-        sigma = _sigma(n, m)
-        halo = gaussian_weights(sigma).size // 2 if sigma > 1e-15 else 0
+        halo = resize_halo(n, m)
         ranges.append((max(low - halo, 0), min(high + halo, n)))
     return Box.from_ranges(*ranges)
 
@@ -157,6 +156,8 @@ def resize_window(raw: np.ndarray, read_box: Box, out_box: Box, in_shape: tuple[
         raise InputError(f"raw must be (h, w, C), got shape {raw.shape}")
     work = _working_dtype(raw.dtype)
     filtered = raw.astype(work)
+    # The Gaussian sees zeros past the window's edges; the halo of resize_required_box keeps
+    # that error away from the pixels interpolated below (at image borders zeros are right).
     for axis, (n, m) in enumerate(zip(in_shape, out_shape)):
         sigma = _sigma(n, m)
         if sigma > 1e-15:
