@@ -12,9 +12,10 @@ import pytest
 
 from codexdask.boundaries import get_boundary
 from codexdask.errors import ConfigError, InputError
+from codexdask.geometry import Box
 from codexdask.matching import combine_tallies, match_tally, region_runs, tally_region
 from codexdask.repair import repair_masks
-from codexdask.seamless.grid import Box, tile_grid
+from codexdask.seamless.grid import tile_grid
 from codexdask.seamless.serial import canonical_labels, repair_tiles, stitch_tiles
 from codexdask.seamless.stitch import compose, number_objects, owned_objects
 from codexdask.synthetic import dense_tiling_pairs, random_disc_pairs, synthetic_slide
@@ -35,9 +36,9 @@ def test_cores_partition_the_patch(shape: tuple[int, int], tile: int) -> None:
     count = np.zeros(shape, int)
     for index in grid:
         core, window = grid.core(index), grid.window(index)
-        count[core.slices] += 1
-        assert window.y0 <= core.y0 and window.y1 >= core.y1
-        assert window.y0 == max(core.y0 - 3, 0) and window.x1 == min(core.x1 + 3, shape[1])
+        count[core.slices()] += 1
+        assert window.top <= core.top and window.bottom >= core.bottom
+        assert window.top == max(core.top - 3, 0) and window.right == min(core.right + 3, shape[1])
         assert window.shape[0] <= grid.window_shape[0] and window.shape[1] <= grid.window_shape[1]
     assert (count == 1).all()
 
@@ -46,7 +47,7 @@ def test_tiles_touching_is_every_overlapping_window() -> None:
     grid = tile_grid((90, 70), 20, halo=25)
     for index in grid:
         core = grid.core(index)
-        expected = [t for t in grid if grid.window(t).intersect(core) is not None]
+        expected = [t for t in grid if grid.window(t).overlaps(core)]
         assert grid.tiles_touching(core) == expected
 
 
@@ -64,7 +65,7 @@ def crop_segmenter(labels: np.ndarray, seed: int = 0):
     rng = np.random.default_rng(seed)
 
     def segment(window: Box) -> np.ndarray:
-        crop = labels[window.slices]
+        crop = labels[window.slices()]
         out = np.zeros(crop.shape, np.int64)
         for c in range(crop.shape[-1]):
             ids = np.unique(crop[..., c])

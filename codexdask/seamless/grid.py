@@ -13,53 +13,9 @@ import math
 from collections.abc import Iterator
 
 from codexdask.errors import ConfigError
+from codexdask.geometry import Box
 
-__all__ = ["Box", "TileGrid", "tile_grid"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Box:
-    """A half-open rectangle ``[y0, y1) x [x0, x1)`` of pixel coordinates."""
-
-    y0: int
-    x0: int
-    y1: int
-    x1: int
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """Height and width."""
-        return self.y1 - self.y0, self.x1 - self.x0
-
-    @property
-    def size(self) -> int:
-        """Number of pixels."""
-        return max(self.y1 - self.y0, 0) * max(self.x1 - self.x0, 0)
-
-    @property
-    def slices(self) -> tuple[slice, slice]:
-        """``(slice(y0, y1), slice(x0, x1))`` for indexing an array in the same coordinates."""
-        return slice(self.y0, self.y1), slice(self.x0, self.x1)
-
-    def within(self, outer: Box) -> tuple[slice, slice]:
-        """Slices selecting this box inside an array that covers ``outer``."""
-        return (slice(self.y0 - outer.y0, self.y1 - outer.y0),
-                slice(self.x0 - outer.x0, self.x1 - outer.x0))
-
-    def grow(self, margin: int, bounds: tuple[int, int]) -> Box:
-        """This box grown by ``margin`` pixels on every side, clipped to ``[0, bounds)``."""
-        return Box(max(self.y0 - margin, 0), max(self.x0 - margin, 0),
-                   min(self.y1 + margin, bounds[0]), min(self.x1 + margin, bounds[1]))
-
-    def intersect(self, other: Box) -> Box | None:
-        """The common part of two boxes, or ``None`` when they do not overlap."""
-        box = Box(max(self.y0, other.y0), max(self.x0, other.x0),
-                  min(self.y1, other.y1), min(self.x1, other.x1))
-        return box if box.y0 < box.y1 and box.x0 < box.x1 else None
-
-    def shift(self, dy: int, dx: int) -> Box:
-        """This box moved by ``(dy, dx)``."""
-        return Box(self.y0 + dy, self.x0 + dx, self.y1 + dy, self.x1 + dx)
+__all__ = ["TileGrid", "tile_grid"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,12 +74,12 @@ class TileGrid:
     def tiles_touching(self, box: Box) -> list[int]:
         """Tiles whose window overlaps ``box``, in row-major order."""
         reach = self.halo
-        rows = range(max((box.y0 - reach) // self.tile_size, 0),
-                     min((box.y1 - 1 + reach) // self.tile_size + 1, self.n_rows))
-        cols = range(max((box.x0 - reach) // self.tile_size, 0),
-                     min((box.x1 - 1 + reach) // self.tile_size + 1, self.n_cols))
+        rows = range(max((box.top - reach) // self.tile_size, 0),
+                     min((box.bottom - 1 + reach) // self.tile_size + 1, self.n_rows))
+        cols = range(max((box.left - reach) // self.tile_size, 0),
+                     min((box.right - 1 + reach) // self.tile_size + 1, self.n_cols))
         return [r * self.n_cols + c for r in rows for c in cols
-                if self.window(r * self.n_cols + c).intersect(box) is not None]
+                if self.window(r * self.n_cols + c).overlaps(box)]
 
 
 def tile_grid(shape: tuple[int, int], tile_size: int, halo: int) -> TileGrid:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from codexdask.boundaries import boundary_pixels
+from codexdask.geometry import Box
 from codexdask.matching import Matching, RepairTally, assemble_region, region_runs, tally_region
-from codexdask.seamless.grid import Box
 
 __all__ = ["TALLY_MARGIN", "REPAIR_MARGIN", "repair_core", "tally_core"]
 
@@ -58,12 +58,12 @@ def tally_core(
         ``cell_boundary`` and ``nucleus_boundary``, ``(h, w)`` uint32 over the core.
     tally : RepairTally
     """
-    inner = core.within(around)
+    inner = core.slices(around)
     cell_edge = boundary_pixels(cell)[inner]
     nucleus_edge = boundary_pixels(nucleus)[inner]
     cell_core = np.ascontiguousarray(cell[inner])
     nucleus_core = np.ascontiguousarray(nucleus[inner])
-    runs = region_runs(cell_core, nucleus_core, cell_edge, origin=(core.y0, core.x0),
+    runs = region_runs(cell_core, nucleus_core, cell_edge, origin=(core.top, core.left),
                        image_width=patch_width)
     boundaries = {
         "cell_boundary": (cell_core * cell_edge).astype(np.uint32),
@@ -93,9 +93,9 @@ def repair_core(
         ``cell_matched_boundary``, ``nucleus_matched_boundary``: ``(h, w)`` uint32 over the core.
     """
     # The core grown by one pixel, inside `around`: everything is exact there.
-    ring = Box(max(core.y0 - 1, around.y0), max(core.x0 - 1, around.x0),
-               min(core.y1 + 1, around.y1), min(core.x1 + 1, around.x1))
-    inner = ring.within(around)
+    ring = Box(max(core.top - 1, around.top), max(core.left - 1, around.left),
+               min(core.bottom + 1, around.bottom), min(core.right + 1, around.right))
+    inner = ring.slices(around)
     cell_edge = boundary_pixels(cell)[inner]
     cell_ring = np.ascontiguousarray(cell[inner])
     runs = region_runs(cell_ring, np.ascontiguousarray(nucleus[inner]), cell_edge)
@@ -103,5 +103,5 @@ def repair_core(
     masks["cell_matched_boundary"] = masks["cell_matched_mask"] * cell_edge
     trimmed = masks["nucleus_matched_mask"]
     masks["nucleus_matched_boundary"] = trimmed * boundary_pixels(trimmed)
-    back = core.within(ring)
+    back = core.slices(ring)
     return {name: np.ascontiguousarray(mask[back]) for name, mask in masks.items()}

@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from codexdask.geometry import Box
 from codexdask.matching import combine_tallies, match_tally
 from codexdask.repair import check_tie_break
-from codexdask.seamless.grid import Box, TileGrid, tile_grid
+from codexdask.seamless.grid import TileGrid, tile_grid
 from codexdask.seamless.regions import REPAIR_MARGIN, TALLY_MARGIN, repair_core, tally_core
 from codexdask.seamless.stitch import compose, number_objects, owned_objects
 from codexdask.segmenters.base import Segmenter, WindowInput
@@ -63,7 +64,7 @@ def stitch_tiles(
             core = grid.core(index)
             pieces = [(grid.window(t), owned[t][c].labels, tables[t])
                       for t in grid.tiles_touching(core)]
-            out[(*core.slices, c)], clashes = compose(core, pieces)
+            out[(*core.slices(), c)], clashes = compose(core, pieces)
             report["conflicts"][c] += clashes
     return out, report
 
@@ -94,11 +95,11 @@ def segment_tiled(
     stats = segmenter.statistics(image_mpp)
     if stats is not None:
         blocks = tile_grid(shape, chunk_size, 0)
-        stats = gather_statistics(stats, lambda: (image[blocks.core(k).slices] for k in blocks))
+        stats = gather_statistics(stats, lambda: (image[blocks.core(k).slices()] for k in blocks))
 
     def segment_window(window: Box) -> np.ndarray:
         read = segmenter.read_box(window, shape, image_mpp)
-        inputs = [WindowInput(image[read.slices], read, window, shape)]
+        inputs = [WindowInput(image[read.slices()], read, window, shape)]
         return segmenter.postprocess_windows(segmenter.infer_windows(inputs, image_mpp, stats))[0]
 
     return stitch_tiles(grid, segment_window)
@@ -124,19 +125,19 @@ def repair_tiles(
     for index in grid:
         core = grid.core(index)
         around = core.grow(TALLY_MARGIN, shape)
-        edges, tally = tally_core(cell[around.slices], nucleus[around.slices], around, core,
+        edges, tally = tally_core(cell[around.slices()], nucleus[around.slices()], around, core,
                                   shape[1], with_order=aegle)
         for name, values in edges.items():
-            masks.setdefault(name, np.zeros(shape, np.uint32))[core.slices] = values
+            masks.setdefault(name, np.zeros(shape, np.uint32))[core.slices()] = values
         tallies.append(tally)
     matching = match_tally(combine_tallies(tallies), aegle_order=aegle)
     for index in grid:
         core = grid.core(index)
         around = core.grow(REPAIR_MARGIN, shape)
-        repaired = repair_core(cell[around.slices], nucleus[around.slices], around, core,
+        repaired = repair_core(cell[around.slices()], nucleus[around.slices()], around, core,
                                matching)
         for name, values in repaired.items():
-            masks.setdefault(name, np.zeros(shape, np.uint32))[core.slices] = values
+            masks.setdefault(name, np.zeros(shape, np.uint32))[core.slices()] = values
     return masks, matching.metrics()
 
 

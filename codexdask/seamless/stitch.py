@@ -26,7 +26,7 @@ import numpy.typing as npt
 from scipy import ndimage as ndi
 
 from codexdask.errors import InputError
-from codexdask.seamless.grid import Box
+from codexdask.geometry import Box
 
 __all__ = ["OwnedObjects", "compose", "number_objects", "owned_objects"]
 
@@ -81,22 +81,23 @@ def owned_objects(
     compact = np.searchsorted(ids, labels) + 1  # 1..K for objects, label 0 -> 1 masked below
     compact[labels == 0] = 0
     spans = ndi.find_objects(compact)
-    y_lo = np.array([s[0].start for s in spans]) + window.y0
-    y_hi = np.array([s[0].stop - 1 for s in spans]) + window.y0
-    x_lo = np.array([s[1].start for s in spans]) + window.x0
-    x_hi = np.array([s[1].stop - 1 for s in spans]) + window.x0
+    y_lo = np.array([s[0].start for s in spans]) + window.top
+    y_hi = np.array([s[0].stop - 1 for s in spans]) + window.top
+    x_lo = np.array([s[1].start for s in spans]) + window.left
+    x_hi = np.array([s[1].stop - 1 for s in spans]) + window.left
     # Twice the bounding-box centre, so that cores (half-open) decide ownership exactly.
     cy, cx = y_lo + y_hi, x_lo + x_hi
-    owned = (2 * core.y0 <= cy) & (cy < 2 * core.y1) & (2 * core.x0 <= cx) & (cx < 2 * core.x1)
+    owned = ((2 * core.top <= cy) & (cy < 2 * core.bottom)
+             & (2 * core.left <= cx) & (cx < 2 * core.right))
     cut = (
-        ((y_lo == window.y0) & (window.y0 > 0))
-        | ((y_hi == window.y1 - 1) & (window.y1 < patch_shape[0]))
-        | ((x_lo == window.x0) & (window.x0 > 0))
-        | ((x_hi == window.x1 - 1) & (window.x1 < patch_shape[1]))
+        ((y_lo == window.top) & (window.top > 0))
+        | ((y_hi == window.bottom - 1) & (window.bottom < patch_shape[0]))
+        | ((x_lo == window.left) & (window.left > 0))
+        | ((x_hi == window.right - 1) & (window.right < patch_shape[1]))
     )
     keep = owned & ~cut
     rows, cols = np.divmod(first, window.shape[1])
-    positions = (rows + window.y0).astype(np.int64) * patch_shape[1] + (cols + window.x0)
+    positions = (rows + window.top).astype(np.int64) * patch_shape[1] + (cols + window.left)
     order = np.argsort(positions[keep], kind="stable")
     kept = np.flatnonzero(keep)[order]
     lut = np.zeros(ids.size + 1, dtype=np.uint32)
@@ -164,11 +165,11 @@ def compose(
     out = np.zeros(region.shape, dtype=np.uint32)
     conflicts = 0
     for window, labels, table in pieces:
-        common = window.intersect(region)
-        if common is None:
+        common = window.intersection(region)
+        if common.is_empty():
             continue
-        values = np.asarray(table, np.uint32)[labels[common.within(window)]]
-        target = out[common.within(region)]
+        values = np.asarray(table, np.uint32)[labels[common.slices(window)]]
+        target = out[common.slices(region)]
         clash = (target > 0) & (values > 0)
         if clash.any():
             conflicts += int(np.count_nonzero(clash & (target != values)))

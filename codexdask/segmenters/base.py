@@ -25,7 +25,7 @@ from typing import Any, Protocol, cast, runtime_checkable
 import numpy as np
 
 from ..errors import InputError, SegmenterError
-from ..seamless.grid import Box
+from ..geometry import Box
 from ..statistics import ImageStatistics
 
 #: Default halo of a segmenter, in microns (64 pixels at 0.5 µm/px).
@@ -107,7 +107,7 @@ class Segmenter(abc.ABC):
 
         The default segments each window as an image of its own (tile-local segmenters).
         """
-        return [self.infer(w.raw[w.window.within(w.read_box)][np.newaxis], image_mpp)
+        return [self.infer(w.raw[w.window.slices(w.read_box)][np.newaxis], image_mpp)
                 for w in windows]
 
     def postprocess_windows(self, maps: Sequence[Any]) -> list[np.ndarray]:

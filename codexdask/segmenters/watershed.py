@@ -299,7 +299,7 @@ def _smooth(image: np.ndarray, sigma_px: float) -> np.ndarray:
 def cut_edges(window: WindowInput) -> Edges:
     """Which edges of a window cut its logical patch: (top, bottom, left, right)."""
     box, (height, width) = window.window, window.patch_shape
-    return box.y0 > 0, box.y1 < height, box.x0 > 0, box.x1 < width
+    return box.top > 0, box.bottom < height, box.left > 0, box.right < width
 
 
 def _touching_cut_edges(components: np.ndarray, cut: Edges) -> np.ndarray:
