@@ -1,232 +1,449 @@
-"""Exact statistics of pixel values gathered chunk by chunk.
+"""Exact statistics of pixel values, computed from chunks of an image.
 
 Segmenters normalise each image they are given with image-wide statistics (Mesmer clips every
-channel at the 99.9th percentile of its non-zero pixels). A logical patch too large for memory is
-read in chunks, so those statistics are assembled from per-chunk partial results that combine
-exactly: a :class:`ValueHistogram` counts every distinct value (integer pixels of up to 16 bits)
-or, for other dtypes, counts values by the top 16 bits of an order-preserving key, and a second
-pass (:func:`refine`) counts the distinct values of the few key ranges that hold the ranks a
-quantile needs. :func:`percentile_from_histogram` then equals ``numpy.percentile`` with linear
-interpolation (numpy 1.x arithmetic; see its docstring).
+channel at the 99.9th percentile of its non-zero pixels; the watershed segmenter scales by one).
+A logical patch too large for memory is read in chunks, so those statistics are assembled from
+per-chunk partial results that combine exactly:
+
+1. ``image_statistics(chunk)`` on every chunk, ``combine_statistics`` of the partials;
+2. while ``refinement_query(partial, percentile)`` returns a query, run
+   ``image_statistics(chunk, query)`` on every chunk again and combine (no more pass for
+   8/16-bit pixels, 1 for 32-bit, 3 for 64-bit);
+3. ``nonzero_percentiles(partial, percentile)``.
+
+The percentile is a radix selection: pixels are mapped to unsigned keys that sort like the
+values (floats through their bit patterns), each pass counts one 16-bit digit of the keys that
+share the digits found so far, and the two order statistics that numpy interpolates between are
+known exactly once every digit is. The interpolation then repeats numpy 1.26's arithmetic
+(the ``linear`` method of ``numpy.percentile``), including its float64 result and its
+subtraction in the pixel dtype, whatever numpy is installed.
+
+:class:`ImageStatistics` is the form in which a segmenter declares what it needs, so that the
+engine can gather it over a logical patch before any tile is segmented (``docs/semantics.md``).
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
+from functools import reduce
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from codexdask.errors import InputError
+from codexdask.geometry import Box
 
 __all__ = [
-    "ChannelSummary",
+    "DEFAULT_PERCENTILE",
     "ImageStatistics",
     "NonZeroPercentiles",
-    "ValueHistogram",
+    "StatisticsPartial",
+    "StatisticsQuery",
+    "combine_statistics",
     "gather_statistics",
-    "histogram",
-    "merge_histograms",
-    "percentile_from_histogram",
-    "rank_bins",
-    "refine",
+    "image_statistics",
+    "key_values",
+    "nonzero_percentiles",
+    "order_keys",
+    "refinement_query",
+    "small_int_counts",
 ]
 
-#: Bits of the order-preserving key that index the coarse bins of a non-exact histogram.
-COARSE_BITS = 16
+#: The percentile both segmenters normalise by (Mesmer's ``percentile_threshold`` default).
+DEFAULT_PERCENTILE = 99.9
+
+_UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def _digit_bits(dtype: np.dtype) -> int:
+    return 8 if dtype.itemsize == 1 else 16
+
+
+def _levels(dtype: np.dtype) -> int:
+    """Number of passes (digits) that resolve a key of this dtype."""
+    return max(1, dtype.itemsize // 2)
+
+
+def check_pixel_dtype(dtype: np.dtype) -> np.dtype:
+    """Return ``dtype`` if Mesmer's statistics support it (integers, float16/32/64)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "uif" or dtype.itemsize not in _UNSIGNED:
+        raise InputError(f"pixels must be integers or float16/32/64, got dtype {dtype}; "
+                         "cast the image to uint16 or float32")
+    return dtype
+
+
+def order_keys(values: np.ndarray) -> np.ndarray:
+    """Unsigned integer keys that sort in the same order as ``values`` (same item size).
+
+    Unsigned integers are their own keys, signed integers get their sign bit flipped, and
+    floats map through their IEEE bit patterns (negatives inverted, positives with the sign bit
+    set). ``-0.0`` and ``+0.0`` get different keys; callers drop zeros first.
+    """
+    dtype = check_pixel_dtype(values.dtype)
+    utype = _UNSIGNED[dtype.itemsize]
+    bits = np.ascontiguousarray(values).view(utype)
+    sign = utype(1 << (8 * dtype.itemsize - 1))
+    if dtype.kind == "u":
+        return bits
+    if dtype.kind == "i":
+        return bits ^ sign
+    return np.where((bits & sign) != 0, ~bits, bits | sign)
+
+
+def key_values(keys: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Inverse of :func:`order_keys`: the values of ``dtype`` whose keys are ``keys``."""
+    dtype = check_pixel_dtype(dtype)
+    utype = _UNSIGNED[dtype.itemsize]
+    keys = np.asarray(keys).astype(utype)
+    sign = utype(1 << (8 * dtype.itemsize - 1))
+    if dtype.kind == "u":
+        return keys.view(dtype)
+    if dtype.kind == "i":
+        return (keys ^ sign).view(dtype)
+    return np.where((keys & sign) != 0, keys ^ sign, ~keys).view(dtype)
 
 
 @dataclasses.dataclass(frozen=True)
-class ValueHistogram:
-    """Counts of pixel values.
+class StatisticsQuery:
+    """What a refinement pass must count: one more 16-bit digit of two order statistics.
 
     Attributes
     ----------
     dtype : numpy.dtype
-        The pixels' dtype.
-    exact : bool
-        ``values``/``counts`` list every distinct value (True), or ``counts`` are per coarse bin
-        ``key >> (key_bits - COARSE_BITS)`` of the order-preserving key (False).
-    values : ndarray, shape (V,)
-        Sorted distinct values (exact) or the coarse bins present (coarse), as uint64 for coarse.
-    counts : ndarray of int64, shape (V,)
+        Pixel dtype of the image.
+    level : int
+        Index of the digit this pass counts (1 = the second most significant).
+    nonzero, minimum, maximum : numpy.ndarray
+        ``(C,)`` results of the first pass, carried forward.
+    prefix : numpy.ndarray
+        ``(C, 2)`` uint64: the key digits above ``level`` of the two order statistics.
+    rank : numpy.ndarray
+        ``(C, 2)`` int64: their ranks among the non-zero pixels whose key starts with the
+        prefix (-1 for channels without non-zero pixels).
     """
 
     dtype: np.dtype
-    exact: bool
-    values: np.ndarray
-    counts: npt.NDArray[np.int64]
-
-    @property
-    def total(self) -> int:
-        """Number of values counted."""
-        return int(self.counts.sum())
+    level: int
+    nonzero: np.ndarray
+    minimum: np.ndarray
+    maximum: np.ndarray
+    prefix: np.ndarray
+    rank: np.ndarray
 
 
-def _is_small_int(dtype: np.dtype) -> bool:
-    return dtype.kind in "iu" and dtype.itemsize <= 2
+@dataclasses.dataclass(frozen=True)
+class StatisticsPartial:
+    """Mergeable statistics of part of an image (one chunk, or several combined).
 
-
-def order_keys(values: np.ndarray) -> npt.NDArray[np.uint64]:
-    """Unsigned keys with the order of ``values`` (integers or floats without NaN)."""
-    values = np.asarray(values)
-    kind, size = values.dtype.kind, values.dtype.itemsize
-    if kind == "u":
-        return values.astype(np.uint64)
-    if kind == "i":
-        return (values.astype(np.int64) - np.int64(np.iinfo(values.dtype).min)).astype(np.uint64)
-    if kind == "f":
-        bits = {2: np.uint16, 4: np.uint32, 8: np.uint64}[size]
-        raw = (values + values.dtype.type(0)).view(bits).astype(np.uint64)  # -0.0 becomes 0.0
-        sign = np.uint64(1 << (8 * size - 1))
-        flip = np.where(raw & sign, np.uint64(2 ** (8 * size) - 1), sign)
-        return raw ^ flip
-    raise InputError(f"pixel values must be integers or floats, got dtype {values.dtype}")
-
-
-def _coarse_shift(dtype: np.dtype) -> np.uint64:
-    return np.uint64(max(8 * dtype.itemsize - COARSE_BITS, 0))
-
-
-def histogram(values: np.ndarray) -> ValueHistogram:
-    """Counts of ``values`` (any shape): exact for integers of up to 16 bits, coarse otherwise."""
-    values = np.asarray(values).ravel()
-    dtype = values.dtype
-    if _is_small_int(dtype):
-        info = np.iinfo(dtype)
-        counts = np.bincount((values.astype(np.int64) - info.min), minlength=0)
-        present = np.flatnonzero(counts)
-        return ValueHistogram(dtype, True, (present + info.min).astype(dtype),
-                              counts[present].astype(np.int64))
-    bins = order_keys(values) >> _coarse_shift(dtype)
-    present, counts = np.unique(bins, return_counts=True)
-    return ValueHistogram(dtype, False, present.astype(np.uint64), counts.astype(np.int64))
-
-
-def merge_histograms(parts: Sequence[ValueHistogram]) -> ValueHistogram:
-    """The histogram of all values counted by ``parts`` (all of one dtype and kind)."""
-    if not parts:
-        raise InputError("merge_histograms needs at least one histogram")
-    first = parts[0]
-    if any(p.dtype != first.dtype or p.exact != first.exact for p in parts):
-        raise InputError("histograms of different dtypes or kinds cannot be merged")
-    values = np.concatenate([p.values for p in parts])
-    counts = np.concatenate([p.counts for p in parts])
-    distinct, inverse = np.unique(values, return_inverse=True)
-    summed = np.bincount(inverse.ravel(), weights=counts, minlength=distinct.size)
-    return ValueHistogram(first.dtype, first.exact, distinct, summed.astype(np.int64))
-
-
-def rank_bins(hist: ValueHistogram, ranks: Sequence[int]) -> npt.NDArray[np.uint64]:
-    """The coarse bins that hold the 0-based ``ranks`` of the sorted values."""
-    cumulative = np.cumsum(hist.counts)
-    return np.unique(hist.values[np.searchsorted(cumulative, np.asarray(ranks), side="right")])
-
-
-def refine(values: np.ndarray, bins: np.ndarray) -> ValueHistogram:
-    """Exact counts of the ``values`` whose coarse bin is in ``bins`` (the second pass)."""
-    values = np.asarray(values).ravel()
-    keep = np.isin(order_keys(values) >> _coarse_shift(values.dtype), bins)
-    distinct, counts = np.unique(values[keep], return_counts=True)
-    return ValueHistogram(values.dtype, True, distinct, counts.astype(np.int64))
-
-
-def value_at_ranks(
-    coarse: ValueHistogram, fine: ValueHistogram, ranks: Sequence[int]
-) -> list[float | int]:
-    """Values at 0-based ``ranks`` from a coarse histogram and the refined bins holding them.
-
-    For an exact ``coarse`` histogram, ``fine`` may be the same histogram.
+    Attributes
+    ----------
+    dtype : numpy.dtype
+        Pixel dtype.
+    query : StatisticsQuery or None
+        The refinement pass these counts answer (None for the first pass).
+    pixels : int
+        Pixels per channel seen.
+    nonzero : numpy.ndarray
+        ``(C,)`` int64 count of non-zero pixels (first pass; zeros in refinement passes).
+    minimum, maximum : numpy.ndarray
+        ``(C,)`` extremes of all pixels (zeros included), in the pixel dtype (refinement passes
+        repeat the first pass's values).
+    histogram : numpy.ndarray
+        ``(C, T, B)`` int64 digit counts of the non-zero pixels: ``T = 1`` in the first pass
+        (the most significant digit of every pixel), ``T = 2`` in a refinement pass (one row
+        per order statistic); ``B = 256`` for 8-bit pixels, else 65536.
     """
-    if coarse.exact:
-        cumulative = np.cumsum(coarse.counts)
-        return [coarse.values[int(np.searchsorted(cumulative, r, side="right"))].item()
-                for r in ranks]
-    cumulative = np.cumsum(coarse.counts)
-    fine_bins = order_keys(fine.values) >> _coarse_shift(coarse.dtype)
-    out = []
-    for rank in ranks:
-        k = int(np.searchsorted(cumulative, rank, side="right"))
-        before = int(cumulative[k - 1]) if k else 0
-        in_bin = fine_bins == coarse.values[k]
-        local = np.cumsum(fine.counts[in_bin])
-        out.append(fine.values[in_bin][int(np.searchsorted(local, rank - before,
-                                                           side="right"))].item())
-    return out
+
+    dtype: np.dtype
+    query: StatisticsQuery | None
+    pixels: int
+    nonzero: np.ndarray
+    minimum: np.ndarray
+    maximum: np.ndarray
+    histogram: np.ndarray
 
 
-def quantile_ranks(n: int, percentile: float) -> tuple[int, int, float]:
-    """The two ranks and the weight numpy's linear percentile interpolates between.
-
-    ``virtual = (n - 1) * (percentile / 100)`` in float64, as numpy computes it.
-    """
-    if n < 1:
-        raise InputError("a percentile of no values is undefined")
-    virtual = (n - 1) * np.true_divide(np.float64(percentile), 100)
-    if virtual >= n - 1:
-        return n - 1, n - 1, float(virtual - (n - 1))
-    previous = int(np.floor(virtual))
-    return previous, previous + 1, float(virtual - previous)
-
-
-def percentile_from_histogram(
-    coarse: ValueHistogram, fine: ValueHistogram | None, percentile: float
-) -> float:
-    """``numpy.percentile(values, percentile)`` (linear) of the values a histogram counted.
-
-    The interpolation repeats numpy 1.x's arithmetic, whatever numpy is installed: the difference
-    of the two order statistics in the pixels' dtype, then ``a + d * g`` (or ``b - d * (1 - g)``
-    when ``g >= 0.5``) in float64. numpy 2 gives the same for integer and float64 pixels but
-    rounds float32 results to float32; deepcell runs on numpy 1.x, so its semantics are kept.
+def image_statistics(chunk: np.ndarray, query: StatisticsQuery | None = None) -> StatisticsPartial:
+    """Statistics of one chunk of an image.
 
     Parameters
     ----------
-    coarse : ValueHistogram
-        Counts of all the values (exact, or coarse with ``fine`` refining the needed bins).
-    fine : ValueHistogram, optional
-        :func:`refine` of the bins :func:`rank_bins` names for :func:`quantile_ranks`.
-    percentile : float
-        In [0, 100].
+    chunk : numpy.ndarray
+        ``(h, w, C)`` pixels (integers or float16/32/64, finite).
+    query : StatisticsQuery, optional
+        The refinement pass to answer (from :func:`refinement_query`); None for the first pass.
+
+    Returns
+    -------
+    StatisticsPartial
+        Partial statistics; merge partials of all chunks with :func:`combine_statistics`.
     """
-    previous, following, gamma = quantile_ranks(coarse.total, percentile)
-    a_value, b_value = value_at_ranks(coarse, fine or coarse, (previous, following))
-    a = np.asarray([a_value], dtype=coarse.dtype)
-    b = np.asarray([b_value], dtype=coarse.dtype)
-    t = np.asarray([gamma], dtype=np.float64)
-    diff = np.subtract(b, a)
-    result = np.add(a, diff * t)
-    np.subtract(b, diff * (1 - t), out=result, where=t >= 0.5, casting="unsafe")
-    return float(result[0])
+    if chunk.ndim != 3 or min(chunk.shape) < 1:
+        raise InputError(f"chunk must be a non-empty (height, width, channels) array, "
+                         f"got shape {chunk.shape}")
+    dtype = check_pixel_dtype(chunk.dtype)
+    if query is not None and (query.dtype != dtype or query.nonzero.shape[0] != chunk.shape[2]):
+        raise InputError(f"the query is for {query.nonzero.shape[0]} channels of {query.dtype}, "
+                         f"the chunk has {chunk.shape[2]} channels of {dtype}")
+    if dtype.kind == "f" and not np.isfinite(chunk).all():
+        raise InputError("the image holds NaN or infinite pixels; Mesmer's percentile and "
+                         "rescale are undefined for them: replace them before segmenting")
+    channels = chunk.shape[2]
+    bins = 1 << _digit_bits(dtype)
+    rows = 1 if query is None else 2
+    histogram = np.zeros((channels, rows, bins), dtype=np.int64)
+    nonzero = np.zeros(channels, dtype=np.int64)
+    minimum = np.zeros(channels, dtype=dtype)
+    maximum = np.zeros(channels, dtype=dtype)
+    for c in range(channels):
+        plane = np.ascontiguousarray(chunk[..., c])
+        if query is None:
+            nonzero[c], histogram[c, 0] = _first_digit_histogram(plane, bins)
+            minimum[c], maximum[c] = _extremes(plane, histogram[c, 0])
+        else:
+            histogram[c] = _refine_histogram(plane, query, c, bins)
+    if query is not None:  # known from the first pass
+        minimum, maximum = query.minimum.copy(), query.maximum.copy()
+    return StatisticsPartial(dtype=dtype, query=query, pixels=chunk.shape[0] * chunk.shape[1],
+                             nonzero=nonzero, minimum=minimum, maximum=maximum,
+                             histogram=histogram)
+
+
+def _small_int(dtype: np.dtype) -> bool:
+    return dtype.kind in "ui" and dtype.itemsize <= 2
+
+
+def _extremes(plane: np.ndarray, counts: np.ndarray) -> tuple[np.generic, np.generic]:
+    """Minimum and maximum of a plane (read off the first-pass counts for small integers)."""
+    if not _small_int(plane.dtype):
+        return plane.min(), plane.max()
+    present = np.flatnonzero(counts)
+    if counts.sum() < plane.size:  # the plane holds zeros too
+        present = np.union1d(present, order_keys(np.zeros(1, dtype=plane.dtype)))
+    values = key_values(present, plane.dtype)
+    return values[0], values[-1]
+
+
+def _first_digit_histogram(plane: np.ndarray, bins: int) -> tuple[int, np.ndarray]:
+    dtype = plane.dtype
+    if _small_int(dtype):
+        # Small integers: count every pixel's key, then forget the zeros.
+        counts = np.bincount(order_keys(plane).ravel(), minlength=bins)
+        zero_key = int(order_keys(np.zeros(1, dtype=dtype))[0])
+        counts[zero_key] = 0
+        return int(counts.sum()), counts
+    keys = order_keys(plane[plane != 0])
+    shift = 8 * dtype.itemsize - _digit_bits(dtype)
+    digits = (keys >> keys.dtype.type(shift)).astype(np.intp)
+    return int(keys.size), np.bincount(digits, minlength=bins)
+
+
+def _refine_histogram(plane: np.ndarray, query: StatisticsQuery, c: int, bins: int) -> np.ndarray:
+    out = np.zeros((2, bins), dtype=np.int64)
+    if query.rank[c, 0] < 0:
+        return out
+    keys = order_keys(plane[plane != 0]).astype(np.uint64)
+    total_bits = 8 * plane.dtype.itemsize
+    above = np.uint64(total_bits - 16 * query.level)
+    below = np.uint64(total_bits - 16 * (query.level + 1))
+    heads = keys >> above
+    for t in range(2):
+        if t == 1 and query.prefix[c, 1] == query.prefix[c, 0]:
+            out[1] = out[0]
+            break
+        selected = keys[heads == query.prefix[c, t]]
+        digits = ((selected >> below) & np.uint64(0xFFFF)).astype(np.intp)
+        out[t] = np.bincount(digits, minlength=bins)
+    return out
+
+
+def combine_statistics(partials: Sequence[StatisticsPartial]) -> StatisticsPartial:
+    """Merge partial statistics of disjoint chunks of one image (same pass)."""
+    if len(partials) == 0:
+        raise InputError("combine_statistics needs at least one partial")
+    first = partials[0]
+    for other in partials[1:]:
+        if (other.dtype != first.dtype or other.histogram.shape != first.histogram.shape
+                or not _same_query(other.query, first.query)):
+            raise InputError("partials to combine must come from the same image and pass "
+                             "(same dtype, channels and query)")
+    return StatisticsPartial(
+        dtype=first.dtype, query=first.query, pixels=sum(p.pixels for p in partials),
+        nonzero=sum((p.nonzero for p in partials), np.zeros_like(first.nonzero)),
+        minimum=reduce(np.minimum, (p.minimum for p in partials)),
+        maximum=reduce(np.maximum, (p.maximum for p in partials)),
+        histogram=sum((p.histogram for p in partials), np.zeros_like(first.histogram)))
+
+
+def _same_query(a: StatisticsQuery | None, b: StatisticsQuery | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.level == b.level and np.array_equal(a.prefix, b.prefix)
+
+
+def _target_ranks(nonzero: np.ndarray, percentile: float) -> tuple[np.ndarray, np.ndarray]:
+    """numpy's ``linear`` indices: the two ranks to interpolate between, and the weight."""
+    quantile = float(percentile) / 100.0
+    ranks = np.full((nonzero.shape[0], 2), -1, dtype=np.int64)
+    gamma = np.zeros(nonzero.shape[0], dtype=np.float64)
+    for c, n in enumerate(nonzero.tolist()):
+        if n == 0:
+            continue
+        virtual = float(n - 1) * quantile
+        if virtual >= n - 1:
+            # numpy takes the last value twice (its weight is then irrelevant).
+            ranks[c] = (n - 1, n - 1)
+            continue
+        below = int(np.floor(virtual))
+        ranks[c] = (below, below + 1)
+        gamma[c] = virtual - float(below)
+    return ranks, gamma
+
+
+def _resolve(partial: StatisticsPartial, percentile: float) -> tuple[StatisticsQuery, bool]:
+    """Advance the radix selection by the digit counted in ``partial``.
+
+    Returns the query for the next digit and whether the keys are now complete (then the
+    query's ``prefix`` holds the full keys of the two order statistics).
+    """
+    if partial.query is None:
+        nonzero, minimum, maximum = partial.nonzero, partial.minimum, partial.maximum
+        rank, _ = _target_ranks(nonzero, percentile)
+        prefix = np.zeros((nonzero.shape[0], 2), dtype=np.uint64)
+        level = 0
+        histograms = np.repeat(partial.histogram, 2, axis=1)
+    else:
+        query = partial.query
+        nonzero, minimum, maximum = query.nonzero, query.minimum, query.maximum
+        rank, prefix, level = query.rank.copy(), query.prefix.copy(), query.level
+        histograms = partial.histogram
+    shift = np.uint64(_digit_bits(partial.dtype))
+    for c in range(nonzero.shape[0]):
+        for t in range(2):
+            if rank[c, t] < 0:
+                continue
+            cumulative = np.cumsum(histograms[c, t])
+            digit = int(np.searchsorted(cumulative, rank[c, t], side="right"))
+            if digit >= cumulative.size:
+                raise InputError("the partial statistics do not hold the pixels of the query; "
+                                 "run the refinement pass over every chunk of the image")
+            rank[c, t] -= int(cumulative[digit - 1]) if digit > 0 else 0
+            prefix[c, t] = (prefix[c, t] << shift) | np.uint64(digit)
+    done = level + 1 >= _levels(partial.dtype)
+    return StatisticsQuery(dtype=partial.dtype, level=level + 1, nonzero=nonzero,
+                           minimum=minimum, maximum=maximum, prefix=prefix, rank=rank), done
+
+
+def refinement_query(partial: StatisticsPartial,
+                     percentile: float = DEFAULT_PERCENTILE) -> StatisticsQuery | None:
+    """The next pass the statistics need, or None when ``partial`` determines them."""
+    _check_percentile(percentile)
+    query, done = _resolve(partial, percentile)
+    return None if done else query
+
+
+def _lerp_numpy126(low: np.generic, high: np.generic, gamma: float, dtype: np.dtype) -> float:
+    """numpy 1.26's ``_lerp`` for one pair of order statistics, as a float64.
+
+    The difference is taken in the pixel dtype (integers wrap, floats round there), the rest in
+    float64; weights of at least one half count back from the upper value.
+    """
+    a = np.asarray([low], dtype=dtype)
+    b = np.asarray([high], dtype=dtype)
+    with np.errstate(over="ignore"):
+        difference = float(np.subtract(b, a)[0])
+    a64, b64 = float(a[0]), float(b[0])
+    if gamma >= 0.5:
+        return b64 - difference * (1.0 - gamma)
+    return a64 + difference * gamma
+
+
+def _check_percentile(percentile: float) -> None:
+    if not 0.0 <= float(percentile) <= 100.0:
+        raise InputError(f"percentile must be in [0, 100], got {percentile}")
+
+
+def nonzero_percentiles(partial: StatisticsPartial, percentile: float) -> np.ndarray:
+    """``numpy.percentile`` of each channel's non-zero pixels, from the last pass's partial.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(C,)`` float64; NaN for a channel without non-zero pixels.
+
+    Raises
+    ------
+    InputError
+        If another pass is needed (see :func:`refinement_query`).
+    """
+    _check_percentile(percentile)
+    query, done = _resolve(partial, percentile)
+    if not done:
+        raise InputError("the statistics need another pass over the image: call "
+                         "refinement_query(partial) and image_statistics(chunk, query)")
+    _, gamma = _target_ranks(query.nonzero, percentile)
+    values = np.full(query.nonzero.shape[0], np.nan)
+    for c in range(values.size):
+        if query.nonzero[c] > 0:
+            low, high = key_values(query.prefix[c], partial.dtype)
+            values[c] = _lerp_numpy126(low, high, float(gamma[c]), partial.dtype)
+    return values
+
+
+def small_int_counts(partial: StatisticsPartial, c: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Exact ``(values, counts)`` of the non-zero pixels of channel ``c`` (first pass only).
+
+    For pixels of up to 16 bits the first pass counts every distinct value; ``None`` otherwise.
+    """
+    if partial.query is not None or not _small_int(partial.dtype):
+        return None
+    counts = partial.histogram[c, 0]
+    present = np.flatnonzero(counts)
+    return key_values(present.astype(np.uint64), partial.dtype), counts[present]
 
 
 # --------------------------------------------------------------------------------------------
-# statistics gathered in passes over the chunks of an image
+# statistics gathered in passes over an image
 
 
 class ImageStatistics(abc.ABC):
-    """Image-wide statistics gathered in passes over chunks of an image (a segmenter's needs).
+    """Image-wide statistics gathered in passes over boxes of an image (a segmenter's needs).
 
-    Instances are small, picklable and immutable: the engine sends one to the workers, calls
-    :meth:`measure` on every chunk of the image, :meth:`combine` on the partial results and
-    :meth:`advance` on the combination, until :attr:`done`. Chunks are ``(h, w, C)`` raw pixels
-    and together cover the image exactly once.
+    Instances are small, picklable and immutable. For each pass the engine takes the boxes of
+    :meth:`boxes` (they cover the image once), reads the raw pixels of each box's
+    :meth:`read_box`, calls :meth:`measure` on the workers, :meth:`combine` on the partial
+    results and :meth:`advance` on the combination, until :attr:`done`.
     """
+
+    #: Side of the boxes a pass measures by default.
+    chunk_size: int = 1024
 
     @property
     @abc.abstractmethod
     def done(self) -> bool:
         """Whether the statistics are complete."""
 
+    def boxes(self, shape: tuple[int, int]) -> list[Box]:
+        """The boxes of the next pass; by default a grid of ``chunk_size`` squares."""
+        size = self.chunk_size
+        return [Box(y, x, min(y + size, shape[0]), min(x + size, shape[1]))
+                for y in range(0, shape[0], size) for x in range(0, shape[1], size)]
+
+    def read_box(self, box: Box, shape: tuple[int, int]) -> Box:
+        """The raw pixels :meth:`measure` needs for ``box`` (by default the box itself)."""
+        return box
+
     @abc.abstractmethod
-    def measure(self, chunk: np.ndarray) -> Any:
-        """The partial result of the current pass over one chunk."""
+    def measure(self, raw: np.ndarray, read_box: Box, box: Box, shape: tuple[int, int]) -> Any:
+        """The partial result of the current pass over ``box``, from ``raw`` ``(h, w, C)``
+        pixels of ``read_box``."""
 
     @abc.abstractmethod
     def combine(self, partials: Sequence[Any]) -> Any:
-        """The partial result of the union of the chunks of ``partials``."""
+        """The partial result of the union of the boxes of ``partials``."""
 
     @abc.abstractmethod
     def advance(self, combined: Any) -> ImageStatistics:
@@ -234,117 +451,61 @@ class ImageStatistics(abc.ABC):
 
 
 def gather_statistics(
-    stats: ImageStatistics, chunks: Callable[[], Iterable[np.ndarray]], *, max_passes: int = 8
+    stats: ImageStatistics,
+    shape: tuple[int, int],
+    read: Callable[[Box], np.ndarray],
+    *,
+    max_passes: int = 8,
 ) -> ImageStatistics:
-    """Run every pass of ``stats`` over the chunks ``chunks()`` yields, in this process."""
+    """Run every pass of ``stats`` over an image of ``shape`` in this process.
+
+    ``read(box)`` returns the raw ``(h, w, C)`` pixels of a box.
+    """
     for _ in range(max_passes):
         if stats.done:
             return stats
-        stats = stats.advance(stats.combine([stats.measure(chunk) for chunk in chunks()]))
+        partials = []
+        for box in stats.boxes(shape):
+            read_box = stats.read_box(box, shape)
+            partials.append(stats.measure(read(read_box), read_box, box, shape))
+        stats = stats.advance(stats.combine(partials))
     if not stats.done:
         raise InputError(f"{type(stats).__name__} did not finish in {max_passes} passes")
     return stats
 
 
 @dataclasses.dataclass(frozen=True)
-class ChannelSummary:
-    """What :class:`NonZeroPercentiles` found about one channel.
-
-    Attributes
-    ----------
-    percentile : float
-        The requested percentile of the channel's non-zero values (0.0 when there are none).
-    minimum, maximum : float
-        Smallest and largest value of the channel (zeros included).
-    n_values, n_nonzero : int
-        Pixels, and pixels whose value is not 0.
-    nonzero : ValueHistogram or None
-        Exact counts of the non-zero values when the dtype allows it (integers of up to 16 bits).
-    """
-
-    percentile: float
-    minimum: float
-    maximum: float
-    n_values: int
-    n_nonzero: int
-    nonzero: ValueHistogram | None
-
-
-@dataclasses.dataclass(frozen=True)
 class NonZeroPercentiles(ImageStatistics):
-    """A percentile of the non-zero values of every channel, exactly, plus min and max.
-
-    One pass for integer pixels of up to 16 bits, two otherwise (the second refines the coarse
-    bins holding the two ranks the percentile interpolates between).
+    """A percentile of every channel's non-zero pixels, with the first pass's partial.
 
     Attributes
     ----------
     percentile : float
-        In [0, 100], e.g. 99.9.
-    coarse : tuple of per-channel partials, or None
-        Set after the first pass.
-    channels : tuple of ChannelSummary, or None
-        The result, once :attr:`done`.
+        In [0, 100].
+    first, last : StatisticsPartial or None
+        The combined partials of the first and of the latest pass.
+    values : numpy.ndarray or None
+        ``(C,)`` float64 percentiles (NaN for a channel without non-zero pixels), once done.
     """
 
-    percentile: float = 99.9
-    coarse: tuple[Any, ...] | None = None
-    channels: tuple[ChannelSummary, ...] | None = None
+    percentile: float = DEFAULT_PERCENTILE
+    first: StatisticsPartial | None = None
+    last: StatisticsPartial | None = None
+    values: np.ndarray | None = None
 
     @property
     def done(self) -> bool:
-        return self.channels is not None
+        return self.values is not None
 
-    def measure(self, chunk: np.ndarray) -> Any:
-        chunk = np.asarray(chunk)
-        channels = [chunk[..., c].ravel() for c in range(chunk.shape[-1])]
-        if self.coarse is None:
-            return tuple(
-                (histogram(v[v != 0]), _min_max(v), int(v.size)) for v in channels
-            )
-        return tuple(
-            refine(v[v != 0], bins) if bins is not None else None
-            for v, bins in zip(channels, self._bins(), strict=True)
-        )
+    def measure(self, raw: np.ndarray, read_box: Box, box: Box, shape: tuple[int, int]) -> Any:
+        query = None if self.last is None else refinement_query(self.last, self.percentile)
+        return image_statistics(raw[box.slices(read_box)], query)
 
     def combine(self, partials: Sequence[Any]) -> Any:
-        if self.coarse is None:
-            return tuple(
-                (merge_histograms([p[c][0] for p in partials]),
-                 (min(p[c][1][0] for p in partials), max(p[c][1][1] for p in partials)),
-                 sum(p[c][2] for p in partials))
-                for c in range(len(partials[0]))
-            )
-        return tuple(
-            merge_histograms([p[c] for p in partials]) if partials[0][c] is not None else None
-            for c in range(len(partials[0]))
-        )
+        return combine_statistics(partials)
 
     def advance(self, combined: Any) -> NonZeroPercentiles:
-        coarse = self.coarse if self.coarse is not None else combined
-        fine = combined if self.coarse is not None else (None,) * len(coarse)
-        if self.coarse is None and not all(h.exact or h.total == 0 for h, _, _ in coarse):
-            return dataclasses.replace(self, coarse=coarse)  # a second pass is needed
-        summaries = []
-        for (hist, (low, high), n_values), refined in zip(coarse, fine, strict=True):
-            value = 0.0 if hist.total == 0 else percentile_from_histogram(
-                hist, refined, self.percentile)
-            summaries.append(ChannelSummary(value, low, high, n_values, hist.total,
-                                            hist if hist.exact else None))
-        return dataclasses.replace(self, coarse=coarse, channels=tuple(summaries))
-
-    def _bins(self) -> list[np.ndarray | None]:
-        out: list[np.ndarray | None] = []
-        for hist, _, _ in self.coarse or ():
-            if hist.exact or hist.total == 0:
-                out.append(None)
-            else:
-                previous, following, _ = quantile_ranks(hist.total, self.percentile)
-                out.append(rank_bins(hist, [previous, following]))
-        return out
-
-
-def _min_max(values: np.ndarray) -> tuple[float, float]:
-    if values.size == 0:
-        return float("inf"), float("-inf")
-    return float(values.min()), float(values.max())
+        state = dataclasses.replace(self, first=self.first or combined, last=combined)
+        if refinement_query(combined, self.percentile) is not None:
+            return state
+        return dataclasses.replace(state, values=nonzero_percentiles(combined, self.percentile))

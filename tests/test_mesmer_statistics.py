@@ -1,4 +1,4 @@
-"""Exact chunked statistics of codexdask.mesmer.statistics.
+"""Exact chunked statistics: codexdask.statistics (the radix passes) and Mesmer's on top of it.
 
 The reference for the clip value is an independent sort-based evaluation of numpy 1.26's
 ``linear`` percentile (the arithmetic deepcell's ``percentile_threshold`` runs); the reference
@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 
 from codexdask.errors import InputError
-from codexdask.mesmer.statistics import (
+from codexdask.mesmer.statistics import finalize_statistics, whole_image_statistics
+from codexdask.statistics import (
     combine_statistics,
-    finalize_statistics,
     image_statistics,
     key_values,
     order_keys,
     refinement_query,
-    whole_image_statistics,
 )
 
 DTYPES = [np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.uint64, np.int64,

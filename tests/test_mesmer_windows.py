@@ -19,9 +19,10 @@ from codexdask.mesmer.preprocess import (
     preprocess_plan,
 )
 from codexdask.mesmer.resize import resize_image, resize_required_box, resize_window, resized_shape
-from codexdask.mesmer.statistics import combine_statistics, finalize_statistics, image_statistics
+from codexdask.mesmer.statistics import finalize_statistics
 from codexdask.mesmer.tiling import tile_grid, tile_image, untile_image, untile_window
 from codexdask.mesmer.windows import plan_window, window_inputs
+from codexdask.statistics import combine_statistics, image_statistics
 from codexdask.synthetic import synthetic_slide
 
 

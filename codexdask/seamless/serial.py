@@ -64,7 +64,7 @@ def stitch_tiles(
             core = grid.core(index)
             pieces = [(grid.window(t), owned[t][c].labels, tables[t])
                       for t in grid.tiles_touching(core)]
-            out[(*core.slices(), c)], clashes = compose(core, pieces)
+            out[core.slices() + (c,)], clashes = compose(core, pieces)
             report["conflicts"][c] += clashes
     return out, report
 
@@ -76,11 +76,10 @@ def segment_tiled(
     *,
     tile_size: int,
     halo: int | None = None,
-    chunk_size: int = 256,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Segment an in-memory logical patch ``(H, W, 2)`` tile by tile with ``segmenter``.
 
-    Image-wide statistics are gathered over ``chunk_size``² chunks first, then every window is
+    The segmenter's image-wide statistics are gathered over the patch first, then every window is
     segmented (``infer_windows`` / ``postprocess_windows``) and the owned objects stitched.
 
     Returns
@@ -94,8 +93,7 @@ def segment_tiled(
     grid = tile_grid(shape, tile_size, segmenter.halo(image_mpp) if halo is None else halo)
     stats = segmenter.statistics(image_mpp)
     if stats is not None:
-        blocks = tile_grid(shape, chunk_size, 0)
-        stats = gather_statistics(stats, lambda: (image[blocks.core(k).slices()] for k in blocks))
+        stats = gather_statistics(stats, shape, lambda box: image[box.slices()])
 
     def segment_window(window: Box) -> np.ndarray:
         read = segmenter.read_box(window, shape, image_mpp)

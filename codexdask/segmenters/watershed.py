@@ -171,8 +171,9 @@ class WatershedSegmenter(Segmenter):
 
     def image_levels(self, image: np.ndarray) -> WatershedLevels:
         """:class:`WatershedLevels` of one ``(H, W, 2)`` image held in memory."""
-        stats = gather_statistics(self.statistics(0.5), lambda: [image])
-        return stats.levels  # type: ignore[attr-defined,no-any-return]
+        stats = gather_statistics(self.statistics(0.5), image.shape[:2],
+                                  lambda box: image[box.slices()])
+        return stats.levels  # type: ignore[attr-defined]
 
     def normalise(
         self,

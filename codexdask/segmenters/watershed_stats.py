@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from codexdask.statistics import ImageStatistics, NonZeroPercentiles
+from codexdask.geometry import Box
+from codexdask.statistics import ImageStatistics, NonZeroPercentiles, small_int_counts
 
 __all__ = ["NORMALISED_BINS", "WatershedLevels", "WatershedStatistics", "normalise"]
 
@@ -97,10 +98,10 @@ class WatershedStatistics(ImageStatistics):
     def done(self) -> bool:
         return self.levels is not None
 
-    def measure(self, chunk: np.ndarray) -> Any:
-        positive = np.maximum(chunk, chunk.dtype.type(0))
+    def measure(self, raw: np.ndarray, read_box: Box, box: Box, shape: tuple[int, int]) -> Any:
+        positive = np.maximum(raw[box.slices(read_box)], raw.dtype.type(0))
         if not self.scales.done:
-            return self.scales.measure(positive)
+            return self.scales.measure(positive, box, box, shape)
         return tuple(
             np.bincount(_bins(normalise(positive[..., c], s)).ravel(), minlength=NORMALISED_BINS)
             for c, s in enumerate(self._scale())
@@ -115,26 +116,32 @@ class WatershedStatistics(ImageStatistics):
         if not self.scales.done:
             scales = self.scales.advance(combined)
             state = dataclasses.replace(self, scales=scales)
-            if not scales.done or scales.channels is None:
+            if not scales.done:
                 return state
-            if not all(ch.nonzero is not None or ch.n_nonzero == 0 for ch in scales.channels):
-                return state  # a pass over the normalised values is needed
-            return state.advance(state._counts_from_exact())
+            counts = state._counts_from_exact()
+            return state if counts is None else state.advance(counts)
         return dataclasses.replace(self, levels=self._levels(combined))
 
     def _scale(self) -> tuple[float, float]:
-        channels = self.scales.channels or ()
-        return tuple(ch.percentile for ch in channels)  # type: ignore[return-value]
+        values = np.nan_to_num(np.asarray(self.scales.values, dtype=np.float64), nan=0.0)
+        return float(values[0]), float(values[1])
 
-    def _counts_from_exact(self) -> tuple[np.ndarray, ...]:
-        """The normalised histograms, from the exact value counts of the first pass."""
+    def _counts_from_exact(self) -> tuple[np.ndarray, ...] | None:
+        """The normalised histograms from the first pass's exact value counts (pixels of up to
+        16 bits), or ``None`` when another pass over the image must count them."""
+        first = self.scales.first
+        if first is None:
+            return None
         out = []
-        for channel, scale in zip(self.scales.channels or (), self._scale(), strict=True):
+        for c, scale in enumerate(self._scale()):
+            exact = small_int_counts(first, c)
+            if exact is None and first.nonzero[c] > 0:
+                return None
             counts = np.zeros(NORMALISED_BINS, dtype=np.int64)
-            counts[0] = channel.n_values - channel.n_nonzero
-            if channel.nonzero is not None and channel.n_nonzero:
-                values = channel.nonzero.values
-                np.add.at(counts, _bins(normalise(values, scale)), channel.nonzero.counts)
+            counts[0] = first.pixels - first.nonzero[c]
+            if exact is not None:
+                values, number = exact
+                np.add.at(counts, _bins(normalise(values, scale)), number)
             out.append(counts)
         return tuple(out)
 
