@@ -349,7 +349,7 @@ def tile_image(image: np.ndarray, pad_mode: str = "constant") -> tuple[np.ndarra
     batch = image[None] if image.ndim == 3 else image
     if batch.ndim != 4:
         raise InputError(f"image must be (H, W, C) or (B, H, W, C), got shape {image.shape}")
-    grid = tile_grid(batch.shape[1:3], pad_mode)
+    grid = tile_grid((int(batch.shape[1]), int(batch.shape[2])), pad_mode)
     whole = Box.whole(grid.image_shape)
     every = np.arange(grid.n_tiles)
     tiles = [tile_inputs(item, whole, grid, every) for item in batch]

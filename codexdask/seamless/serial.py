@@ -89,7 +89,7 @@ def segment_tiled(
     report : dict
         As :func:`stitch_tiles`.
     """
-    shape = image.shape[:2]
+    shape = (int(image.shape[0]), int(image.shape[1]))
     grid = tile_grid(shape, tile_size, segmenter.halo(image_mpp) if halo is None else halo)
     stats = segmenter.statistics(image_mpp)
     if stats is not None:

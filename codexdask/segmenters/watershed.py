@@ -171,7 +171,8 @@ class WatershedSegmenter(Segmenter):
 
     def image_levels(self, image: np.ndarray) -> WatershedLevels:
         """:class:`WatershedLevels` of one ``(H, W, 2)`` image held in memory."""
-        stats = gather_statistics(self.statistics(0.5), image.shape[:2],
+        shape = (int(image.shape[0]), int(image.shape[1]))
+        stats = gather_statistics(self.statistics(0.5), shape,
                                   lambda box: image[box.slices()])
         return stats.levels  # type: ignore[attr-defined]
 
