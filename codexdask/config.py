@@ -50,6 +50,9 @@ class PatchConfig:
         A patch whose nucleus channel has a smaller non-zero fraction is empty.
     mean_intensity_threshold : float
         A patch whose nucleus channel has a smaller mean is noisy.
+    chunk_size : int
+        Side of the Zarr chunks of the slide in ``full_image``, ``halves`` and ``quarters``
+        modes, whose logical patches are stored as one chunked image.
     """
 
     nucleus: str = "DAPI"
@@ -62,6 +65,7 @@ class PatchConfig:
     image_mpp: float | None = None
     non_zero_perc_threshold: float = 0.05
     mean_intensity_threshold: float = 1.0
+    chunk_size: int = 1024
 
     def __post_init__(self) -> None:
         if isinstance(self.wholecell, str):
@@ -86,6 +90,9 @@ class PatchConfig:
         _check_mpp(self.image_mpp)
         if self.non_zero_perc_threshold < 0 or self.mean_intensity_threshold < 0:
             raise ConfigError("QC thresholds must be >= 0")
+        self.chunk_size = int(auto_or_positive_int("chunk_size", self.chunk_size))
+        if self.chunk_size < 64:
+            raise ConfigError(f"chunk_size must be at least 64 pixels, got {self.chunk_size}")
 
 
 @dataclasses.dataclass

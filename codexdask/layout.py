@@ -4,10 +4,15 @@ Every module that reads or writes a patch store, a result store or a run's outpu
 its names from here, so that a name is spelled in one place. The layout itself is described in
 ``docs/architecture.md``.
 
-A patch store ``NAME.zarr``::
+A patch store ``NAME.zarr`` (``patches`` mode)::
 
     patches                 (N, H, W, 2) array: nucleus, whole-cell (PATCHES_ARRAY)
     patches_metadata.csv    one row per patch: GEOMETRY_COLUMNS, QC_STAT_COLUMNS, FLAG_COLUMNS
+
+or (``full_image``, ``halves``, ``quarters``: logical patches, segmented seamlessly)::
+
+    image                   (H, W, 2) array of the whole slide, chunked (IMAGE_ARRAY)
+    patches_metadata.csv    one row per logical patch
 
 A run's output directory ``OUT/``::
 
@@ -41,6 +46,8 @@ __all__ = [
     "ORIGINAL_KEYS",
     "ORIGINAL_PICKLE",
     "OVERLAYS_DIR",
+    "IMAGE_ARRAY",
+    "LAYOUTS",
     "PATCHES_ARRAY",
     "PATCH_STORE_KIND",
     "PICKLE_COMPRESSIONS",
@@ -67,6 +74,10 @@ DEFAULT_IMAGE_MPP = 0.5
 
 #: The ``(N, H, W, 2)`` array of a patch store (channel 0 nucleus, channel 1 whole-cell).
 PATCHES_ARRAY = "patches"
+#: The ``(H, W, 2)`` array of the whole slide in a store of logical patches.
+IMAGE_ARRAY = "image"
+#: A patch store holds its pixels as patches (one chunk each) or as the slide (chunked).
+LAYOUTS = ("patches", "image")
 #: One row per patch, in patch order; written into the patch store and into a run's output.
 METADATA_FILE = "patches_metadata.csv"
 #: ``attrs["codexdask"]["kind"]`` of a patch store and of a result store.

@@ -2,16 +2,19 @@
 
 A patch store is a directory ``NAME.zarr`` (Zarr v2 group; names in :mod:`codexdask.layout`):
 
-- array ``patches``: ``(N, H, W, 2)``, the slide's dtype, chunks ``(1, H, W, 2)``, Blosc zstd;
-  channel 0 nucleus, channel 1 whole-cell. Patches smaller than ``H x W`` (``halves``/``quarters``
-  of odd sizes) are zero-padded bottom/right; the metadata ``height``/``width`` hold their size.
+- in ``patches`` mode, array ``patches``: ``(N, H, W, 2)``, the slide's dtype, chunks
+  ``(1, H, W, 2)``, Blosc zstd; channel 0 nucleus, channel 1 whole-cell (the "patches" layout);
+- in ``full_image``, ``halves`` and ``quarters`` modes, array ``image``: the whole slide
+  ``(H, W, 2)`` in ``chunk_size``² chunks (the "image" layout, :mod:`codexdask.slide_store`):
+  each logical patch is a box of it and is segmented as one image;
 - file ``patches_metadata.csv``: one row per patch, in patch order: the geometry
   (:mod:`codexdask.geometry`), the QC statistics and flags (:mod:`codexdask.selection`).
 - group attribute ``"codexdask"``: the slide's facts and the geometry.
 
 Writing never holds the slide in memory: it reads one window (a run of patches in one patch row,
-at most ``window_bytes``) at a time, computes its statistics and writes its patches. The store is
-written under a temporary name and renamed when complete (:mod:`codexdask.outputs.atomic`).
+or a band of chunks, at most ``window_bytes``) at a time, computes its statistics and writes it.
+The store is written under a temporary name and renamed when complete
+(:mod:`codexdask.outputs.atomic`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import dask.array as da
-import numcodecs
 import numpy as np
 import pandas as pd
 import zarr
@@ -30,11 +32,12 @@ import zarr
 from . import __version__, selection
 from .config import PatchConfig
 from .errors import OutputExistsError, StoreError
-from .geometry import PatchGrid, patch_grid
+from .geometry import Box, PatchGrid, patch_grid
 from .layout import (
     DEFAULT_IMAGE_MPP,
     FLAG_COLUMNS,
     GEOMETRY_COLUMNS,
+    IMAGE_ARRAY,
     METADATA_FILE,
     PATCH_STORE_KIND,
     PATCHES_ARRAY,
@@ -42,10 +45,12 @@ from .layout import (
 )
 from .outputs.atomic import atomic_path
 from .slide import Slide, open_slide, read_window
+from .slide_store import PIXEL_COMPRESSOR, image_attrs, write_slide_image
 
 __all__ = ["PatchStore", "open_patch_store", "patch_slide", "write_patch_store"]
 
-STORE_VERSION = 1
+#: Version of the store format: 1 for the patches layout, 2 for the image layout.
+STORE_VERSION = 2
 #: Default upper bound on one window's pixel bytes (two output channels + one being read).
 DEFAULT_WINDOW_BYTES = 64 * 2**20
 _REQUIRED_COLUMNS = (*GEOMETRY_COLUMNS, *QC_STAT_COLUMNS, *FLAG_COLUMNS)
@@ -112,11 +117,10 @@ def write_patch_store(
 ) -> Path:
     """Cut a slide into a patch store ``out`` (a ``NAME.zarr`` directory).
 
-    Peak memory is a few patches: one window (a run of patches of one patch row that fits
-    ``window_bytes``, at least one patch) is read, measured and written at a time. In
-    ``full_image`` mode the single patch is the whole slide, so that mode holds the two-channel
-    slide (plus the markers being combined) in memory; ``halves``/``quarters`` hold one
-    half/quarter at a time. This is inherent to those modes.
+    Peak memory is one window: in ``patches`` mode a run of patches of one patch row that fits
+    ``window_bytes`` (at least one patch); in ``full_image``, ``halves`` and ``quarters`` modes a
+    band of ``chunk_size`` rows that fits ``window_bytes`` (at least one chunk), written into the
+    chunked ``image`` array whatever the slide size.
 
     The store is written to ``.NAME.zarr.tmp-<pid>`` beside ``out`` and renamed at the end, so an
     interrupted write never leaves a ``NAME.zarr`` that looks complete; temporaries that killed
@@ -186,31 +190,17 @@ def _write(
     ph, pw = grid.patch_shape
     dtype = slide.dtype
     root = zarr.group(store=zarr.DirectoryStore(str(tmp)), overwrite=True)
-    patches = root.create_dataset(
-        PATCHES_ARRAY,
-        shape=(grid.n_patches, ph, pw, 2),
-        chunks=(1, ph, pw, 2),
-        dtype=dtype,
-        compressor=numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE),
-        fill_value=0,
-    )
-    stats: list[dict[str, float]] = []
-    bytes_per_pixel = 3 * dtype.itemsize  # two output channels + the channel being read
-    done = 0
-    for group in _windows(grid, bytes_per_pixel, window_bytes):
-        y0, x0, h, _ = grid.boxes[group[0]]
-        last = grid.boxes[group[-1]]
-        window = read_window(slide, channels, y0, y0 + h, x0, last[1] + last[3])
-        stats += _store_window(patches, window, x0, [(i, *grid.boxes[i][1::2]) for i in group])
-        del window  # free it before the next window is read
-        done += len(group)
-        if progress is not None:
-            progress(done, grid.n_patches)
+    if grid.split_mode == "patches":
+        stats = _write_patches(slide, channels, grid, root, window_bytes, progress)
+        layout: dict[str, Any] = {"layout": "patches"}
+    else:
+        stats = write_slide_image(slide, channels, grid, root, config, window_bytes, progress)
+        layout = image_attrs(config)
     meta = _metadata(grid, stats, config)
     meta.to_csv(tmp / METADATA_FILE, index=False)
     root.attrs["codexdask"] = {
         "kind": PATCH_STORE_KIND,
-        "version": STORE_VERSION,
+        "version": 2 if grid.split_mode != "patches" else 1,
         "codexdask_version": __version__,
         "channels": list(slide.channel_names),
         "nucleus_channel": config.nucleus,
@@ -233,7 +223,37 @@ def _write(
         "source": slide.source,
         "source_format": slide.format,
         "dtype": dtype.str,
+        **layout,
     }
+
+
+def _write_patches(
+    slide: Slide,
+    channels: list[int],
+    grid: PatchGrid,
+    root: zarr.Group,
+    window_bytes: int,
+    progress: Callable[[int, int], None] | None,
+) -> list[dict[str, float]]:
+    """Write ``grid``'s patches into ``root[PATCHES_ARRAY]`` one window at a time."""
+    ph, pw = grid.patch_shape
+    patches = root.create_dataset(
+        PATCHES_ARRAY, shape=(grid.n_patches, ph, pw, 2), chunks=(1, ph, pw, 2),
+        dtype=slide.dtype, compressor=PIXEL_COMPRESSOR, fill_value=0,
+    )
+    stats: list[dict[str, float]] = []
+    bytes_per_pixel = 3 * slide.dtype.itemsize  # two output channels + the channel being read
+    done = 0
+    for group in _windows(grid, bytes_per_pixel, window_bytes):
+        y0, x0, h, _ = grid.boxes[group[0]]
+        last = grid.boxes[group[-1]]
+        window = read_window(slide, channels, y0, y0 + h, x0, last[1] + last[3])
+        stats += _store_window(patches, window, x0, [(i, *grid.boxes[i][1::2]) for i in group])
+        del window  # free it before the next window is read
+        done += len(group)
+        if progress is not None:
+            progress(done, grid.n_patches)
+    return stats
 
 
 def _store_window(
@@ -276,28 +296,51 @@ class PatchStore:
     Attributes
     ----------
     path : pathlib.Path
-    patches : zarr.Array
-        ``(N, H, W, 2)``, numeric dtype, read-only.
+    patches : zarr.Array or None
+        ``(N, H, W, 2)``, numeric dtype, read-only (the "patches" layout).
     metadata : pandas.DataFrame
         One row per patch (``patches_metadata.csv``); flag columns are bool.
     attrs : dict
         The group's ``"codexdask"`` attributes.
+    image : zarr.Array or None
+        ``(H, W, 2)``: the whole slide, whose logical patches are boxes (the "image" layout).
     """
 
     path: Path
-    patches: zarr.Array
+    patches: zarr.Array | None
     metadata: pd.DataFrame
     attrs: dict[str, Any]
+    image: zarr.Array | None = None
+
+    @property
+    def layout(self) -> str:
+        """``"patches"`` (one chunk per patch) or ``"image"`` (logical patches of one image)."""
+        return "image" if self.image is not None else "patches"
+
+    @property
+    def pixels(self) -> zarr.Array:
+        """The pixel array of either layout."""
+        array = self.image if self.image is not None else self.patches
+        if array is None:  # open_patch_store never builds such a store
+            raise StoreError(f"{self.path} holds no pixels")
+        return array
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Pixel dtype."""
+        return np.dtype(self.pixels.dtype)
 
     @property
     def n_patches(self) -> int:
         """Number of patches ``N``."""
-        return int(self.patches.shape[0])
+        return len(self.metadata)
 
     @property
     def patch_shape(self) -> tuple[int, int]:
-        """Stored patch height and width ``(H, W)``."""
-        return int(self.patches.shape[1]), int(self.patches.shape[2])
+        """Stored patch height and width ``(H, W)`` (the largest logical patch's, for images)."""
+        if self.patches is not None:
+            return int(self.patches.shape[1]), int(self.patches.shape[2])
+        return int(self.metadata["height"].max()), int(self.metadata["width"].max())
 
     @property
     def image_mpp(self) -> float:
@@ -319,11 +362,32 @@ class PatchStore:
         rows = self.metadata.iloc[np.asarray(indices, dtype=np.int64)]
         return rows[["height", "width"]].to_numpy(dtype=np.int64).reshape(-1, 2)
 
+    def patch_box(self, index: int) -> Box:
+        """Where patch ``index`` lies on the slide (its true size)."""
+        row = self.metadata.iloc[int(index)]
+        y, x = int(row["y_start"]), int(row["x_start"])
+        return Box(y, x, y + int(row["height"]), x + int(row["width"]))
+
+    def read_patch(self, index: int) -> np.ndarray:
+        """Patch ``index`` at its true size, ``(h, w, 2)``."""
+        box = self.patch_box(index)
+        if self.image is not None:
+            return np.asarray(self.image[box.slices()])
+        height, width = box.shape
+        return np.asarray(self.pixels[int(index), :height, :width])
+
     def as_dask(self) -> da.Array:
-        """The patches as a lazy dask array ``(N, H, W, 2)``, one patch per chunk."""
-        return da.from_zarr(self.patches)
-
-
+        """The patches as a lazy dask array ``(N, H, W, 2)`` (zero-padded to ``patch_shape``)."""
+        if self.image is None:
+            return da.from_zarr(self.pixels)
+        image = da.from_zarr(self.image)
+        height, width = self.patch_shape
+        parts = []
+        for index in range(self.n_patches):
+            box = self.patch_box(index)
+            pad = ((0, height - box.shape[0]), (0, width - box.shape[1]), (0, 0))
+            parts.append(da.pad(image[box.slices()], pad))
+        return da.stack(parts)
 
 
 def open_patch_store(path: str | Path) -> PatchStore:
@@ -365,25 +429,32 @@ def open_patch_store(path: str | Path) -> PatchStore:
             f"{str(path)!r} was written by a newer codexdask (store version {attrs['version']}); "
             "upgrade codexdask"
         )
-    if PATCHES_ARRAY not in root.array_keys():
+    layout = attrs.get("layout", "patches")
+    name = IMAGE_ARRAY if layout == "image" else PATCHES_ARRAY
+    if name not in root.array_keys():
         raise StoreError(
-            f"{str(path)!r} has no '{PATCHES_ARRAY}' array; the store is incomplete, re-create it "
+            f"{str(path)!r} has no '{name}' array; the store is incomplete, re-create it "
             "with `codexdask patch`"
         )
-    patches = root[PATCHES_ARRAY]
-    if patches.ndim != 4 or patches.shape[-1] != 2:
+    array = root[name]
+    expected = 3 if layout == "image" else 4
+    if array.ndim != expected or array.shape[-1] != 2:
+        axes = "(H, W, 2)" if layout == "image" else "(N, H, W, 2)"
         raise StoreError(
-            f"'{PATCHES_ARRAY}' in {str(path)!r} has shape {patches.shape}; expected (N, H, W, 2) "
+            f"'{name}' in {str(path)!r} has shape {array.shape}; expected {axes} "
             "(nucleus, whole-cell); re-create the store with `codexdask patch`"
         )
-    dtype = np.dtype(patches.dtype)
+    dtype = np.dtype(array.dtype)
     if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
         raise StoreError(
-            f"'{PATCHES_ARRAY}' in {str(path)!r} has dtype {dtype}, not an integer or float pixel "
+            f"'{name}' in {str(path)!r} has dtype {dtype}, not an integer or float pixel "
             "type; re-create the store from a numeric slide"
         )
-    meta = _read_metadata(path, patches.shape[0])
-    return PatchStore(path=path, patches=patches, metadata=meta, attrs=dict(attrs))
+    if layout == "image":
+        meta = _read_metadata(path, int(attrs.get("n_patches", 0)))
+        return PatchStore(path=path, patches=None, metadata=meta, attrs=dict(attrs), image=array)
+    meta = _read_metadata(path, array.shape[0])
+    return PatchStore(path=path, patches=array, metadata=meta, attrs=dict(attrs))
 
 
 def _read_metadata(path: Path, n_patches: int) -> pd.DataFrame:

@@ -15,7 +15,8 @@ import pandas as pd
 from .errors import ConfigError, StoreError
 from .layout import FLAG_COLUMNS, QC_STAT_COLUMNS
 
-__all__ = ["informative_indices", "parse_flags", "patch_statistics", "qc_flags", "split_batches"]
+__all__ = ["QCSums", "informative_indices", "parse_flags", "patch_statistics", "qc_flags",
+           "split_batches"]
 
 #: Spellings of True and False accepted in a flag column (a CSV may hold any of them).
 _FLAG_VALUES = {"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False}
@@ -42,6 +43,49 @@ def patch_statistics(patch: np.ndarray) -> dict[str, float]:
         values += [float(channel.mean(dtype=np.float64)), float(channel.std(dtype=np.float64)),
                    float(np.count_nonzero(channel)) / n]
     return dict(zip(QC_STAT_COLUMNS, values))
+
+
+class QCSums:
+    """The QC statistics of a patch read in pieces: sums that add up, then the statistics.
+
+    For integer pixels of up to 16 bits the sums are exact (Python integers), so the mean equals
+    :func:`patch_statistics`'s; the standard deviation comes from the sums of squares and may
+    differ from numpy's two-pass value in the last bits.
+    """
+
+    def __init__(self) -> None:
+        self.pixels = 0
+        self.sums: list[int | float] = [0, 0]
+        self.squares: list[int | float] = [0, 0]
+        self.nonzero = [0, 0]
+
+    def add(self, block: np.ndarray) -> None:
+        """Count the pixels of ``block`` ``(h, w, 2)`` (nucleus, whole-cell)."""
+        self.pixels += block.shape[0] * block.shape[1]
+        exact = block.dtype.kind in "iub" and block.dtype.itemsize <= 2
+        for c in range(2):
+            channel = block[..., c]
+            values = channel.astype(np.int64 if exact else np.float64)
+            if exact:
+                self.sums[c] += int(values.sum())
+                self.squares[c] += int(np.square(values).sum())
+            else:
+                self.sums[c] += float(values.sum())
+                self.squares[c] += float(np.square(values).sum())
+            self.nonzero[c] += int(np.count_nonzero(channel))
+
+    def statistics(self) -> dict[str, float]:
+        """The six QC statistics, named as in ``layout.QC_STAT_COLUMNS``."""
+        n = max(self.pixels, 1)
+        values: list[float] = []
+        for c in range(2):
+            total, squares = self.sums[c], self.squares[c]
+            if isinstance(total, int) and isinstance(squares, int):
+                variance = (n * squares - total * total) / (n * n)  # exact, rounded once
+            else:
+                variance = max(squares / n - (total / n) ** 2, 0.0)
+            values += [total / n, float(np.sqrt(variance)), self.nonzero[c] / n]
+        return dict(zip(QC_STAT_COLUMNS, values))
 
 
 def qc_flags(
