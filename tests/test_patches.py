@@ -226,10 +226,16 @@ def store_path(tmp_path: Path, image: np.ndarray) -> Path:
                              channel_names=NAMES)
 
 
-def _replace_patches(path: Path, data: np.ndarray) -> None:
+@pytest.fixture
+def patches_path(tmp_path: Path, image: np.ndarray) -> Path:
+    return write_patch_store(image, tmp_path / "p.zarr", _cfg(patch_size=(23, 36)),
+                             channel_names=NAMES)
+
+
+def _replace_patches(path: Path, data: np.ndarray, name: str = "patches") -> None:
     root = zarr.open_group(str(path), mode="a")
-    del root["patches"]
-    root.create_dataset("patches", data=data)
+    del root[name]
+    root.create_dataset(name, data=data)
 
 
 def test_open_missing_store(tmp_path: Path) -> None:
@@ -251,20 +257,29 @@ def test_open_result_store_kind(store_path: Path) -> None:
         open_patch_store(store_path)
 
 
-def test_open_wrong_ndim(store_path: Path) -> None:
-    _replace_patches(store_path, np.zeros((4, 23, 36), dtype=np.uint16))
+def test_open_wrong_ndim(patches_path: Path, store_path: Path) -> None:
+    n = open_patch_store(patches_path).n_patches
+    _replace_patches(patches_path, np.zeros((n, 23, 36), dtype=np.uint16))
     with pytest.raises(StoreError, match=r"expected \(N, H, W, 2\)"):
+        open_patch_store(patches_path)
+    _replace_patches(store_path, np.zeros((150, 170), dtype=np.uint16), "image")
+    with pytest.raises(StoreError, match=r"expected \(H, W, 2\)"):
         open_patch_store(store_path)
 
 
-def test_open_wrong_channel_count(store_path: Path) -> None:
-    _replace_patches(store_path, np.zeros((4, 23, 36, 3), dtype=np.uint16))
-    with pytest.raises(StoreError, match=r"shape \(4, 23, 36, 3\)"):
-        open_patch_store(store_path)
+def test_open_wrong_channel_count(patches_path: Path) -> None:
+    n = open_patch_store(patches_path).n_patches
+    _replace_patches(patches_path, np.zeros((n, 23, 36, 3), dtype=np.uint16))
+    with pytest.raises(StoreError, match=rf"shape \({n}, 23, 36, 3\)"):
+        open_patch_store(patches_path)
 
 
-def test_open_non_numeric_dtype(store_path: Path) -> None:
-    _replace_patches(store_path, np.zeros((4, 23, 36, 2), dtype=bool))
+def test_open_non_numeric_dtype(patches_path: Path, store_path: Path) -> None:
+    n = open_patch_store(patches_path).n_patches
+    _replace_patches(patches_path, np.zeros((n, 23, 36, 2), dtype=bool))
+    with pytest.raises(StoreError, match="dtype bool"):
+        open_patch_store(patches_path)
+    _replace_patches(store_path, np.zeros((150, 170, 2), dtype=bool), "image")
     with pytest.raises(StoreError, match="dtype bool"):
         open_patch_store(store_path)
 
