@@ -113,6 +113,13 @@ class SegmentConfig:
         256² tiles per network call (Mesmer); pin to 4 for deepcell's exact labels.
     tie_break : {"lowest-label", "aegle-cpu"}
         Repair tie-break rule.
+    tile_size : "auto", int or "none"
+        Side of the compute tiles of logical patches (``full_image``, ``halves``, ``quarters``):
+        ``"auto"`` takes the segmenter's (1024 for both built-in segmenters), ``"none"``
+        segments each logical patch in one piece (memory grows with the patch).
+    halo : "auto" or int
+        Pixels of context around each tile; ``"auto"`` takes the segmenter's (the space objects
+        need to be seen whole plus the reach of its local operations).
     save_pickles : bool
         Write ``matched_seg_res_batch.pickle`` and ``original_seg_res_batch.pickle``.
     pickle_compression : {"none", "gzip", "bz2", "xz", "zstd"}
@@ -141,6 +148,8 @@ class SegmentConfig:
     batch_size: int | str = "auto"
     tiles_per_call: int | str = "auto"
     tie_break: TieBreakName = "lowest-label"
+    tile_size: int | str = "auto"
+    halo: int | str = "auto"
     save_pickles: bool = True
     pickle_compression: str = "none"
     pickle_compression_level: int | None = None
@@ -157,6 +166,19 @@ class SegmentConfig:
         self.batch_size = auto_or_positive_int("batch_size", self.batch_size)
         self.tiles_per_call = auto_or_positive_int("tiles_per_call", self.tiles_per_call)
         _check_choice("tie_break", self.tie_break, TIE_BREAKS)
+        if self.tile_size != "none":
+            self.tile_size = auto_or_positive_int("tile_size", self.tile_size)
+            if self.tile_size != "auto" and int(self.tile_size) < 64:
+                raise ConfigError(f"tile_size must be at least 64 pixels (or 'auto' or 'none'), "
+                                  f"got {self.tile_size}")
+        if self.halo != "auto":
+            try:
+                self.halo = int(self.halo)
+            except (TypeError, ValueError):
+                raise ConfigError(f"halo must be 'auto' or pixels >= 0, got {self.halo!r}") \
+                    from None
+            if self.halo < 0:
+                raise ConfigError(f"halo must be 'auto' or pixels >= 0, got {self.halo}")
         self.pickle_compression = pickle_compression(self.pickle_compression)
         _check_mpp(self.image_mpp)
         if self.n_workers is not None and int(self.n_workers) < 1:

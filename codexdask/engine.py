@@ -38,6 +38,7 @@ from distributed import Client
 from . import cluster
 from .config import SegmentConfig, make_config
 from .errors import ClusterError, InputError, StoreError
+from .geometry import Box
 from .layout import (
     METADATA_FILE,
     OVERLAYS_DIR,
@@ -58,6 +59,14 @@ from .outputs import (
 from .patches import PatchStore, open_patch_store
 from .progress import show_progress
 from .repair import TieBreakName
+from .seamless.pipeline import (
+    logical_patches,
+    resolve_tiles,
+    run_logical_patches,
+    seamless_notes,
+    tile_plan_shape,
+)
+from .seamless.serial import repair_tiled
 from .segmenters import Segmenter, get_segmenter
 from .segmenters.planner import BatchPlan, plan_batches
 from .selection import split_batches
@@ -171,29 +180,45 @@ def run(
         # Inputs are checked before anything is written: a failed check leaves no result store
         # behind, so a retry with the input fixed is not refused as "already holds a run".
         check_finite(dask_client, patch_store, informative)
+        tiles = (resolve_tiles(config, segmenter, image_mpp, patch_store)
+                 if patch_store.layout == "image" else None)
         group = prepare_result_store(
-            out_dir, patch_store, resume=config.resume, overwrite=config.overwrite
+            out_dir, patch_store, resume=config.resume, overwrite=config.overwrite, tiles=tiles
         )
         result_path = str(out_dir / RESULT_STORE)
         done = np.asarray(group["done"][:], dtype=bool)
         todo = informative[~done[informative]]
         if progress:
             print(f"Dask dashboard: {dask_client.dashboard_link}", file=sys.stderr)
-        plan, plan_notes = plan_run(
-            dask_client, segmenter, patch_store.patch_shape, image_mpp, config, len(todo)
-        )
+        pin_gpu = segmenter.wants_gpu and bool(cluster.gpu_workers(dask_client))
+        graph_start = time.perf_counter()
+        seamless: dict[str, Any] | None = None
+        if tiles is not None:
+            chosen = [logical_patches(patch_store, **tiles)[int(i)] for i in todo]
+            plan, plan_notes = plan_run(
+                dask_client, segmenter, tile_plan_shape(chosen), image_mpp, config,
+                sum(p.grid.n_tiles for p in chosen),
+            )
+            seamless = run_logical_patches(
+                dask_client, patch_store, todo, segmenter, image_mpp, config, out_dir, tiles,
+                tiles_per_task=plan.patches_per_task, pin_gpu=pin_gpu, progress=progress,
+            )
+            notes += seamless_notes(seamless)
+        else:
+            plan, plan_notes = plan_run(
+                dask_client, segmenter, patch_store.patch_shape, image_mpp, config, len(todo)
+            )
+            if len(todo):
+                stats = build_graph(
+                    patch_store, todo, plan, segmenter, image_mpp, result_path,
+                    config.tie_break, pin_gpu=pin_gpu,
+                )
+                future = submit(dask_client, stats)
+                if progress:
+                    show_progress(future)
+                future.result()
         notes += plan_notes
         if len(todo):
-            pin_gpu = segmenter.wants_gpu and bool(cluster.gpu_workers(dask_client))
-            stats = build_graph(
-                patch_store, todo, plan, segmenter, image_mpp, result_path, config.tie_break,
-                pin_gpu=pin_gpu,
-            )
-            graph_start = time.perf_counter()
-            future = submit(dask_client, stats)
-            if progress:
-                show_progress(future)
-            future.result()
             timings["graph_s"] = time.perf_counter() - graph_start
 
     outputs_start = time.perf_counter()
@@ -202,6 +227,8 @@ def run(
     timings["total_s"] = time.perf_counter() - started
     manifest = run_manifest(patch_store, config, plan, informative, todo, timings, image_mpp,
                             notes)
+    if seamless is not None:
+        manifest["seamless"] = seamless
     write_manifest(out_dir, manifest)
     return RunResult(out_dir, metadata, plan, len(todo), manifest)
 
@@ -217,10 +244,16 @@ def check_finite(client: Client, patch_store: PatchStore, indices: np.ndarray) -
     InputError
         Naming the first patches with NaN or infinite pixels.
     """
-    if patch_store.patches.dtype.kind != "f" or len(indices) == 0:
+    if patch_store.dtype.kind != "f" or len(indices) == 0:
         return
-    patches = da.from_zarr(patch_store.patches)[indices]
-    finite = np.asarray(client.compute(da.isfinite(patches).all(axis=(1, 2, 3))).result(), bool)
+    if patch_store.image is not None:  # logical patches: each a box of the chunked slide
+        image = da.from_zarr(patch_store.image)
+        flags = [da.isfinite(image[patch_store.patch_box(i).slices()]).all() for i in indices]
+        finite = np.asarray(client.compute(da.stack(flags)).result(), bool)
+    else:
+        patches = da.from_zarr(patch_store.pixels)[indices]
+        finite = np.asarray(client.compute(da.isfinite(patches).all(axis=(1, 2, 3))).result(),
+                            bool)
     bad = indices[~finite]
     if len(bad):
         raise InputError(
@@ -415,11 +448,23 @@ def finish_outputs(
         write_mosaics(group, patch_store, out_dir, image_mpp=image_mpp)
     for index, (h, w) in zip(informative[: config.n_overlays], sizes):
         patch_id = int(patch_store.metadata["patch_id"].iloc[index])
-        masks = {name: group[name][index, :h, :w]
+        region = overlay_region(h, w)
+        masks = {name: group[name][(index,) + region.slices()]
                  for name in ("cell_boundary", "nucleus_boundary")}
         write_overlay_png(out_dir / OVERLAYS_DIR / overlay_name(patch_id),
-                          patch_store.patches[index, :h, :w], masks)
+                          patch_store.read_patch(index, region), masks)
     return metadata
+
+
+#: Largest side of an overlay PNG; a larger patch (a whole slide) shows its centre.
+OVERLAY_SIDE = 2048
+
+
+def overlay_region(height: int, width: int) -> Box:
+    """The part of an ``(height, width)`` patch an overlay shows: all, or its centre."""
+    h, w = min(height, OVERLAY_SIDE), min(width, OVERLAY_SIDE)
+    top, left = (height - h) // 2, (width - w) // 2
+    return Box(top, left, top + h, left + w)
 
 
 def run_serial(
@@ -442,8 +487,13 @@ def run_serial(
     patch_store = open_patch_store(store)
     image_mpp = float(config.image_mpp or patch_store.image_mpp)
     segmenter = segmenter or get_segmenter(config.backend, **config.segmenter_options())
-    informative = patch_store.informative_indices
-    for index, (h, w) in zip(informative, patch_store.true_sizes(informative)):
-        labels = segmenter.predict(patch_store.patches[index, :h, :w][np.newaxis], image_mpp)
-        masks, stats, _ = repair_patch(labels[0], config.tie_break)
+    tiles = (resolve_tiles(config, segmenter, image_mpp, patch_store)
+             if patch_store.layout == "image" else None)
+    for index in patch_store.informative_indices:
+        patch = patch_store.read_patch(index)
+        if tiles is None:
+            labels = segmenter.predict(patch[np.newaxis], image_mpp)[0]
+            masks, stats, _ = repair_patch(labels, config.tie_break)
+        else:  # a logical patch: tile by tile, as the engine does (codexdask.seamless.serial)
+            masks, stats = repair_tiled(patch, segmenter, image_mpp, tiles, config.tie_break)
         yield int(index), {k: pad_to(m, patch_store.patch_shape) for k, m in masks.items()}, stats

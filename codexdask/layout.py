@@ -21,6 +21,7 @@ A run's output directory ``OUT/``::
     original_seg_res_batch.pickle[.gz|.bz2|.xz|.zst], matched_seg_res_batch.pickle[...]
     mosaics/slide.ome.zarr  and  mosaics/{exp_id}.{mask}.segmentations.ome.tiff
     overlays/patch_NNNN.png
+    tiles/                  work folder of logical patches segmented tile by tile (TILES_DIR)
     run_manifest.json       written last: its presence marks a complete run
 """
 
@@ -60,6 +61,7 @@ __all__ = [
     "RESULT_STORE_KIND",
     "RUN_OUTPUTS",
     "STATS_ARRAY",
+    "TILES_DIR",
     "TIMING_COLUMNS",
     "mosaic_tiff_name",
     "overlay_name",
@@ -156,9 +158,13 @@ COMPRESSION_ALIASES = {
     "xz": "xz", "lzma": "xz", "zstd": "zstd", "zst": "zstd", "zstandard": "zstd",
 }
 
+#: Work folder of a run of logical patches: each tile's objects until the patch is stitched
+#: (removed when the run completes; ``--resume`` keeps the tiles done).
+TILES_DIR = "tiles"
+
 #: Every file and folder a run writes into its output directory (``--overwrite`` removes these).
 RUN_OUTPUTS = (
-    RESULT_STORE, MANIFEST, METADATA_FILE, MOSAICS_DIR, OVERLAYS_DIR,
+    RESULT_STORE, MANIFEST, METADATA_FILE, MOSAICS_DIR, OVERLAYS_DIR, TILES_DIR,
     *(name + suffix for name in (MATCHED_PICKLE, ORIGINAL_PICKLE)
       for suffix in PICKLE_SUFFIXES.values()),
 )

@@ -368,13 +368,14 @@ class PatchStore:
         y, x = int(row["y_start"]), int(row["x_start"])
         return Box(y, x, y + int(row["height"]), x + int(row["width"]))
 
-    def read_patch(self, index: int) -> np.ndarray:
-        """Patch ``index`` at its true size, ``(h, w, 2)``."""
+    def read_patch(self, index: int, region: Box | None = None) -> np.ndarray:
+        """Patch ``index`` at its true size, ``(h, w, 2)``, or the part ``region`` of it
+        (patch coordinates)."""
         box = self.patch_box(index)
+        region = Box.whole(box.shape) if region is None else region
         if self.image is not None:
-            return np.asarray(self.image[box.slices()])
-        height, width = box.shape
-        return np.asarray(self.pixels[int(index), :height, :width])
+            return np.asarray(self.image[region.shift(box.top, box.left).slices()])
+        return np.asarray(self.pixels[(int(index),) + region.slices()])
 
     def as_dask(self) -> da.Array:
         """The patches as a lazy dask array ``(N, H, W, 2)`` (zero-padded to ``patch_shape``)."""

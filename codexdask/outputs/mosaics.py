@@ -2,8 +2,9 @@
 
 Four steps, each bounded by one patch or one canvas block in memory:
 
-1. :func:`place_patches` fills level 0 of every canvas patch by patch (image from every patch,
-   labels from the informative ones, made unique across patches by a running offset);
+1. :func:`place_patches` fills level 0 of every canvas patch by patch and, within a patch, block
+   by block (image from every patch, labels from the informative ones, made unique across
+   patches by a running offset), so a whole-slide patch never sits in memory;
 2. :func:`build_pyramid` strides each level 2x into the next;
 3. :func:`write_ngff_metadata` describes the OME-Zarr image and its label images (NGFF 0.4);
 4. :func:`write_label_tiffs` copies each label pyramid into a pyramidal OME-TIFF.
@@ -25,6 +26,7 @@ import tifffile
 import zarr
 
 from ..errors import StoreError
+from ..geometry import Box
 from ..layout import (
     DEFAULT_IMAGE_MPP,
     MASK_NAMES,
@@ -60,8 +62,15 @@ class PatchStoreLike(Protocol):
     """What :func:`write_mosaics` needs from a patch store (``patches.open_patch_store``)."""
 
     @property
-    def patches(self) -> Any:
-        """(N, H, W, 2) zarr array: nucleus, whole-cell."""
+    def n_patches(self) -> int:
+        """Number of patches."""
+
+    @property
+    def dtype(self) -> Any:
+        """Pixel dtype."""
+
+    def read_patch(self, index: int, region: Box | None = None) -> np.ndarray:
+        """``(h, w, 2)`` pixels of ``region`` (patch coordinates) of patch ``index``."""
 
     @property
     def metadata(self) -> pd.DataFrame:
@@ -240,11 +249,11 @@ class Canvases:
 def place_patches(
     canvases: Canvases,
     group: zarr.Group,
-    patches: Any,
+    patch_store: PatchStoreLike,
     placements: Sequence[tuple[int, int, int, int]],
     informative: Sequence[int],
 ) -> tuple[float, float]:
-    """Fill level 0 of every canvas, one patch at a time.
+    """Fill level 0 of every canvas, one patch at a time, each in blocks of :data:`PLACE_BLOCK`.
 
     Patches are placed at their ``(y, x)`` cut to their true ``(h, w)``. Labels come from the
     informative patches only, in patch order, with a running offset: a patch's non-zero labels
@@ -263,23 +272,37 @@ def place_patches(
     offsets = {"cells": 1, "nuclei": 1, "matched": 1}
     informative_set = set(informative)
     for i, (y, x, h, w) in enumerate(placements):
-        if h == 0 or w == 0:
-            continue
-        patch = np.asarray(patches[i, :h, :w, :])
-        canvases.image[0][:, y : y + h, x : x + w] = np.moveaxis(patch, -1, 0)
-        for c in range(2):
-            window[c] = max(window[c], float(np.percentile(patch[::4, ::4, c], 99.9)))
-        if i not in informative_set:
-            continue
-        for label, key in (("cells", "cell"), ("nuclei", "nucleus")):
-            mask = np.asarray(group[key][i, :h, :w])
-            _paste_labels(canvases.labels[label][0], mask, y, x, offsets[label])
-            offsets[label] += int(mask.max(initial=0))
-        pair = {label: np.asarray(group[key][i, :h, :w]) for label, key in _MATCHED_PAIR}
-        for label, mask in pair.items():
-            _paste_labels(canvases.labels[label][0], mask, y, x, offsets["matched"])
-        offsets["matched"] += max(int(m.max(initial=0)) for m in pair.values())
+        highest = {"cells": 0, "nuclei": 0, "matched": 0}
+        for block in _blocks(h, w):
+            top, left = y + block.top, x + block.left
+            pixels = patch_store.read_patch(i, block)
+            canvases.image[0][(slice(None),) + block.shift(y, x).slices()] = \
+                np.moveaxis(pixels, -1, 0)
+            for c in range(2):
+                window[c] = max(window[c], float(np.percentile(pixels[::4, ::4, c], 99.9)))
+            if i not in informative_set:
+                continue
+            for label, key in (("cells", "cell"), ("nuclei", "nucleus")):
+                mask = np.asarray(group[key][(i,) + block.slices()])
+                _paste_labels(canvases.labels[label][0], mask, top, left, offsets[label])
+                highest[label] = max(highest[label], int(mask.max(initial=0)))
+            for label, key in _MATCHED_PAIR:
+                mask = np.asarray(group[key][(i,) + block.slices()])
+                _paste_labels(canvases.labels[label][0], mask, top, left, offsets["matched"])
+                highest["matched"] = max(highest["matched"], int(mask.max(initial=0)))
+        for label, value in highest.items():
+            offsets[label] += value
     return window[0], window[1]
+
+
+#: Side of the blocks a patch is placed in (a multiple of the canvas chunks).
+PLACE_BLOCK = 4 * CANVAS_CHUNK
+
+
+def _blocks(height: int, width: int) -> list[Box]:
+    """Blocks of :data:`PLACE_BLOCK` covering an ``(height, width)`` patch, row by row."""
+    return [Box(top, left, min(top + PLACE_BLOCK, height), min(left + PLACE_BLOCK, width))
+            for top in range(0, height, PLACE_BLOCK) for left in range(0, width, PLACE_BLOCK)]
 
 
 def build_pyramid(canvases: Canvases) -> None:
@@ -350,15 +373,15 @@ def write_mosaics(
       nucleus_matched_mask: pyramidal OME-TIFF of the same levels.
 
     Every level is a 2x nearest-neighbour striding of the one above (:func:`pyramid_shapes`).
-    Memory: one patch plus one canvas block at a time.
+    Memory: one block of a patch plus one canvas block at a time.
 
     Parameters
     ----------
     group : zarr.Group
         The result store; every informative patch must be done.
     patch_store : PatchStore
-        ``.patches`` (N, H, W, 2), ``.metadata`` (x_start, y_start, height, width,
-        is_informative), ``.attrs`` (padded_shape, optionally image_mpp and channel names).
+        ``.read_patch``, ``.metadata`` (x_start, y_start, height, width, is_informative),
+        ``.attrs`` (padded_shape, optionally image_mpp and channel names).
     out_dir : path
         The run's output directory.
     exp_id : str
@@ -381,7 +404,7 @@ def write_mosaics(
     canvas_shape = (int(attrs["padded_shape"][0]), int(attrs["padded_shape"][1]))
     metadata = patch_store.metadata.reset_index(drop=True)
     n, ph, pw = (int(v) for v in group[MASK_NAMES[0]].shape)
-    if len(metadata) != n or int(patch_store.patches.shape[0]) != n:
+    if len(metadata) != n or patch_store.n_patches != n:
         raise StoreError(f"result store has {n} patches but the patch store has "
                          f"{len(metadata)}; use the patch store the run was made from")
     placements = _placements(metadata, canvas_shape, (ph, pw))
@@ -390,11 +413,11 @@ def write_mosaics(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / MOSAICS_DIR
-    dtype = patch_store.patches.dtype
+    dtype = patch_store.dtype
     with atomic_path(final, replace_dir=True) as tmp:
         tmp.mkdir()
         canvases = Canvases(tmp / MOSAIC_ZARR, pyramid_shapes(*canvas_shape), dtype)
-        window = place_patches(canvases, group, patch_store.patches, placements, informative)
+        window = place_patches(canvases, group, patch_store, placements, informative)
         build_pyramid(canvases)
         write_ngff_metadata(canvases, attrs, dtype, window, mpp)
         write_label_tiffs(canvases, tmp, exp_id, mpp)

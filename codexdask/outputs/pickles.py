@@ -16,7 +16,8 @@ import lzma
 import math
 import os
 import pickle
-from collections.abc import Iterable, Iterator, Sequence
+import struct
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -41,11 +42,14 @@ from .atomic import atomic_path
 from .result_store import read_patch_masks, require_done
 
 __all__ = [
+    "BLOCK_BYTES",
+    "StreamedArray",
     "find_seg_res",
     "iter_seg_res",
     "load_seg_res",
     "matched_entry",
     "original_entry",
+    "streamed_mask",
     "write_pickle_stream",
     "write_seg_res_pickles",
 ]
@@ -73,6 +77,79 @@ def _open_write(path: Path, compression: str, level: int | None) -> Iterator[Bin
         yield fh
 
 
+#: Largest block of rows an array is pickled from (bytes); blocks are whole rows.
+BLOCK_BYTES = 64 * 2**20
+
+
+class StreamedArray:
+    """An array an entry holds by reference: pickled from blocks of rows read on demand.
+
+    ``pickle.load`` returns the plain ``numpy.ndarray``: the bytes written are those of pickling
+    the array itself (numpy's ``__reduce__``: ``_reconstruct`` then a state whose raw data is
+    written block by block), so memory stays at one block however large the array.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The array's shape (C order).
+    dtype : numpy.dtype
+    blocks : callable
+        ``blocks()`` yields consecutive blocks of rows (along the first axis) that together
+        make the array.
+    """
+
+    def __init__(self, shape: Sequence[int], dtype: Any,
+                 blocks: Callable[[], Iterable[np.ndarray]]):
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.blocks = blocks
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the array's data."""
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+_PurePythonPickler: Any = pickle._Pickler  # the C pickler cannot be extended per type
+
+
+class _StreamingPickler(_PurePythonPickler):
+    """The pure-Python pickler, writing :class:`StreamedArray` data block by block."""
+
+    dispatch = _PurePythonPickler.dispatch.copy()
+
+    def save_streamed(self, obj: StreamedArray) -> None:
+        # numpy's ndarray.__reduce__: _reconstruct(ndarray, (0,), b"b"), then BUILD with the
+        # state (1, shape, dtype, False, raw bytes); the bytes object is written in blocks.
+        reduced: Any = np.empty(0, dtype=obj.dtype).__reduce__()
+        function, arguments, state = reduced
+        self.save(function)
+        self.save(arguments)
+        self.write(pickle.REDUCE)
+        self.write(pickle.MARK)
+        for item in (state[0], obj.shape, state[2], False):
+            self.save(item)
+        size = obj.nbytes
+        if size <= 0xFF:
+            self.write(pickle.SHORT_BINBYTES + struct.pack("<B", size))
+        elif size <= 0xFFFFFFFF:
+            self.write(pickle.BINBYTES + struct.pack("<I", size))
+        else:
+            self.write(pickle.BINBYTES8 + struct.pack("<Q", size))
+        written = 0
+        for block in obj.blocks():
+            data = np.ascontiguousarray(block, dtype=obj.dtype).reshape(-1).view(np.uint8)
+            self.write(data.data)
+            written += data.size
+        if written != size:
+            raise StoreError(f"an array of {size} bytes was read as {written} bytes while it "
+                             "was pickled; the result store changed during the write")
+        self.write(pickle.TUPLE)
+        self.write(pickle.BUILD)
+
+    dispatch[StreamedArray] = save_streamed
+
+
 def _dump_list_streamed(path: Path, entries: Iterable[Any], compression: str,
                         level: int | None) -> None:
     """Pickle ``entries`` to ``path`` as ONE list, holding a single entry at a time.
@@ -87,10 +164,11 @@ def _dump_list_streamed(path: Path, entries: Iterable[Any], compression: str,
     never referring to memo slots of earlier entries, and (b) the pickler keeps no reference to
     the objects it has written (a memo would keep every entry, i.e. the whole list, alive).
     Entries must not be self-referencing (ours are dicts of arrays and numbers). No FRAME opcodes
-    are written; framing is optional in protocol 4.
+    are written; framing is optional in protocol 4. :class:`StreamedArray` values are written
+    from their blocks.
     """
     with _open_write(path, compression, level) as fh:
-        pickler: Any = pickle._Pickler(fh, protocol=4)
+        pickler = _StreamingPickler(fh, protocol=4)
         pickler.fast = True
         fh.write(pickle.PROTO + bytes([4]) + pickle.EMPTY_LIST)
         for entry in entries:
@@ -141,18 +219,40 @@ def _int_or_zero(value: float) -> int:
     return 0 if math.isnan(value) else int(value)
 
 
-def original_entry(group: zarr.Group, index: int,
-                   size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+def _masks(group: zarr.Group, index: int, names: Sequence[str], size: tuple[int, int] | None,
+           streamed: bool) -> dict[str, Any]:
+    if not streamed:
+        return {k: _crop(v, size) for k, v in read_patch_masks(group, index, names).items()}
+    return {name: streamed_mask(group[name], index, size) for name in names}
+
+
+def streamed_mask(array: zarr.Array, index: int, size: tuple[int, int] | None) -> StreamedArray:
+    """Mask ``index`` of a result-store array, cut to ``size``, as a :class:`StreamedArray`.
+
+    Blocks are bands of whole rows of at most :data:`BLOCK_BYTES` (and at most one chunk tall).
+    """
+    height, width = size if size is not None else tuple(array.shape[1:])
+    rows = int(max(1, min(array.chunks[1], BLOCK_BYTES // max(1, width * array.dtype.itemsize))))
+
+    def blocks() -> Iterator[np.ndarray]:
+        for top in range(0, height, rows):
+            yield np.asarray(array[index, top:min(top + rows, height), :width])
+
+    return StreamedArray((height, width), array.dtype, blocks)
+
+
+def original_entry(group: zarr.Group, index: int, size: tuple[int, int] | None = None,
+                   *, streamed: bool = False) -> dict[str, Any]:
     """Patch ``index`` as the seed's segmentation dict: ORIGINAL_KEYS -> (h, w) uint32.
 
     ``size`` is the patch's true ``(h, w)``; the stored masks are cut to it (None keeps the
-    stored ``(H, W)``).
+    stored ``(H, W)``). ``streamed`` gives :class:`StreamedArray` masks, read while pickled.
     """
-    return {k: _crop(v, size) for k, v in read_patch_masks(group, index, ORIGINAL_KEYS).items()}
+    return _masks(group, index, ORIGINAL_KEYS, size, streamed)
 
 
-def matched_entry(group: zarr.Group, index: int,
-                  size: tuple[int, int] | None = None) -> dict[str, Any]:
+def matched_entry(group: zarr.Group, index: int, size: tuple[int, int] | None = None,
+                  *, streamed: bool = False) -> dict[str, Any]:
     """Patch ``index`` as a repaired dict (the seed's keys plus the explicit counts and ratios).
 
     Returns
@@ -163,9 +263,7 @@ def matched_entry(group: zarr.Group, index: int,
         ``n_cells``, ``n_nuclei``, ``n_matched``, ``n_repaired`` int; ``frac_cells_matched``,
         ``frac_nuclei_matched``, ``match_jaccard`` float.
     """
-    entry: dict[str, Any] = {
-        k: _crop(v, size) for k, v in read_patch_masks(group, index, MATCHED_KEYS).items()
-    }
+    entry: dict[str, Any] = _masks(group, index, MATCHED_KEYS, size, streamed)
     values = np.asarray(group[STATS_ARRAY][index], dtype=np.float64).tolist()
     row = dict(zip(RESULT_STAT_COLUMNS, values, strict=True))
     counts = {c: _int_or_zero(row[c]) for c in COUNT_COLUMNS}
@@ -183,6 +281,8 @@ def iter_seg_res(
     indices: Iterable[int],
     kind: str,
     sizes: Sequence[tuple[int, int]] | np.ndarray | None = None,
+    *,
+    streamed: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Yield the seg-res dicts of patches ``indices`` one at a time.
 
@@ -196,13 +296,15 @@ def iter_seg_res(
         :func:`original_entry` or :func:`matched_entry` dicts.
     sizes : sequence of (int, int) or (K, 2) int array, optional
         True (height, width) per index to crop to; None keeps (H, W).
+    streamed : bool
+        Masks as :class:`StreamedArray` (for :func:`write_pickle_stream`), not arrays.
     """
     if kind not in ("original", "matched"):
         raise ConfigError(f"kind must be 'original' or 'matched', got {kind!r}")
     make = original_entry if kind == "original" else matched_entry
     for k, index in enumerate(indices):
         size = None if sizes is None else (int(sizes[k][0]), int(sizes[k][1]))
-        yield make(group, int(index), size)
+        yield make(group, int(index), size, streamed=streamed)
 
 
 def write_seg_res_pickles(
@@ -217,8 +319,9 @@ def write_seg_res_pickles(
     """Write ``original_seg_res_batch.pickle{sfx}`` then ``matched_seg_res_batch.pickle{sfx}``.
 
     Each file is one pickled list (protocol 4; ``pickle.load`` returns it) whose k-th entry
-    belongs to the k-th informative patch, streamed one entry at a time so the
-    list is never held in memory; one file is finished before the next is started.
+    belongs to the k-th informative patch, streamed one entry at a time so the list is never
+    held in memory, and each mask streamed from the store in bands of rows, so memory stays
+    bounded however large a patch (a whole slide) is; one file is finished before the next.
 
     Parameters
     ----------
@@ -250,7 +353,7 @@ def write_seg_res_pickles(
     written = []
     for kind, name in (("original", ORIGINAL_PICKLE), ("matched", MATCHED_PICKLE)):
         path = out_dir / f"{name}{suffix}"
-        entries = iter_seg_res(group, indices, kind, sizes)
+        entries = iter_seg_res(group, indices, kind, sizes, streamed=True)
         written.append(write_pickle_stream(path, entries, compression=compression, level=level))
     return written
 

@@ -11,6 +11,11 @@ A Zarr v2 group holding, for a patch store of ``N`` patches of ``(H, W)`` pixels
 
 A patch smaller than ``(H, W)`` (a half or quarter of an odd-sized slide) is stored zero-padded at
 the bottom and right; its true size is in the patch metadata.
+
+Logical patches segmented tile by tile (a store of the image layout) keep the same ``(N, H, W)``
+arrays, chunked ``(1, T, T)`` by the compute tile ``T`` instead of one patch per chunk: each
+tile's core is one chunk, so tasks never share a chunk. ``attrs["codexdask"]["tiles"]`` records
+the tile size and halo, which a resumed run must repeat.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ def create_result_store(
     *,
     patch_store: str | os.PathLike[str],
     overwrite: bool = False,
+    tiles: Mapping[str, int] | None = None,
 ) -> zarr.Group:
     """Create an empty result store (``OUT/masks.zarr``).
 
@@ -83,6 +89,9 @@ def create_result_store(
         The patch store the results belong to; recorded as an absolute path.
     overwrite : bool
         Replace an existing store instead of raising :class:`OutputExistsError`.
+    tiles : mapping, optional
+        ``{"tile_size": T, "halo": h}`` for logical patches segmented tile by tile: the mask
+        arrays are chunked ``(1, T, T)``.
 
     Returns
     -------
@@ -100,9 +109,11 @@ def create_result_store(
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} already exists; rerun with --resume or --overwrite")
     group = zarr.open_group(str(path), mode="w")
+    chunk = (1, h, w) if tiles is None else (1, min(int(tiles["tile_size"]), h),
+                                             min(int(tiles["tile_size"]), w))
     for name in MASK_NAMES:
         group.create_dataset(
-            name, shape=(n, h, w), chunks=(1, h, w), dtype=np.uint32, fill_value=0,
+            name, shape=(n, h, w), chunks=chunk, dtype=np.uint32, fill_value=0,
             compressor=LABEL_COMPRESSOR, write_empty_chunks=False,
         )
     group.create_dataset(DONE_ARRAY, shape=(n,), chunks=(1,), dtype=bool, fill_value=False)
@@ -118,6 +129,7 @@ def create_result_store(
         "patch_store": os.path.abspath(os.fspath(patch_store)),
         "mask_names": list(MASK_NAMES),
         "stat_columns": list(RESULT_STAT_COLUMNS),
+        "tiles": None if tiles is None else {k: int(v) for k, v in tiles.items()},
     }
     return group
 
@@ -291,7 +303,12 @@ def check_output_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
 
 
 def prepare_result_store(
-    out_dir: Path, patch_store: PatchStoreFacts, *, resume: bool, overwrite: bool
+    out_dir: Path,
+    patch_store: PatchStoreFacts,
+    *,
+    resume: bool,
+    overwrite: bool,
+    tiles: Mapping[str, int] | None = None,
 ) -> zarr.Group:
     """Create, resume or replace the result store in ``out_dir`` (after :func:`check_output_dir`).
 
@@ -302,7 +319,7 @@ def prepare_result_store(
     Raises
     ------
     StoreError
-        If ``resume`` finds a run of another patch store.
+        If ``resume`` finds a run of another patch store, or of other compute tiles.
     """
     result_path = out_dir / RESULT_STORE
     (out_dir / MANIFEST).unlink(missing_ok=True)
@@ -328,7 +345,14 @@ def prepare_result_store(
                 f"{result_path} belongs to a run of {attrs.get('patch_store')!r}, not "
                 f"{str(patch_store.path)!r}; resume with the same patch store or use --overwrite"
             )
+        wanted = None if tiles is None else {k: int(v) for k, v in tiles.items()}
+        if attrs.get("tiles") != wanted:
+            raise StoreError(
+                f"{result_path} was computed with compute tiles {attrs.get('tiles')}, this run "
+                f"asks for {wanted}; resume with the same tile_size and halo or use --overwrite"
+            )
         return group
     return create_result_store(
-        result_path, patch_store.n_patches, patch_store.patch_shape, patch_store=store_path
+        result_path, patch_store.n_patches, patch_store.patch_shape, patch_store=store_path,
+        tiles=tiles,
     )

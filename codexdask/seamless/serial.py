@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from codexdask.geometry import Box
+from codexdask.layout import REPAIR_STAT_COLUMNS
 from codexdask.matching import combine_tallies, match_tally
 from codexdask.repair import check_tie_break
 from codexdask.seamless.grid import TileGrid, tile_grid
@@ -22,7 +23,7 @@ from codexdask.seamless.stitch import compose, number_objects, owned_objects
 from codexdask.segmenters.base import Segmenter, WindowInput
 from codexdask.statistics import gather_statistics
 
-__all__ = ["canonical_labels", "repair_tiles", "segment_tiled", "stitch_tiles"]
+__all__ = ["canonical_labels", "repair_tiled", "repair_tiles", "segment_tiled", "stitch_tiles"]
 
 
 def stitch_tiles(
@@ -151,3 +152,26 @@ def canonical_labels(labels: np.ndarray) -> np.ndarray:
     rank[objects[np.argsort(first[objects], kind="stable")]] = np.arange(
         1, objects.size + 1, dtype=np.uint32)
     return rank[inverse.ravel()].reshape(np.shape(labels))
+
+
+def repair_tiled(
+    image: np.ndarray,
+    segmenter: Segmenter,
+    image_mpp: float,
+    tiles: dict[str, int],
+    tie_break: str = "lowest-label",
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Segment an in-memory logical patch tile by tile and repair it: the engine's result.
+
+    Returns
+    -------
+    masks : dict
+        The nine ``(H, W)`` uint32 masks.
+    stats : ndarray
+        ``(len(REPAIR_STAT_COLUMNS),)`` float64 repair statistics.
+    """
+    labels, _ = segment_tiled(image, segmenter, image_mpp, tile_size=tiles["tile_size"],
+                              halo=tiles["halo"])
+    grid = tile_grid(labels.shape[:2], tiles["tile_size"], tiles["halo"])
+    masks, metrics = repair_tiles(labels[..., 0], labels[..., 1], grid, tie_break)
+    return masks, np.array([metrics[name] for name in REPAIR_STAT_COLUMNS], dtype=np.float64)

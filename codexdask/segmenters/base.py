@@ -30,6 +30,8 @@ from ..statistics import ImageStatistics
 
 #: Default halo of a segmenter, in microns (64 pixels at 0.5 µm/px).
 DEFAULT_HALO_UM = 32.0
+#: Default side of a compute tile, in pixels.
+DEFAULT_TILE_SIZE = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +90,10 @@ class Segmenter(abc.ABC):
         logical patch before its windows are segmented; ``None`` (the default) declares the
         segmenter tile-local: a window is segmented as an image of its own."""
         return None
+
+    def tile_size(self, image_mpp: float) -> int:
+        """Default side of the compute tiles of a logical patch, in pixels."""
+        return DEFAULT_TILE_SIZE
 
     def halo(self, image_mpp: float) -> int:
         """Default halo in pixels: room for whole objects and the reach of local operations.
