@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--overlap", type=float, help="overlap fraction in [0, 1), default 0.1")
     patch.add_argument("--image-mpp", type=float,
                        help=f"microns per pixel (default: from OME, {DEFAULT_IMAGE_MPP})")
+    patch.add_argument("--chunk-size", type=int,
+                       help="chunk side of the slide in full_image/halves/quarters (default 1024)")
     patch.add_argument("--config", help="YAML file with the same keys (flags override it)")
     patch.add_argument("--overwrite", action="store_true", help="replace an existing store")
 
@@ -82,6 +84,9 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", help="patches per inference task: auto (default) or N")
     parser.add_argument("--tiles-per-call", help="256^2 tiles per network call: auto or N")
     parser.add_argument("--tie-break", choices=TIE_BREAKS, help="repair tie-break rule")
+    parser.add_argument("--tile-size",
+                        help="compute tile side for logical patches: auto (default), N or none")
+    parser.add_argument("--halo", help="context around each tile in pixels: auto (default) or N")
     parser.add_argument("--pickle-compression", choices=PICKLE_COMPRESSIONS, help="default none")
     parser.add_argument("--pickle-compression-level", type=int, help="compressor level")
     parser.add_argument("--no-pickles", dest="save_pickles", action="store_const", const=False,

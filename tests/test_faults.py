@@ -139,7 +139,7 @@ def reference(store, client, tmp_path_factory):
     return out
 
 
-def assert_same_outputs(out: Path, expected: Path) -> None:
+def assert_same_outputs(out: Path, expected: Path, n_informative: int = N_INFORMATIVE) -> None:
     """Masks, done, stats, CSV (timing columns excepted) and pickles of two runs are identical."""
     got, want = (zarr.open_group(str(d / RESULT_STORE), mode="r") for d in (out, expected))
     for name in MASK_NAMES:
@@ -152,7 +152,7 @@ def assert_same_outputs(out: Path, expected: Path) -> None:
     pd.testing.assert_frame_equal(csv, csv_want)
     for name in ("original_seg_res_batch.pickle", "matched_seg_res_batch.pickle"):
         assert (out / name).read_bytes() == (expected / name).read_bytes(), name
-    assert load_manifest(out)["n_informative"] == N_INFORMATIVE
+    assert load_manifest(out)["n_informative"] == n_informative
 
 
 def done_count(out: Path) -> int:

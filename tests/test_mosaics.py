@@ -1,7 +1,5 @@
 """Whole-slide OME-Zarr and OME-TIFF mosaics (codexdask.outputs.mosaics)."""
 
-from types import SimpleNamespace
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,6 +10,7 @@ from result_store_helpers import stats_for
 from codexdask.errors import StoreError
 from codexdask.layout import MASK_NAMES
 from codexdask.outputs import create_result_store, pyramid_shapes, write_mosaics, write_patch_result
+from codexdask.patches import PatchStore
 
 
 def test_pyramid_shapes_follow_the_reference_rule():
@@ -22,7 +21,7 @@ def test_pyramid_shapes_follow_the_reference_rule():
 
 
 def fake_patch_store(tmp_path, boxes, informative, patch_shape, padded_shape, seed=0):
-    """A patch-store stand-in: zarr patches (N, H, W, 2) uint16, metadata, attrs."""
+    """A patch store built in memory: zarr patches (N, H, W, 2) uint16, metadata, attrs."""
     n = len(boxes)
     rng = np.random.default_rng(seed)
     patches = zarr.open_array(str(tmp_path / "patches.zarr"), mode="w",
@@ -33,7 +32,7 @@ def fake_patch_store(tmp_path, boxes, informative, patch_shape, padded_shape, se
     metadata["is_informative"] = informative
     attrs = {"padded_shape": list(padded_shape), "slide_shape": list(padded_shape),
              "image_mpp": 0.5, "nucleus_channel": "DAPI", "wholecell_channels": ["CD45"]}
-    return SimpleNamespace(patches=patches, metadata=metadata, attrs=attrs)
+    return PatchStore(path=tmp_path, patches=patches, metadata=metadata, attrs=attrs)
 
 
 def reference_mosaic(patch_store, masks, keys):

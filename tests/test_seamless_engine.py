@@ -1,0 +1,171 @@
+"""The engine on logical patches (full_image, halves, quarters) segmented tile by tile.
+
+Every run is compared with what it must equal: the serial loop over the same tiles
+(``engine.run_serial``), the one-shot segmentation of the whole patch (objects renumbered in
+raster order), ``repair_masks`` of the stitched labels, and an undisturbed run after faults.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from test_faults import assert_same_outputs
+
+from codexdask.config import PatchConfig, SegmentConfig
+from codexdask.engine import run, run_serial
+from codexdask.layout import MASK_NAMES, RESULT_STORE, TILES_DIR
+from codexdask.metrics import labelling_agreement
+from codexdask.outputs import load_manifest, load_seg_res, open_result_store
+from codexdask.patches import open_patch_store, write_patch_store
+from codexdask.repair import repair_masks
+from codexdask.seamless.serial import canonical_labels
+from codexdask.segmenters.watershed import WatershedSegmenter
+from codexdask.synthetic import synthetic_slide
+
+#: Small tiles on a small slide: many tiles, cells across tile edges and corners.
+TILES = {"tile_size": 192, "halo": 48}
+OPTIONS = {**TILES, "save_mosaics": False, "n_overlays": 1}
+
+
+def make_store(path: Path, height: int, width: int, mode: str, seed: int = 3) -> Path:
+    slide = synthetic_slide(height, width, seed=seed)
+    config = PatchConfig(nucleus="DAPI", wholecell=slide.membrane_channels, split_mode=mode,
+                         chunk_size=128)
+    return write_patch_store(slide.image, path, config, channel_names=slide.channel_names)
+
+
+@pytest.fixture(scope="module")
+def slide_store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("slide") / "slide.zarr", 611, 733, "full_image")
+
+
+@pytest.fixture(scope="module")
+def reference(slide_store, client, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    result = run(slide_store, out, SegmentConfig(**OPTIONS), client=client)
+    assert result.n_computed == 1
+    return out
+
+
+def test_engine_equals_serial_tiles_and_one_shot(slide_store, reference):
+    group = open_result_store(reference / RESULT_STORE)
+    (index, masks, stats), = run_serial(slide_store, SegmentConfig(**OPTIONS))
+    for name in MASK_NAMES:
+        np.testing.assert_array_equal(group[name][index], masks[name], err_msg=name)
+    np.testing.assert_array_equal(group["stats"][index][: len(stats)], stats)
+    # The one-shot segmentation of the whole slide, numbered in raster order of first pixel.
+    image = open_patch_store(slide_store).read_patch(0)
+    one_shot = WatershedSegmenter().predict(image[None], 0.5)[0]
+    for c, name in enumerate(("cell", "nucleus")):
+        agreement = labelling_agreement(one_shot[..., c], group[name][index])
+        assert agreement["n_reference"] > 500
+        assert agreement["identical_fraction"] >= 0.999, agreement
+        np.testing.assert_array_equal(group[name][index], canonical_labels(one_shot[..., c]))
+    repaired = repair_masks(group["cell"][index], group["nucleus"][index])
+    for name in ("cell_matched_mask", "nucleus_matched_mask", "cell_outside_nucleus_mask",
+                 "cell_matched_boundary", "nucleus_matched_boundary"):
+        np.testing.assert_array_equal(group[name][index], repaired[name], err_msg=name)
+
+
+def test_run_writes_whole_slide_outputs_and_cleans_its_work_folder(reference):
+    manifest = load_manifest(reference)
+    assert manifest["seamless"]["tiles"] == {"total": 16, "computed": 16, **TILES}
+    assert manifest["seamless"]["dropped"] == [0, 0] and manifest["warnings"] == []
+    assert not (reference / TILES_DIR).exists()
+    entries = load_seg_res(reference / "matched_seg_res_batch.pickle")
+    assert len(entries) == 1 and entries[0]["cell_matched_mask"].shape == (611, 733)
+    chunks = zarr.open_group(str(reference / RESULT_STORE), mode="r")["cell"].chunks
+    assert chunks == (1, 192, 192)  # one chunk per core
+    assert len(list((reference / "overlays").iterdir())) == 1
+
+
+def test_quarters_of_an_odd_slide(tmp_path, client):
+    store = make_store(tmp_path / "q.zarr", 403, 517, "quarters", seed=5)
+    out = tmp_path / "out"
+    run(store, out, SegmentConfig(**OPTIONS), client=client)
+    group = open_result_store(out / RESULT_STORE)
+    sizes = [(e["cell"].shape) for e in load_seg_res(out / "original_seg_res_batch.pickle")]
+    assert sizes == [(201, 258), (201, 259), (202, 258), (202, 259)]
+    for index, masks, _ in run_serial(store, SegmentConfig(**OPTIONS)):
+        for name in MASK_NAMES:
+            np.testing.assert_array_equal(group[name][index], masks[name], err_msg=name)
+
+
+def test_small_halo_drops_large_objects_and_says_so(slide_store, tmp_path, client):
+    out = tmp_path / "out"
+    result = run(slide_store, out, SegmentConfig(tile_size=96, halo=2, save_mosaics=False,
+                                                 save_pickles=False, n_overlays=0),
+                 client=client)
+    dropped = result.manifest["seamless"]["dropped"]
+    assert dropped[0] > 0 and dropped[1] > 0
+    assert any("raise --halo" in warning for warning in result.manifest["warnings"])
+
+
+# --------------------------------------------------------------------------------------------
+# Faults at tile granularity (segmenters defined here so that workers can import them)
+
+
+def tiles_stored(out: Path) -> int:
+    try:
+        return int(zarr.open_group(str(out / TILES_DIR / "owned.zarr"), mode="r")["done"][:].sum())
+    except (KeyError, FileNotFoundError, ValueError, zarr.errors.GroupNotFoundError):
+        return 0
+
+
+class FailingWatershed(WatershedSegmenter):
+    """Watershed that fails the tile at ``bad_top`` (its window's top row) while a marker file
+    is absent, after some other tiles were stored; it counts the windows it infers."""
+
+    def __init__(self, markers: str, out: str, bad_top: int | None = None, crash: bool = False):
+        super().__init__()
+        self.markers, self.out, self.bad_top, self.crash = markers, out, bad_top, crash
+
+    def infer_windows(self, windows, image_mpp, statistics):
+        for window in windows:
+            box = window.window
+            (Path(self.markers) / f"{box.top}-{box.left}").touch()
+            if self.crash and tiles_stored(Path(self.out)) >= 3:
+                try:  # exactly once, whichever worker gets here first
+                    os.close(os.open(Path(self.markers) / "crashed", os.O_CREAT | os.O_EXCL))
+                except FileExistsError:
+                    pass
+                else:
+                    os._exit(1)
+            if box.top == self.bad_top:
+                time.sleep(1.0)  # let other tiles finish first
+                raise RuntimeError("a tile failed on purpose")
+        return super().infer_windows(windows, image_mpp, statistics)
+
+
+def test_resume_recomputes_only_unfinished_tiles(slide_store, reference, tmp_path, client):
+    out, markers = tmp_path / "out", tmp_path / "markers"
+    markers.mkdir()
+    with pytest.raises(RuntimeError, match="on purpose"):
+        run(slide_store, out, SegmentConfig(**OPTIONS), client=client,
+            segmenter=FailingWatershed(str(markers), str(out), bad_top=336))
+    while any(client.processing().values()):  # the other tiles run to their end
+        time.sleep(0.1)
+    stored = tiles_stored(out)
+    assert 0 < stored < 16
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    result = run(slide_store, out, SegmentConfig(**OPTIONS, resume=True), client=client,
+                 segmenter=FailingWatershed(str(resumed), str(out)))
+    assert result.manifest["seamless"]["tiles"]["computed"] == 16 - stored
+    assert len(list(resumed.iterdir())) == 16 - stored  # windows inferred again
+    assert_same_outputs(out, reference, n_informative=1)
+
+
+def test_worker_killed_mid_run_loses_only_its_tiles(slide_store, reference, tmp_path, client):
+    out, markers = tmp_path / "out", tmp_path / "markers"
+    markers.mkdir()
+    run(slide_store, out, SegmentConfig(**OPTIONS), client=client,
+        segmenter=FailingWatershed(str(markers), str(out), crash=True))
+    assert (markers / "crashed").exists(), "no worker crashed: the test tested nothing"
+    client.wait_for_workers(2, timeout=60)
+    assert_same_outputs(out, reference, n_informative=1)
