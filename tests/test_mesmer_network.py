@@ -6,6 +6,11 @@ reference environment (see ``tests/reference_env.py``); everything else runs on 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -16,6 +21,8 @@ from reference_env import STAGE_TAPS, reference_models_fixture  # noqa: E402
 
 from codexdask.errors import ConfigError, InputError, ModelLoadError  # noqa: E402
 from codexdask.mesmer import convert, graph, network  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +174,22 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="sees no CUDA GPU"):
             network.resolve_device("cuda")
+
+
+def test_network_imports_without_scipy_dask_zarr():
+    """The GPU check's promise: numpy + torch suffice for the network and the random model."""
+    code = ("import sys\n"
+            "for name in ('scipy', 'dask', 'distributed', 'zarr', 'skimage', 'pandas', 'h5py',"
+            " 'safetensors', 'tensorflow'):\n"
+            "    sys.modules[name] = None\n"
+            "from codexdask.mesmer import network\n"
+            "net = network.random_network(seed=0)\n"
+            "print(network.predict_maps(net, __import__('numpy').zeros((1, 32, 32, 2), "
+            "'float32')).shape)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(1, 32, 32, 4)"
 
 
 def _write(path, state, **metadata):

@@ -161,6 +161,7 @@ class MesmerNet(nn.Module):
             lateral = self.layer(f"C{level}_reduced")(features[level])
             top = lateral.add_(upsample2x(top))
         p1 = keep("P1", self.layer("P1")(keep("P1_merged", top)))
+        del x, c1, features, lateral, top  # free the backbone and pyramid before the heads
         maps = []
         for k, classes in enumerate(HEAD_CLASSES):  # one head at a time: less live memory
             h = upsample2x(self.layer(f"conv_0_semantic_upsample_{k}")(p1))
