@@ -21,7 +21,7 @@ with ``CUDA_VISIBLE_DEVICES=""``; without it only the PyTorch side runs. The las
 one JSON object.
 
 Usage: ``python bench/mesmer_runtime.py [--reference-python PY] [--savedmodel DIR]
-[--batch-sizes 1 4 16] [--repeats 3] [--rounds 2] [--quick]``
+[--batch-sizes 1 4 16] [--repeats 3] [--rounds 2] [--threads N] [--quick]``
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def seconds_per_tile(run: Any, batch: np.ndarray, repeats: int) -> float:
 
 
 # ----------------------------------------------------------------------------- TensorFlow side
-def tf_worker(savedmodel: str, tiles_file: str) -> None:
+def tf_worker(savedmodel: str, tiles_file: str, threads: int | None) -> None:
     """Reference environment: serve timing requests ``"<tiles> <repeats>"`` read from stdin.
 
     Saves TensorFlow's maps of the first 4 tiles next to ``tiles_file`` and answers each request
@@ -75,6 +75,9 @@ def tf_worker(savedmodel: str, tiles_file: str) -> None:
     from codexdask.mesmer.convert import mesmer_maps
     from codexdask.mesmer.tf_export import location_layer
 
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     model = tf.keras.models.load_model(savedmodel, compile=False,
                                        custom_objects={"Location2D": location_layer()})
     network = tf.function(lambda x: model(x, training=False))
@@ -141,6 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2,
                         help="rounds of interleaved PyTorch / TensorFlow measurements")
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads of both runtimes (default: their own defaults)")
     parser.add_argument("--quick", action="store_true", help="batch sizes 1 and 4, 1 repeat")
     parser.add_argument("--tf-worker", nargs=2, metavar=("SAVEDMODEL", "TILES"))
     parser.add_argument("--memory-worker", type=int, metavar="TILES")
@@ -148,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.batch_sizes, args.repeats, args.rounds = [1, 4], 1, 1
     if args.tf_worker:
-        return tf_worker(*args.tf_worker)
+        return tf_worker(*args.tf_worker, args.threads)
     if args.memory_worker:
         return memory_worker(args.memory_worker)
 
@@ -156,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from codexdask.mesmer import convert, network
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     result: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads(),
                               "batch_sizes": args.batch_sizes, "repeats": args.repeats,
                               "rounds": args.rounds}
@@ -174,10 +181,11 @@ def main(argv: list[str] | None = None) -> None:
             result["convert_s"] = time.perf_counter() - start
             result["self_check"] = json.loads(metadata["self_check"])["max_abs_diff"]
             np.save(scratch / "tiles.npy", tiles)
+            threads = ["--threads", str(args.threads)] if args.threads else []
             worker = subprocess.Popen(
                 [args.reference_python, __file__, "--tf-worker", str(savedmodel),
-                 str(scratch / "tiles.npy")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL, text=True,
+                 str(scratch / "tiles.npy"), *threads], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                 env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2",
                      "PYTHONPATH": str(ROOT)})
             result["tensorflow"] = json.loads(worker.stdout.readline())["tensorflow"]

@@ -66,10 +66,10 @@ def test_forward_shapes_dtypes_and_ranges(net, tiles):
     assert ((interiors < 0.2).mean(axis=(1, 2)) > 0.05).all()
 
 
-def test_interior_is_softmax_channel_one_and_distance_is_relu(net, tiles):
+def test_interior_is_softmax_channel_one_and_distance_is_relu(net, small):
     with torch.inference_mode():
-        acts = net.activations(torch.from_numpy(tiles), tuple(f"semantic_{k}" for k in range(4)))
-        maps = net(torch.from_numpy(tiles)).numpy()
+        acts = net.activations(torch.from_numpy(small), tuple(f"semantic_{k}" for k in range(4)))
+        maps = net(torch.from_numpy(small)).numpy()
     for k in range(4):
         expected = acts[f"semantic_{k}"][..., 0 if k % 2 == 0 else 1].numpy()
         np.testing.assert_array_equal(maps[..., k], expected)
@@ -124,16 +124,15 @@ def test_channels_last_and_contiguous_layouts_agree(net, small):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
 
 
-def test_a_tile_does_not_depend_on_its_batch(net, tiles):
-    together = network.predict_maps(net, np.concatenate([tiles, tiles[:1]]))
-    alone = network.predict_maps(net, tiles[1:])
+def test_a_tile_does_not_depend_on_its_batch(net, small):
+    together = network.predict_maps(net, np.concatenate([small, small[:1]]))
+    alone = network.predict_maps(net, small[1:])
     np.testing.assert_allclose(together[1], alone[0], rtol=0, atol=1e-4)
     np.testing.assert_allclose(together[0], together[2], rtol=0, atol=1e-4)
 
 
-def test_other_tile_sides_run():
-    tiles = np.zeros((1, 64, 96, 2), np.float32)
-    maps = network.predict_maps(network.random_network(seed=5), tiles)
+def test_other_tile_sides_run(net):
+    maps = network.predict_maps(net, np.zeros((1, 64, 96, 2), np.float32))
     assert maps.shape == (1, 64, 96, 4)
 
 
@@ -150,6 +149,16 @@ def test_precision_modes_run_on_cpu(net, small, precision):
         assert 0 < diff < 0.5
         interior = np.abs(maps[..., [1, 3]] - reference[..., [1, 3]]).mean()
         assert interior < 0.02
+
+
+def test_tf32_switches_are_set_and_restored():
+    """The CUDA TF32 flags (settable on any build): off for fp32, on for tf32, then restored."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    before = (matmul.fp32_precision, conv.fp32_precision)
+    for enabled, value in ((False, "ieee"), (True, "tf32")):
+        with network._tf32(enabled):
+            assert (matmul.fp32_precision, conv.fp32_precision) == (value, value)
+        assert (matmul.fp32_precision, conv.fp32_precision) == before
 
 
 def test_bad_inputs_and_options_are_refused(net):
