@@ -262,6 +262,20 @@ def test_tf_export_dumps_a_graph_the_check_accepts(tmp_path, mesmer_model_dir):
     assert "serving_default" in exchange["info"]["outputs_from"]
 
 
+def test_own_location_layer_equals_deepcells():
+    """The stand-in used where deepcell is absent computes exactly deepcell's Location2D."""
+    pytest.importorskip("deepcell")
+    from deepcell.layers import Location2D
+
+    from codexdask.mesmer import tf_export
+
+    image = np.random.default_rng(0).random((2, 256, 128, 2), dtype=np.float32)
+    ours = tf_export._own_location_layer()(name="location")(image).numpy()
+    theirs = Location2D(name="location")(image).numpy()
+    assert ours.shape == (2, 256, 128, 2)
+    np.testing.assert_array_equal(ours, theirs)
+
+
 # ----------------------------------------------------------------------------- parity
 def _maps(path, tiles):
     from codexdask.mesmer import network

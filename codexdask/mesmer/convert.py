@@ -5,7 +5,8 @@
 - deepcell's ``MultiplexSegmentation`` SavedModel directory, or its ``.tar.gz`` archive
   (``MultiplexSegmentation-9.tar.gz``): reading either needs TensorFlow, which runs in a
   TensorFlow environment (deepcell's: Python 3.10, TensorFlow 2.8) through a subprocess when this
-  process cannot import it (:mod:`codexdask.mesmer.tf_export` writes the exchange ``.npz``);
+  process cannot import it (:mod:`codexdask.mesmer.tf_export`, run there as a file, writes the
+  exchange ``.npz``);
 - a Keras H5 export of it (``model.save("mesmer.h5")``): read with h5py alone.
 
 Every source's layer graph is checked against Mesmer's (:func:`codexdask.mesmer.graph.
@@ -50,6 +51,9 @@ TOLERANCE = 1e-4
 #: Seconds the TensorFlow subprocess may take (loading TensorFlow and the model, two probe tiles).
 TENSORFLOW_TIMEOUT = 900
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+#: Runs the script named by the first argument as __main__ without putting its folder on sys.path.
+_RUN_SCRIPT = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], " \
+              "run_name='__main__')"
 
 
 def probe_tiles() -> np.ndarray:
@@ -204,7 +208,8 @@ def extract_archive(archive: Path, scratch: Path) -> Path:
                 if name.is_absolute() or ".." in name.parts or not (member.isfile()
                                                                      or member.isdir()):
                     raise ModelLoadError(f"{archive} holds an unsafe entry {member.name!r}")
-            tar.extractall(target, members=members)
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # 3.10.12+
+            tar.extractall(target, members=members, **safe)  # type: ignore[arg-type]
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise ModelLoadError(f"{archive} is truncated or not a .tar.gz archive ({exc}); download "
                              "it again (deepcell's MultiplexSegmentation-9.tar.gz has md5 "
@@ -292,10 +297,12 @@ def run_tensorflow_export(src: Path, scratch: Path, probe: np.ndarray, python: s
         except Exception as exc:  # TensorFlow raises many kinds; all mean "cannot read it"
             raise ModelLoadError(f"TensorFlow could not read {src}: {exc}") from exc
     else:
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2",
-               "PYTHONPATH": os.pathsep.join(
-                   p for p in (str(_PACKAGE_ROOT), os.environ.get("PYTHONPATH")) if p)}
-        command = [python, "-m", "codexdask.mesmer.tf_export", *args]
+        # tf_export.py needs only numpy and TensorFlow, so it runs as a file: the TensorFlow
+        # environment does not need codexdask installed, and nothing of this environment
+        # (another Python, numpy 2) is put on its path.
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        script = Path(__file__).with_name("tf_export.py")
+        command = [python, "-c", _RUN_SCRIPT, str(script), *args]
         try:
             done = subprocess.run(command, env=env, capture_output=True, text=True,
                                   timeout=TENSORFLOW_TIMEOUT, check=False)

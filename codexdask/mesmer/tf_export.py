@@ -3,7 +3,10 @@
 Runs in an environment with TensorFlow 2 (deepcell's: Python 3.10, TensorFlow 2.8), usually as a
 subprocess of :func:`codexdask.mesmer.convert.convert_model`::
 
-    python -m codexdask.mesmer.tf_export SRC OUT.npz --probe PROBE.npy [--taps NAME,...]
+    python path/to/codexdask/mesmer/tf_export.py SRC OUT.npz --probe PROBE.npy [--taps NAME,...]
+
+(or ``python -m codexdask.mesmer.tf_export`` where codexdask is installed). It imports nothing
+from codexdask, so the TensorFlow environment needs numpy and TensorFlow only.
 
 ``SRC`` is a Keras SavedModel directory or an H5 file. ``OUT.npz`` (the exchange format, written
 to a temporary name and renamed) holds:
