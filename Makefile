@@ -1,28 +1,52 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
-# Everything runs in .venv, built with Python 3.10 (deepcell 0.12.10 / TensorFlow 2.8 need it).
+#
+# .venv           the main environment: Python 3.11, numpy 2, PyTorch (Mesmer's network), dask,
+#                 dask-cuda; no TensorFlow. Everything a user runs, `make demo` included.
+# .venv-deepcell  the reference environment: Python 3.10, deepcell 0.12.10, TensorFlow 2.8; used
+#                 only to convert Mesmer weights and to prove parity with deepcell (`make test`).
 
-VENV   := .venv
-PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+VENV     := .venv
+PY       := $(VENV)/bin/python
+STAMP    := $(VENV)/.installed
+REF      := .venv-deepcell
+REF_PY   := $(REF)/bin/python
+REF_STAMP := $(REF)/.installed
 DEMO_OUT ?= demo_out
+# Any torch >= 2.4 works. 2.13.0 is the CPU build this project's machines keep on disk (pip takes
+# it from there; elsewhere pip downloads the CUDA build of the same release).
+TORCH    ?= torch==2.13.0
 
-# python3.10 on PATH, else a pyenv-installed 3.10.
-PYTHON310 := $(shell for p in python3.10 $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.10*/bin/python3.10 2>/dev/null); do \
-	$$p -c 'import sys; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1 && { echo $$p; break; }; done)
+# python3.X on PATH, else a pyenv-installed 3.X.
+find_python = $(shell for p in python$(1) $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$(1)*/bin/python$(1) 2>/dev/null); do \
+	$$p -c 'import sys; assert sys.version_info[:2] == tuple(map(int, "$(1)".split(".")))' >/dev/null 2>&1 && { echo $$p; break; }; done)
+PYTHON311 := $(call find_python,3.11)
+PYTHON310 := $(call find_python,3.10)
 
-.PHONY: venv demo test lint typecheck pytest clean
+.PHONY: venv venv-reference demo test lint typecheck pytest pytest-reference clean
 
 venv: $(STAMP)
+venv-reference: $(REF_STAMP)
 
 $(STAMP): pyproject.toml
-	@if [ -z "$(PYTHON310)" ]; then \
-	  echo "error: Python 3.10 not found (deepcell 0.12.10 and TensorFlow 2.8 need it)." >&2; \
-	  echo "  Install it, e.g. 'apt-get install python3.10 python3.10-venv', 'pyenv install 3.10'," >&2; \
-	  echo "  or 'uv python install 3.10', then run make again." >&2; exit 1; fi
-	$(PYTHON310) -m venv $(VENV)
+	@if [ -z "$(PYTHON311)" ]; then \
+	  echo "error: Python 3.11 not found (the main environment: numpy 2, PyTorch)." >&2; \
+	  echo "  Install it, e.g. 'apt-get install python3.11 python3.11-venv', 'pyenv install 3.11'," >&2; \
+	  echo "  or 'uv python install 3.11', then run make again." >&2; exit 1; fi
+	$(PYTHON311) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q '$(TORCH)'
 	$(PY) -m pip install -q -e '.[mesmer,gpu,dev]'
 	touch $(STAMP)
+
+$(REF_STAMP): pyproject.toml
+	@if [ -z "$(PYTHON310)" ]; then \
+	  echo "error: Python 3.10 not found (the reference environment: deepcell 0.12.10 and" >&2; \
+	  echo "  TensorFlow 2.8 need it). Install it, e.g. 'pyenv install 3.10', then run make again." >&2; \
+	  exit 1; fi
+	$(PYTHON310) -m venv $(REF)
+	$(REF_PY) -m pip install -q --upgrade pip
+	$(REF_PY) -m pip install -q -e '.[deepcell,dev]'
+	touch $(REF_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/codexdask demo --out $(DEMO_OUT)
@@ -33,10 +57,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy codexdask
 
-pytest: $(STAMP)
-	$(PY) -m pytest -q
+# The main suite, with the cross-environment parity tests (they call the reference python).
+pytest: $(STAMP) $(REF_STAMP)
+	CODEXDASK_REFERENCE_PYTHON=$(abspath $(REF_PY)) CODEXDASK_REQUIRE_REFERENCE=1 \
+	  $(PY) -m pytest -q -m "not reference"
 
-test: lint typecheck pytest
+# Tests against deepcell and TensorFlow themselves, in the reference environment.
+pytest-reference: $(REF_STAMP)
+	$(REF_PY) -m pytest -q -m reference -o addopts="-ra --strict-markers" tests
+
+test: lint typecheck pytest-reference pytest
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT)
+	rm -rf $(VENV) $(REF) $(DEMO_OUT)

@@ -246,6 +246,7 @@ def test_main_reports_errors_and_success(tmp_path, h5_model, no_tensorflow, caps
 
 
 # ----------------------------------------------------------------------------- TensorFlow side
+@pytest.mark.reference
 def test_tf_export_dumps_a_graph_the_check_accepts(tmp_path, mesmer_model_dir):
     pytest.importorskip("tensorflow")
     from codexdask.mesmer import tf_export
@@ -262,6 +263,7 @@ def test_tf_export_dumps_a_graph_the_check_accepts(tmp_path, mesmer_model_dir):
     assert "serving_default" in exchange["info"]["outputs_from"]
 
 
+@pytest.mark.reference
 def test_own_location_layer_equals_deepcells():
     """The stand-in used where deepcell is absent computes exactly deepcell's Location2D."""
     pytest.importorskip("deepcell")
