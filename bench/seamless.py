@@ -1,0 +1,183 @@
+"""Seamless logical patches: speed against the one-piece and patches modes, memory against size.
+
+``speed`` — one synthetic slide (default 6000², the watershed segmenter, 2 single-threaded
+workers, no pickles or mosaics), three runs side by side, each on a fresh ``LocalCluster``:
+
+- ``seamless``: ``full_image`` in compute tiles (``--tile-size``, default the segmenter's 1024);
+- ``one_piece``: ``full_image`` with ``tile_size: none`` (the whole slide is one task);
+- ``patches``: ``patches`` mode, 512² patches with 10 % overlap (cells cut at patch edges and the
+  overlaps counted twice).
+
+Reported per run: wall seconds of ``engine.run``, megapixels of slide per second, cells found,
+worker peak RSS; and the ratios seamless / one_piece and seamless / patches.
+
+``memory`` — full_image slides of growing size (default 2048², 8192² and one whose two uint16
+channels are ``--ratio`` times the workers' total memory limit), each segmented on a fresh cluster
+of workers with ``--memory-limit``; reported per slide: worker peak RSS (``VmHWM``), workers
+paused or restarted, and the spread of the peaks across sizes (max / min). Big slides are a
+2048² synthetic slide tiled lazily (tissue with tissue-free regions), so building them is cheap.
+
+    python bench/seamless.py speed [--size 6000]
+    python bench/seamless.py memory [--sizes 2048 8192] [--ratio 4] [--memory-limit 500MiB]
+    python bench/seamless.py speed --quick      # 2000², a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from dask.utils import parse_bytes
+from distributed import Client, LocalCluster
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit  # noqa: E402
+from memory import log_lines, memory_events, peak_rss_bytes, warm_up  # noqa: E402
+
+from codexdask.config import PatchConfig, SegmentConfig  # noqa: E402
+from codexdask.engine import run  # noqa: E402
+from codexdask.patches import write_patch_store  # noqa: E402
+from codexdask.synthetic import synthetic_slide  # noqa: E402
+
+BASE = 2048  # side of the synthetic slide tiled to make big slides
+QUIET = {"save_pickles": False, "save_mosaics": False, "n_overlays": 0}
+
+
+def slide_store(path: Path, size: int, mode: str, *, tiled: bool, seed: int = 0) -> Path:
+    """A ``size``² synthetic slide as a patch store of ``mode``."""
+    if tiled:
+        slide = synthetic_slide(BASE, BASE, seed=seed)
+        reps = (1, -(-size // BASE), -(-size // BASE))
+        image = da.tile(da.from_array(slide.image, chunks=(1, 1024, 1024)), reps)[
+            :, :size, :size]
+    else:
+        slide = synthetic_slide(size, size, seed=seed)
+        image = slide.image
+    config = PatchConfig(nucleus="DAPI", wholecell=slide.membrane_channels, split_mode=mode,
+                         patch_size=(512, 512), overlap=0.1)
+    return write_patch_store(image, path, config, channel_names=slide.channel_names)
+
+
+def timed_run(store: Path, out: Path, config: SegmentConfig, workers: int,
+              memory_limit: int | str = "auto") -> dict[str, Any]:
+    """``engine.run`` on a fresh cluster: seconds, cells, worker peaks and memory events."""
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                      memory_limit=memory_limit, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        client.wait_for_workers(workers)
+        idle = client.run(warm_up)
+        before = set(client.scheduler_info(n_workers=-1)["workers"])
+        start = time.perf_counter()
+        result = run(store, out, config, client=client)
+        seconds = time.perf_counter() - start
+        peaks = client.run(peak_rss_bytes)
+        after = set(client.scheduler_info(n_workers=-1)["workers"])
+        events = memory_events(client)
+        logs = log_lines(client)
+    informative = result.metadata[result.metadata["is_informative"].astype(bool)]
+    return {
+        "seconds": seconds,
+        "cells": int(informative["n_cells"].sum()),
+        "nuclei": int(informative["n_nuclei"].sum()),
+        "worker_idle_rss_bytes": list(idle.values()),
+        "worker_peak_rss_bytes": list(peaks.values()),
+        "workers_restarted": len(after - before),
+        "worker_paused_events": len(events["paused"]),
+        "memory_log_lines": logs,
+        "seamless": result.manifest.get("seamless", {}).get("tiles"),
+        "warnings": result.manifest["warnings"],
+    }
+
+
+def speed(args: argparse.Namespace) -> dict[str, Any]:
+    size = 2000 if args.quick else args.size
+    megapixels = size * size / 1e6
+    runs = {}
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        stores = {mode: slide_store(Path(tmp) / f"{mode}.zarr", size, mode, tiled=False)
+                  for mode in ("full_image", "patches")}
+        settings = {
+            "seamless": ("full_image", {"tile_size": args.tile_size}),
+            "one_piece": ("full_image", {"tile_size": "none"}),
+            "patches": ("patches", {}),
+        }
+        for name, (mode, extra) in settings.items():
+            config = SegmentConfig(**QUIET, **extra)
+            runs[name] = timed_run(stores[mode], Path(tmp) / name, config, args.workers)
+            runs[name]["megapixels_per_s"] = megapixels / runs[name]["seconds"]
+            print(f"{name}: {runs[name]['seconds']:.1f} s, "
+                  f"{runs[name]['megapixels_per_s']:.2f} MP/s, {runs[name]['cells']} cells, "
+                  f"worker peaks {[round(p / 2**20) for p in runs[name]['worker_peak_rss_bytes']]}"
+                  " MiB", file=sys.stderr)
+    seconds = {name: r["seconds"] for name, r in runs.items()}
+    return {
+        "benchmark": "seamless-speed",
+        "slide": [size, size],
+        "workers": args.workers,
+        "runs": runs,
+        "seamless_over_one_piece": seconds["seamless"] / seconds["one_piece"],
+        "seamless_over_patches": seconds["seamless"] / seconds["patches"],
+        "targets": {"seamless_over_one_piece_max": 0.5, "seamless_over_patches_max": 1.25},
+    }
+
+
+def memory(args: argparse.Namespace) -> dict[str, Any]:
+    limit = parse_bytes(args.memory_limit)
+    total = limit * args.workers
+    big = math.ceil(math.sqrt(args.ratio * total / 4))  # two uint16 channels
+    sizes = [*args.sizes, big] if args.ratio > 0 else list(args.sizes)
+    runs = []
+    for size in sizes:
+        with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+            start = time.perf_counter()
+            store = slide_store(Path(tmp) / "slide.zarr", size, "full_image", tiled=True)
+            store_s = time.perf_counter() - start
+            config = SegmentConfig(**QUIET, tile_size=args.tile_size)
+            report = timed_run(store, Path(tmp) / "out", config, args.workers, limit)
+        report.update(size=size, store_s=store_s, slide_bytes=size * size * 4,
+                      slide_over_total_limit=size * size * 4 / total,
+                      megapixels_per_s=size * size / 1e6 / report["seconds"])
+        runs.append(report)
+        print(f"{size}²: {report['seconds']:.0f} s, worker peaks "
+              f"{[round(p / 2**20) for p in report['worker_peak_rss_bytes']]} MiB, restarted "
+              f"{report['workers_restarted']}, paused {report['worker_paused_events']}",
+              file=sys.stderr)
+    peaks = [max(r["worker_peak_rss_bytes"]) for r in runs]
+    return {
+        "benchmark": "seamless-memory",
+        "workers": args.workers,
+        "memory_limit_bytes": limit,
+        "runs": runs,
+        "peak_spread": max(peaks) / min(peaks),
+        "any_restart_or_pause": any(r["workers_restarted"] or r["worker_paused_events"]
+                                    for r in runs),
+        "targets": {"peak_spread_max": 1.3},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("what", choices=["speed", "memory"])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--tile-size", default="auto")
+    parser.add_argument("--size", type=int, default=6000, help="speed: slide side")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[2048, 8192],
+                        help="memory: slide sides before the big one")
+    parser.add_argument("--ratio", type=float, default=4.0,
+                        help="memory: the big slide's bytes / the workers' total memory limit")
+    parser.add_argument("--memory-limit", default="500MiB", help="memory: per worker")
+    parser.add_argument("--tmp", default=None, help="directory for the stores (default /tmp)")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    emit(speed(args) if args.what == "speed" else memory(args))
+
+
+if __name__ == "__main__":
+    main()
