@@ -17,7 +17,7 @@ from __future__ import annotations
 from .flood import watershed
 from .labels import erode_edges, fill_holes, label, relabel_sequential, remove_small_objects
 from .maxima import h_maxima, reconstruction
-from .pipeline import STAGES, deep_watershed
+from .pipeline import STAGES, deep_watershed, warm_up
 
 __all__ = [
     "STAGES",
@@ -29,5 +29,6 @@ __all__ = [
     "reconstruction",
     "relabel_sequential",
     "remove_small_objects",
+    "warm_up",
     "watershed",
 ]

@@ -87,8 +87,8 @@ def h_maxima(image: np.ndarray, h: float, footprint: np.ndarray | None = None) -
     Raises
     ------
     ConfigError
-        ``h <= 0`` (scikit-image raises as well, when the seed it derives from a negative ``h``
-        exceeds the image), or an integer ``h`` larger than the integer dtype's range.
+        ``h == 0``; a negative ``h`` that lifts the seed above the image somewhere (where
+        scikit-image's reconstruction raises); an integer ``h`` beyond the dtype's range.
     InputError
         A bad image or footprint (see :func:`reconstruction`).
     """
@@ -114,7 +114,7 @@ def h_maxima(image: np.ndarray, h: float, footprint: np.ndarray | None = None) -
         del tolerance
     else:
         seed = _subtract_clipped(image, h)
-    if np.any(seed > image):  # a negative h
+    if h < 0 and np.any(seed > image):  # scikit-image's reconstruction refuses this seed
         raise ConfigError(f"h_maxima needs h > 0, got {h}")
     float_dtype = np.float32 if image.dtype in (np.float16, np.float32) else np.float64
     rec = _reconstruction_of(seed.astype(float_dtype, copy=False),

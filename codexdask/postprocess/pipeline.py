@@ -35,7 +35,7 @@ from .labels import (
 )
 from .maxima import h_maxima
 
-__all__ = ["deep_watershed", "STAGES"]
+__all__ = ["STAGES", "deep_watershed", "warm_up"]
 
 #: Stage names of the ``timings`` dictionary :func:`deep_watershed` can fill.
 STAGES = ("smoothing", "h_maxima", "labelling", "watershed", "small_objects", "holes", "relabel")
@@ -207,6 +207,23 @@ def deep_watershed(
         _relabel_into(labels, labels_out[index, ..., 0])
         clock.stop("relabel")
     return labels_out
+
+
+def warm_up() -> float:
+    """Compile, or load from numba's on-disk cache, what :func:`deep_watershed` runs on float32
+    and float64 maps; return the seconds it took.
+
+    A cold compile takes several seconds, a cache load well under one. Call it once per worker
+    process (e.g. where the Mesmer model is loaded) so the first patch is not slowed down.
+    """
+    start = time.perf_counter()
+    yy, xx = np.mgrid[:24, :24]
+    blob = np.exp(-((yy - 11.5) ** 2 + (xx - 11.5) ** 2) / 30.0)
+    for dtype in (np.float32, np.float64):
+        maps = blob.astype(dtype)[None, ..., None]
+        deep_watershed([maps, maps], radius=2, maxima_threshold=0.075, interior_threshold=0.2,
+                       interior_smooth=2, small_objects_threshold=15, fill_holes_threshold=15)
+    return time.perf_counter() - start
 
 
 def _relabel_into(labels: np.ndarray, out: np.ndarray) -> None:
