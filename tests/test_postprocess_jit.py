@@ -37,10 +37,11 @@ def test_warm_up_compiles_what_deep_watershed_needs():
 
 _PROBE = """
 import json, sys
-from codexdask.postprocess import flood, labels, maxima, warm_up
+from codexdask.postprocess import flood, labels, maxima, smoothing, warm_up
 seconds = warm_up()
 kernels = [flood._flood_cells, flood._fill_cells, maxima._hybrid_reconstruction,
-           labels._label_kernel, labels._fill_holes_in_place]  # (callees are linked in)
+           labels._label_kernel, labels._fill_holes_in_place, smoothing._filter_axis0,
+           smoothing._filter_axis1]  # (callees are linked in)
 stats = [(sum(k.stats.cache_hits.values()), sum(k.stats.cache_misses.values())) for k in kernels]
 print(json.dumps({"seconds": seconds, "stats": stats}))
 """

@@ -6,6 +6,7 @@ counterparts for the arguments each docstring lists, and release the GIL.
 
 - :func:`h_maxima`, :func:`reconstruction` - grayscale reconstruction by dilation (hybrid
   raster / queue algorithm instead of scikit-image's full sort);
+- :func:`gaussian_filter` - scipy's Gaussian smoothing, about 3x faster;
 - :func:`label` - connected components;
 - :func:`watershed` - marker flood with scikit-image's heap order and tie-breaking;
 - :func:`remove_small_objects`, :func:`fill_holes`, :func:`erode_edges`,
@@ -18,12 +19,14 @@ from .flood import watershed
 from .labels import erode_edges, fill_holes, label, relabel_sequential, remove_small_objects
 from .maxima import h_maxima, reconstruction
 from .pipeline import STAGES, deep_watershed, warm_up
+from .smoothing import gaussian_filter
 
 __all__ = [
     "STAGES",
     "deep_watershed",
     "erode_edges",
     "fill_holes",
+    "gaussian_filter",
     "h_maxima",
     "label",
     "reconstruction",

@@ -4,7 +4,7 @@ Same signature, defaults, steps and labels as ``deepcell_toolbox.deep_watershed.
 (deepcell-toolbox 0.12), with this package's kernels in place of scikit-image's for the h-maxima,
 labelling, flood, small-object removal, hole filling and relabelling. Per image of the batch:
 
-1. smooth both maps with ``scipy.ndimage.gaussian_filter`` (the reference's own call);
+1. smooth both maps like ``scipy.ndimage.gaussian_filter`` (bit for bit, see ``smoothing``);
 2. optionally dilate the interior map (``pixel_expansion``; scikit-image's ``dilation``);
 3. markers: h-maxima of the maxima map with a disk of ``radius`` (or scikit-image's
    ``peak_local_max`` for ``maxima_algorithm="peak_local_max"``), 8-connected components;
@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from ..errors import ConfigError, InputError
 from .flood import _MAX_PIXELS, flood
@@ -34,6 +33,7 @@ from .labels import (
     remove_small_objects,
 )
 from .maxima import h_maxima
+from .smoothing import gaussian_filter
 
 __all__ = ["STAGES", "deep_watershed", "warm_up"]
 
@@ -163,8 +163,8 @@ def deep_watershed(
     labels_out = np.zeros(maximas.shape[:3] + (1,), np.intp)
     for index in range(maximas.shape[0]):
         clock.start()
-        maxima = ndi.gaussian_filter(maximas[index, ..., 0], maxima_smooth)
-        interior = ndi.gaussian_filter(interiors[index, ..., 0], interior_smooth)
+        maxima = gaussian_filter(maximas[index, ..., 0], maxima_smooth)
+        interior = gaussian_filter(interiors[index, ..., 0], interior_smooth)
         if pixel_expansion:
             from skimage.morphology import dilation
 
