@@ -48,6 +48,7 @@ OPTIONS = {
     "expansion": {**MESMER_NUCLEAR, "pixel_expansion": 1},
     "peak_local_max": {**MESMER_WHOLE_CELL, "maxima_algorithm": "peak_local_max"},
     "smooth-maxima": {**MESMER_WHOLE_CELL, "maxima_smooth": 1, "interior_smooth": 0},
+    "fractional": {**MESMER_NUCLEAR, "small_objects_threshold": 14.5, "fill_holes_threshold": 9.5},
 }
 
 

@@ -48,7 +48,7 @@ def label(image: np.ndarray, connectivity: int | None = None) -> np.ndarray:
     return out
 
 
-def remove_small_objects(labels: np.ndarray, min_size: int, *, out: np.ndarray | None = None
+def remove_small_objects(labels: np.ndarray, min_size: float, *, out: np.ndarray | None = None
                          ) -> np.ndarray:
     """Set every label with fewer than ``min_size`` pixels to 0.
 
@@ -61,8 +61,8 @@ def remove_small_objects(labels: np.ndarray, min_size: int, *, out: np.ndarray |
     ----------
     labels : numpy.ndarray
         ``(H, W)`` non-negative integer labels.
-    min_size : int
-        Smallest object size kept, in pixels.
+    min_size : float
+        Objects with fewer pixels than this are removed.
     out : numpy.ndarray, optional
         Where to write the result; may be ``labels`` itself. Default: a new array.
 
@@ -76,7 +76,7 @@ def remove_small_objects(labels: np.ndarray, min_size: int, *, out: np.ndarray |
     if min_size > 0 and labels.size:
         counts = np.zeros(_max_label(labels) + 1, np.int64)
         _count_pixels(labels, counts)
-        _erase_small(labels, counts, int(min_size), out)
+        _erase_small(labels, counts, float(min_size), out)
     return out
 
 
@@ -121,7 +121,7 @@ def relabel_sequential(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return relabelled, forward, inverse
 
 
-def fill_holes(labels: np.ndarray, size: int, connectivity: int = 1) -> np.ndarray:
+def fill_holes(labels: np.ndarray, size: float, connectivity: int = 1) -> np.ndarray:
     """deepcell-toolbox's ``utils.fill_holes``: close small holes inside labels.
 
     For each label, in increasing order, whose 8-connected Euler number is below 1 (it encloses
@@ -136,8 +136,8 @@ def fill_holes(labels: np.ndarray, size: int, connectivity: int = 1) -> np.ndarr
     ----------
     labels : numpy.ndarray
         ``(H, W)`` non-negative integer labels (not modified).
-    size : int
-        Patches smaller than this many pixels are filled.
+    size : float
+        Patches with fewer pixels than this are filled.
     connectivity : {1, 2}
         Connectivity of the patches.
 
@@ -151,7 +151,7 @@ def fill_holes(labels: np.ndarray, size: int, connectivity: int = 1) -> np.ndarr
         raise ConfigError(f"connectivity must be 1 or 2 for 2-D images, got {connectivity}")
     out = labels.copy()
     if size > 0 and labels.size:
-        _fill_holes_in_place(out, int(size), connectivity == 2)
+        _fill_holes_in_place(out, float(size), connectivity == 2)
     return out
 
 

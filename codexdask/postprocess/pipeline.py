@@ -54,8 +54,8 @@ def deep_watershed(
     maxima_index: int = 0,
     interior_index: int = -1,
     label_erosion: int = 0,
-    small_objects_threshold: int = 0,
-    fill_holes_threshold: int = 0,
+    small_objects_threshold: float = 0,
+    fill_holes_threshold: float = 0,
     pixel_expansion: int | None = None,
     maxima_algorithm: str = "h_maxima",
     timings: dict[str, float] | None = None,
@@ -202,7 +202,7 @@ def deep_watershed(
             remove_small_objects(labels, small_objects_threshold, out=labels)
         clock.stop("small_objects")
         if fill_holes_threshold > 0:
-            _fill_holes_in_place(labels, int(fill_holes_threshold), False)
+            _fill_holes_in_place(labels, float(fill_holes_threshold), False)
         clock.stop("holes")
         _relabel_into(labels, labels_out[index, ..., 0])
         clock.stop("relabel")
