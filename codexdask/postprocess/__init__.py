@@ -10,7 +10,8 @@ counterparts for the arguments each docstring lists, and release the GIL.
 - :func:`label` - connected components;
 - :func:`watershed` - marker flood with scikit-image's heap order and tie-breaking;
 - :func:`remove_small_objects`, :func:`fill_holes`, :func:`erode_edges`,
-  :func:`relabel_sequential` - label clean-up.
+  :func:`relabel_sequential` - label clean-up;
+- :func:`warm_up` - compile the kernels, or load them from numba's cache, once per process.
 """
 
 from __future__ import annotations

@@ -107,8 +107,8 @@ def flood(image: np.ndarray, markers: np.ndarray, mask: np.ndarray | None, conne
     narrow = image.dtype == np.float32 and -(2**31) < low and high < 2**31
     cell_dtype, signed = (np.uint32, np.int32) if narrow else (np.uint64, np.int64)
     never = np.iinfo(signed).min
-    if low == never:
-        raise InputError(f"markers must not contain {never}")
+    if low == never or high >= 2**63:
+        raise InputError(f"marker labels must lie in ({never}, 2**63); relabel them")
 
     # One row of (level key, label bits) per pixel of the image bordered by one pixel; label 0
     # is still to flood, the sign bit alone (`never`) is the border or outside the mask.
