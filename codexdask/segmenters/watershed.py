@@ -41,9 +41,10 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.filters import threshold_local
-from skimage.segmentation import relabel_sequential, watershed
+from skimage.segmentation import relabel_sequential
 
 from ..errors import ConfigError
+from ..postprocess import gaussian_filter, watershed
 from ..statistics import gather_statistics
 from .base import MemoryEstimate, Segmenter, WindowInput, check_batch, register_segmenter
 from .watershed_stats import WatershedLevels, WatershedStatistics, normalise
@@ -246,7 +247,7 @@ class WatershedSegmenter(Segmenter):
 
         # Split touching nuclei: seeds at peaks of the slightly smoothed distance transform.
         distance = ndi.distance_transform_edt(foreground)
-        distance = ndi.gaussian_filter(distance, max(0.5, 0.15 * radius_px))
+        distance = gaussian_filter(distance, max(0.5, 0.15 * radius_px))
         components, _ = ndi.label(foreground)
         peaks = peak_local_max(
             distance,
@@ -295,7 +296,7 @@ class WatershedSegmenter(Segmenter):
 
 
 def _smooth(image: np.ndarray, sigma_px: float) -> np.ndarray:
-    return ndi.gaussian_filter(image, sigma_px) if sigma_px > 0 else image
+    return gaussian_filter(image, sigma_px) if sigma_px > 0 else image
 
 
 def cut_edges(window: WindowInput) -> Edges:
