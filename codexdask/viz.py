@@ -45,7 +45,7 @@ def scale_channel(channel: np.ndarray) -> np.ndarray:
         lo, hi = float(data.min()), float(data.max())
     if hi <= lo:
         return np.zeros_like(data)
-    return np.clip((data - lo) / (hi - lo), 0.0, 1.0)
+    return np.clip((data - lo) / (hi - lo), 0.0, 1.0).astype(np.float32, copy=False)
 
 
 def _outline(name: str, mask: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | None:
