@@ -624,8 +624,10 @@ def test_dockerfiles_install_existing_extras_from_files_in_the_context(name: str
     for src in sources:
         assert (ROOT / src).exists(), src
         assert f"!{src}" in ignore, f"{src} is excluded from the build context"
+    assert re.search(r"^FROM python:3\.11-slim", text, re.M)  # the main environment's Python
+    assert re.search(r"pip install [^\n]*'torch>=2\.4'", text)  # Mesmer's runtime
+    assert "tensorflow" not in text.lower() and "deepcell" not in text.lower()
     if name == "Dockerfile.gpu":
         assert "gpu" in wanted
-        assert re.search(r"^FROM nvidia/cuda:11\.2\.\d+-cudnn8-", text, re.M)
     else:
-        assert re.search(r"^FROM python:3\.10-slim", text, re.M)
+        assert "download.pytorch.org/whl/cpu" in text
