@@ -15,10 +15,11 @@ worker peak RSS; and the ratios seamless / one_piece and seamless / patches.
 channels are ``--ratio`` times the workers' total memory limit), each segmented on a fresh cluster
 of workers with ``--memory-limit``; reported per slide: worker peak RSS (``VmHWM``), workers
 paused or restarted, and the spread of the peaks across sizes (max / min). Big slides are a
-2048² synthetic slide tiled lazily (tissue with tissue-free regions), so building them is cheap.
+2048² synthetic slide tiled lazily (tissue with tissue-free regions, ``--empty-fraction`` of it
+by default 0.6, as on whole slides), so building them is cheap.
 
     python bench/seamless.py speed [--size 6000]
-    python bench/seamless.py memory [--sizes 2048 8192] [--ratio 4] [--memory-limit 500MiB]
+    python bench/seamless.py memory [--sizes 2048 8192] [--ratio 4] [--memory-limit 600MiB]
     python bench/seamless.py speed --quick      # 2000², a smoke run
 """
 
@@ -50,10 +51,11 @@ BASE = 2048  # side of the synthetic slide tiled to make big slides
 QUIET = {"save_pickles": False, "save_mosaics": False, "n_overlays": 0}
 
 
-def slide_store(path: Path, size: int, mode: str, *, tiled: bool, seed: int = 0) -> Path:
+def slide_store(path: Path, size: int, mode: str, *, tiled: bool, seed: int = 0,
+                empty_fraction: float = 0.35) -> Path:
     """A ``size``² synthetic slide as a patch store of ``mode``."""
     if tiled:
-        slide = synthetic_slide(BASE, BASE, seed=seed)
+        slide = synthetic_slide(BASE, BASE, seed=seed, empty_fraction=empty_fraction)
         reps = (1, -(-size // BASE), -(-size // BASE))
         image = da.tile(da.from_array(slide.image, chunks=(1, 1024, 1024)), reps)[
             :, :size, :size]
@@ -137,7 +139,8 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
     for size in sizes:
         with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
             start = time.perf_counter()
-            store = slide_store(Path(tmp) / "slide.zarr", size, "full_image", tiled=True)
+            store = slide_store(Path(tmp) / "slide.zarr", size, "full_image", tiled=True,
+                                empty_fraction=args.empty_fraction)
             store_s = time.perf_counter() - start
             config = SegmentConfig(**QUIET, tile_size=args.tile_size)
             report = timed_run(store, Path(tmp) / "out", config, args.workers, limit)
@@ -172,7 +175,10 @@ def main() -> None:
                         help="memory: slide sides before the big one")
     parser.add_argument("--ratio", type=float, default=4.0,
                         help="memory: the big slide's bytes / the workers' total memory limit")
-    parser.add_argument("--memory-limit", default="500MiB", help="memory: per worker")
+    parser.add_argument("--memory-limit", default="600MiB", help="memory: per worker")
+    parser.add_argument("--empty-fraction", type=float, default=0.6,
+                        help="memory: tissue-free share of the tiled slide (whole slides are "
+                             "mostly background)")
     parser.add_argument("--tmp", default=None, help="directory for the stores (default /tmp)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
