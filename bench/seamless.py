@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import dask.array as da
-import numpy as np
 from dask.utils import parse_bytes
 from distributed import Client, LocalCluster
 
