@@ -201,8 +201,15 @@ def gather_statistics_on(
     """The segmenter's image-wide statistics of ``patch``, each pass run as Dask tasks."""
     stats = segmenter.statistics(image_mpp)
     while stats is not None and not stats.done:
-        partials = [client.submit(_measure, stats, paths, patch, box, pure=False)
-                    for box in stats.boxes(patch.shape)]
+        # Each group of boxes is submitted with its combine task right after it: the scheduler
+        # then combines as it goes, so at most a few groups of partial results are held at once,
+        # however many boxes the patch has.
+        partials = []
+        boxes = stats.boxes(patch.shape)
+        for first in range(0, len(boxes), COMBINE_FAN_IN):
+            group = [client.submit(_measure, stats, paths, patch, box, pure=False)
+                     for box in boxes[first:first + COMBINE_FAN_IN]]
+            partials.append(client.submit(stats.combine, group, pure=False))
         while len(partials) > 1:
             partials = [client.submit(stats.combine, partials[i:i + COMBINE_FAN_IN], pure=False)
                         for i in range(0, len(partials), COMBINE_FAN_IN)]
