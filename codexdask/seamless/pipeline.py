@@ -119,12 +119,14 @@ def run_logical_patches(
         remaining = np.flatnonzero(~tiles_done(paths, patch)).tolist()
         stats = gather_statistics_on(client, segmenter, paths, patch, image_mpp) \
             if remaining else None
+        # Shipped to each worker once, not inside every tile task (they can be megabytes).
+        shared = client.scatter(stats, broadcast=True, hash=False) if stats is not None else None
         reports = []
         for start in range(0, patch.grid.n_tiles, tiles_per_task):
             group = list(range(start, min(start + tiles_per_task, patch.grid.n_tiles)))
             todo_here = [t for t in group if t in remaining]
             inferred = client.submit(infer_tiles, segmenter, paths, patch, group, image_mpp,
-                                     stats, pure=False, **gpu)
+                                     shared, pure=False, **gpu)
             report = client.submit(store_tiles, segmenter, inferred, paths, patch, group,
                                    pure=False)
             reports.append(report)
