@@ -120,7 +120,7 @@ def run_logical_patches(
         stats = gather_statistics_on(client, segmenter, paths, patch, image_mpp) \
             if remaining else None
         # Shipped to each worker once, not inside every tile task (they can be megabytes).
-        shared = client.scatter(stats, broadcast=True, hash=False) if stats is not None else None
+        shared = client.scatter(stats, hash=False) if stats is not None else None
         reports = []
         for start in range(0, patch.grid.n_tiles, tiles_per_task):
             group = list(range(start, min(start + tiles_per_task, patch.grid.n_tiles)))
