@@ -35,10 +35,10 @@ _NEW_SIZE_API = "max_size" in inspect.signature(sk_remove_small_objects).paramet
 
 def _sk_remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     """scikit-image's removal of objects under ``min_size`` pixels, in its 0.25 or 0.26 API."""
-    if _NEW_SIZE_API:
-        return sk_remove_small_objects(labels, max_size=min_size - 1)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "Only one label was provided"
+        warnings.filterwarnings("ignore", "Only one label was provided")
+        if _NEW_SIZE_API:
+            return sk_remove_small_objects(labels, max_size=min_size - 1)
         return sk_remove_small_objects(labels, min_size=min_size)
 
 
