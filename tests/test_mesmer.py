@@ -265,3 +265,35 @@ def test_tiles_per_call_sweep(mesmer_model_dir, app, patch_512, tiles_per_call, 
     record_property(f"pixels_differing_T{tiles_per_call}_vs_T4", differing)
     print(f"tiles_per_call {tiles_per_call} vs 4: {differing} of {labels.size} pixels differ")
     assert differing <= 1e-4 * labels.size
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("image_mpp", [0.5, 0.65])
+def test_tiled_equals_deepcell_one_shot(mesmer_model_dir, app, image_mpp):
+    """A logical patch in 256-px compute tiles on TensorFlow against deepcell's own
+    ``Mesmer.predict`` of the whole image (the random model's objects are up to ~230 px across:
+    twice the default halo)."""
+    from codexdask.metrics import labelling_agreement
+    from codexdask.repair import repair_masks
+    from codexdask.seamless.grid import tile_grid
+    from codexdask.seamless.serial import repair_tiles, segment_tiled
+
+    image = tissue_batch(1, 600, 700, seed=21)[0]
+    image[120:300, 350:560] = 0  # an empty region
+    expected = app.predict(image[None], image_mpp=image_mpp, compartment="both",
+                           batch_size=4)[0]
+    segmenter = MesmerSegmenter(model_path=mesmer_model_dir, tiles_per_call=4)
+    halo = int(np.ceil(96 / image_mpp))
+    tiled, report = segment_tiled(image, segmenter, image_mpp, tile_size=256, halo=halo)
+    assert report == {"dropped": [0, 0], "conflicts": [0, 0]}
+    for c in range(2):
+        agreement = labelling_agreement(expected[..., c], tiled[..., c])
+        print(f"mpp {image_mpp} compartment {c}: {agreement}")
+        assert agreement["n_reference"] > 20
+        assert agreement["identical_fraction"] >= 0.999, agreement
+        assert agreement["pixel_agreement"] >= 0.9999, agreement
+    masks, _ = repair_tiles(tiled[..., 0], tiled[..., 1], tile_grid(image.shape[:2], 256, halo))
+    repaired = repair_masks(tiled[..., 0], tiled[..., 1])
+    for name in ("cell_matched_mask", "nucleus_matched_mask", "cell_matched_boundary"):
+        np.testing.assert_array_equal(masks[name], repaired[name], err_msg=name)

@@ -11,14 +11,14 @@ from conftest import tissue_batch
 from codexdask.errors import ConfigError, SegmenterError
 from codexdask.segmenters import MemoryEstimate, Segmenter, TiledSegmenter, get_segmenter, planner
 from codexdask.segmenters.mesmer import DEVICE_BYTES_PER_TILE, MesmerSegmenter
-
-TORCH_FP32 = DEVICE_BYTES_PER_TILE["torch"]["fp32"]
 from codexdask.segmenters.planner import (
     BatchPlan,
     is_out_of_memory,
     plan_batches,
     run_with_backoff,
 )
+
+TORCH_FP32 = DEVICE_BYTES_PER_TILE["torch"]["fp32"]
 
 MiB = 2**20
 GiB = 2**30
