@@ -30,7 +30,6 @@ reflect-padded to 256 as deepcell pads small images, tiled, and cropped after un
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import math
 import os
@@ -53,7 +52,6 @@ from ..mesmer.resize import (
     MODEL_MPP,
     resize_image,
     resize_labels_required_box,
-    resize_labels_window,
     resized_shape,
 )
 from ..mesmer.tiling import MODEL_TILE, MesmerTileGrid
@@ -66,10 +64,18 @@ from ..mesmer.windows import (
     window_inputs,
     window_tiles,
 )
-from ..postprocess import deep_watershed
 from ..statistics import DEFAULT_PERCENTILE
 from . import planner
 from .base import MemoryEstimate, Segmenter, WindowInput, check_batch, register_segmenter
+from .mesmer_maps import (
+    MAP_NAMES,
+    NUCLEAR_DEFAULTS,
+    WHOLE_CELL_DEFAULTS,
+    MesmerMaps,
+    WindowMaps,
+    postprocess_window,
+    watershed_kwargs,
+)
 from .mesmer_runtime import (
     PRECISIONS,
     TensorFlowRuntime,
@@ -80,23 +86,13 @@ from .mesmer_runtime import (
 )
 from .mesmer_stats import MesmerImageStatistics
 
-__all__ = ["MesmerMaps", "MesmerSegmenter", "WindowMaps", "load_mesmer_model",
+__all__ = ["MAP_NAMES", "MesmerMaps", "MesmerSegmenter", "WindowMaps", "load_mesmer_model",
            "model_load_count", "resized_shape"]
 
 logger = logging.getLogger(__name__)
 
-#: ``Mesmer.predict``'s post-processing defaults (user values are merged on top).
-WHOLE_CELL_DEFAULTS: dict[str, Any] = {
-    "maxima_threshold": 0.075, "maxima_smooth": 0, "interior_threshold": 0.2,
-    "interior_smooth": 2, "small_objects_threshold": 15, "fill_holes_threshold": 15, "radius": 2,
-}
-NUCLEAR_DEFAULTS: dict[str, Any] = {**WHOLE_CELL_DEFAULTS, "maxima_threshold": 0.1}
 #: ``mesmer_preprocess`` keywords accepted in ``preprocess_kwargs``.
 PREPROCESS_KEYS = ("threshold", "percentile", "normalize", "kernel_size")
-#: The four maps, in channel order of the network's output.
-MAP_NAMES = ("whole_cell_inner_distance", "whole_cell_interior", "nuclear_inner_distance",
-             "nuclear_interior")
-
 #: Accelerator memory per 256² tile in one network call, by runtime and precision. PyTorch: at
 #: most ~82 MiB of activations per tile are alive in float32 (~41 MiB in bf16/fp16), counted
 #: with ``torch.profiler(profile_memory=True)`` on CPU; 100 / 50 MiB leave room for the cuDNN
@@ -117,62 +113,6 @@ HOST_BYTES_PER_INPUT_PIXEL = 24
 COMPUTE_TILE_UM = 1024.0
 #: Halo of a compute tile, in microns (96 pixels at 0.5 µm/px); see :meth:`MesmerSegmenter.halo`.
 HALO_UM = 48.0
-
-
-@dataclasses.dataclass(frozen=True)
-class WindowMaps:
-    """Mesmer's maps of one window, at model resolution.
-
-    Attributes
-    ----------
-    maps : numpy.ndarray
-        ``(h, w, 4)`` float32 over ``model_box``: whole-cell inner distance and interior,
-        nuclear inner distance and interior (:data:`MAP_NAMES`).
-    model_box : Box
-        Where ``maps`` lie in the image at model resolution.
-    model_shape : (int, int)
-        Size of the image at model resolution.
-    window : Box
-        The window whose labels are wanted, in raw pixels of the image.
-    raw_shape : (int, int)
-        Size of the raw image.
-    """
-
-    maps: np.ndarray
-    model_box: Box
-    model_shape: tuple[int, int]
-    window: Box
-    raw_shape: tuple[int, int]
-
-
-@dataclasses.dataclass(frozen=True)
-class MesmerMaps:
-    """What :meth:`MesmerSegmenter.infer` hands to :meth:`MesmerSegmenter.postprocess`.
-
-    Attributes
-    ----------
-    windows : tuple of WindowMaps
-        One per image of the batch (a whole image is one window).
-    original_shape : tuple of int
-        Shape of the batch, ``(B, H, W, 2)``.
-    n_tiles : int
-        Network tiles run.
-    tiles_per_call : int
-        Tiles per network call finally used (after any out-of-memory back-off).
-    runtime : str
-        ``"torch"`` or ``"tensorflow"``.
-    """
-
-    windows: tuple[WindowMaps, ...]
-    original_shape: tuple[int, ...]
-    n_tiles: int
-    tiles_per_call: int
-    runtime: str
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        """One map of every image, ``(B, h, w, 1)`` float32 at model resolution."""
-        channel = MAP_NAMES.index(name)
-        return np.stack([w.maps[..., channel:channel + 1] for w in self.windows])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,9 +178,9 @@ class MesmerSegmenter(Segmenter):
         if unknown:
             raise ConfigError(f"unknown preprocess_kwargs {unknown}; Mesmer's preprocessing "
                               f"takes {', '.join(PREPROCESS_KEYS)}")
-        self.whole_cell_kwargs = _watershed_kwargs(WHOLE_CELL_DEFAULTS,
-                                                   postprocess_kwargs_whole_cell)
-        self.nuclear_kwargs = _watershed_kwargs(NUCLEAR_DEFAULTS, postprocess_kwargs_nuclear)
+        self.whole_cell_kwargs = watershed_kwargs(WHOLE_CELL_DEFAULTS,
+                                                  postprocess_kwargs_whole_cell)
+        self.nuclear_kwargs = watershed_kwargs(NUCLEAR_DEFAULTS, postprocess_kwargs_nuclear)
         if pad_mode not in ("constant", "reflect"):
             raise ConfigError(f"pad_mode must be 'constant' or 'reflect', got {pad_mode!r}")
         self.pad_mode = pad_mode
@@ -417,17 +357,8 @@ class MesmerSegmenter(Segmenter):
 
         Returns ``(h, w, 2)`` uint32 labels (whole-cell, nucleus) per window, in raw pixels.
         """
-        out = []
-        for item in maps:
-            batch = item.maps[np.newaxis]
-            cell = deep_watershed([batch[..., 0:1], batch[..., 1:2]], **self.whole_cell_kwargs)
-            nucleus = deep_watershed([batch[..., 2:3], batch[..., 3:4]], **self.nuclear_kwargs)
-            labels = np.concatenate([cell[0], nucleus[0]], axis=-1).astype(np.uint32)
-            if item.model_shape != item.raw_shape:
-                labels = resize_labels_window(labels, item.model_box, item.window,
-                                              item.model_shape, item.raw_shape)
-            out.append(labels)
-        return out
+        return [postprocess_window(item, self.whole_cell_kwargs, self.nuclear_kwargs)
+                for item in maps]
 
     # -- shared ---------------------------------------------------------------------------------
 
@@ -530,17 +461,6 @@ def _model_box(window: Box, shape: tuple[int, int], model_shape: tuple[int, int]
 def _check_mpp(image_mpp: float) -> None:
     if not (isinstance(image_mpp, (int, float)) and math.isfinite(image_mpp) and image_mpp > 0):
         raise ConfigError(f"image_mpp must be a positive pixel size in µm, got {image_mpp!r}")
-
-
-def _watershed_kwargs(defaults: Mapping[str, Any],
-                      overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    accepted = set(inspect.signature(deep_watershed).parameters) - {"outputs", "timings",
-                                                                    "kwargs"}
-    unknown = sorted(set(overrides or {}) - accepted)
-    if unknown:
-        raise ConfigError(f"unknown deep_watershed keywords {unknown}; accepted: "
-                          f"{', '.join(sorted(accepted))}")
-    return {**defaults, **(overrides or {})}
 
 
 register_segmenter("mesmer", MesmerSegmenter)
