@@ -192,9 +192,11 @@ def worker_threads() -> int | None:
     except ImportError:
         return None
     try:
-        return max(1, int(get_worker().nthreads))
+        worker = get_worker()
     except ValueError:  # not in a worker
         return None
+    state = getattr(worker, "state", worker)  # distributed >= 2023: the threads live in .state
+    return max(1, int(state.nthreads))
 
 
 def set_torch_threads() -> None:
