@@ -123,8 +123,9 @@ class SegmentConfig:
         Repair tie-break rule.
     tile_size : "auto", int or "none"
         Side of the compute tiles of logical patches (``full_image``, ``halves``, ``quarters``):
-        ``"auto"`` takes the segmenter's (1024 for both built-in segmenters), ``"none"``
-        segments each logical patch in one piece (memory grows with the patch).
+        ``"auto"`` takes the segmenter's (watershed 1024 px; Mesmer 1024 µm, 2048 px at
+        0.5 µm/px), ``"none"`` segments each logical patch in one piece (memory grows with the
+        patch).
     halo : "auto" or int
         Pixels of context around each tile; ``"auto"`` takes the segmenter's (the space objects
         need to be seen whole plus the reach of its local operations).

@@ -18,8 +18,10 @@ Exactness: on TensorFlow with the same number of tiles per network call, the lab
 ``Mesmer(model).predict(batch, image_mpp=..., compartment="both", batch_size=T)`` bit for bit.
 TensorFlow's float results change in the last bit with the batch size, so another ``T`` can flip
 pixels whose probability lies within rounding of a threshold; pin ``tiles_per_call=4``
-(deepcell's default) for deepcell's exact labels. On PyTorch the maps differ from TensorFlow's by
-~1e-6, which moves a few pixels per million (measured: ``tests/test_mesmer_torch.py``).
+(deepcell's default) for deepcell's exact labels. On PyTorch (fp32) the maps differ from
+TensorFlow's by ~1e-6, which moves a pixel whose probability sits on a threshold: over the Mesmer
+matrix against deepcell's labels, 0-4 pixels differ per batch (worst 3 of 360,000) with equal
+object counts (``tests/test_mesmer_faithfulness.py``).
 
 One deviation: deepcell 0.12.10 fails with a shape error on an image shorter than 256 px on one
 axis and longer on the other (e.g. 300x200). Here the short axis of the preprocessed image is
@@ -105,7 +107,10 @@ DEVICE_BYTES_PER_TILE = {"torch": {"fp32": 100 * 2**20, "tf32": 100 * 2**20,
 #: Host bytes per tile held by ``infer``: the float32 input tile (0.5 MiB) and the 4 maps (1 MiB).
 HOST_BYTES_PER_TILE = 3 * 2**19
 #: Host bytes per pixel at model resolution (tile-padded): preprocessing copies, the float64
-#: untiling canvas, the 16 B/px float32 maps, and deep watershed of both compartments.
+#: untiling canvas, the 16 B/px float32 maps, and deep watershed of both compartments. Peak RSS
+#: above the process's baseline, measured on 1-5 Mpx windows: ``infer_windows`` 103-128 B/px
+#: (tile inputs and outputs included), ``postprocess_windows`` 46-49 B/px; 200 covers a task
+#: inferring while the maps of another wait for post-processing.
 HOST_BYTES_PER_MODEL_PIXEL = 200
 #: Host bytes per pixel of the original patch: input copy and uint32 labels.
 HOST_BYTES_PER_INPUT_PIXEL = 24
@@ -298,21 +303,23 @@ class MesmerSegmenter(Segmenter):
     def tile_size(self, image_mpp: float) -> int:
         """Compute-tile side: :data:`COMPUTE_TILE_UM` µm (2048 px at 0.5 µm/px), in raw pixels.
 
-        Windows recompute the network tiles and CLAHE regions their neighbours also need; at
-        2048 model pixels with the default halo that costs ~1.4x the one-piece network tiles
-        and ~1.17x its post-processed pixels (``docs``: measured overhead table), at ~0.5 GB of
-        host memory per window.
+        A window recomputes the network tiles and CLAHE regions its neighbours also need. With
+        the default halo on a 12000² slide at 0.5 µm/px, windows run 1.42x the one-piece
+        network tiles and post-process 1.17x its pixels (cores of 1024: 2.0x and 1.38x; 4096:
+        1.17x and 1.07x), and a 2240² window peaks at ~0.65 GB of host memory in ``infer``.
         """
         return max(MODEL_TILE, math.ceil(COMPUTE_TILE_UM / image_mpp))
 
     def halo(self, image_mpp: float) -> int:
         """Halo: :data:`HALO_UM` µm (96 px at 0.5 µm/px), in raw pixels.
 
-        An owned object reaches at most half its extent past its tile's core, and deep
-        watershed's reach beyond an object (the interior smoothing's 8-px radius, the h-maxima
-        reconstruction and the flood, both bounded by the neighbouring cells) stays within about
-        a cell diameter; 48 µm holds cells up to ~48 µm across with one more such diameter of
-        context (Mesmer's largest cells on the MIBI sample span 47 µm).
+        The tile owning an object holds its bounding-box centre, so the object reaches at most
+        half its extent past the core; deep watershed's reach beyond it (the interior
+        smoothing's 8-px radius, the h-maxima and the flood, bounded by the neighbouring cells
+        in Mesmer's maps) is a small margin more. On Mesmer-like maps with cells up to 93 px
+        across, windows with a 64-px halo gave the one-piece labels exactly (32 px lost 8 % of
+        the cells); 96 px holds cells up to ~150 px (75 µm) across. The largest of the 272 cells
+        Mesmer found on the MIBI sample image spans 94 px.
         """
         return max(1, math.ceil(HALO_UM / image_mpp))
 
