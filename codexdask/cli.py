@@ -1,4 +1,4 @@
-"""The ``codexdask`` command: ``patch``, ``segment``, ``demo`` and ``doctor``.
+"""The ``codexdask`` command: ``patch``, ``segment``, ``demo``, ``doctor`` and ``convert-model``.
 
 Errors a user can fix (:class:`~codexdask.errors.CodexDaskError`) are printed on one line and
 exit with status 2.
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import (
+    PRECISIONS,
     SPLIT_DIRECTIONS,
     SPLIT_MODES,
     PatchConfig,
@@ -72,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--json", action="store_true",
                         help="print the report as one JSON object (for scripts)")
+    doctor.add_argument("--model-path", help="Mesmer weights to check (default: where "
+                        "segment would look: $CODEXDASK_MODEL_PATH, deepcell's cache)")
+
+    convert = commands.add_parser(
+        "convert-model", help="convert deepcell's Mesmer model to PyTorch weights (.safetensors)"
+    )
+    from .mesmer import convert as converter  # numpy only; PyTorch is imported when it runs
+
+    converter.add_arguments(convert)
     return parser
 
 
@@ -79,10 +89,13 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
     """Flags shared by ``segment`` and ``demo`` (every SegmentConfig key)."""
     parser.add_argument("--config", help="YAML file with the same keys (flags override it)")
     parser.add_argument("--backend", help="segmenter: watershed (default, offline) or mesmer")
-    parser.add_argument("--model-path", help="Mesmer weights: a Keras SavedModel directory")
+    parser.add_argument("--model-path", help="Mesmer weights: a converted .safetensors file "
+                        "(PyTorch) or a Keras SavedModel directory / .tar.gz (TensorFlow)")
     parser.add_argument("--image-mpp", type=float, help="microns per pixel (default: the store's)")
     parser.add_argument("--batch-size", help="patches per inference task: auto (default) or N")
     parser.add_argument("--tiles-per-call", help="256^2 tiles per network call: auto or N")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="Mesmer network precision on PyTorch (default fp32, lossless)")
     parser.add_argument("--tie-break", choices=TIE_BREAKS, help="repair tie-break rule")
     parser.add_argument("--tile-size",
                         help="compute tile side for logical patches: auto (default), N or none")
@@ -153,12 +166,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import doctor_report, format_doctor
 
-    report = doctor_report()
+    report = doctor_report(args.model_path)
     print(json.dumps(report, indent=2) if args.json else format_doctor(report))
     return 0
 
 
-COMMANDS = {"patch": cmd_patch, "segment": cmd_segment, "demo": cmd_demo, "doctor": cmd_doctor}
+def cmd_convert_model(args: argparse.Namespace) -> int:
+    from .mesmer import convert
+
+    return convert.command(args)
+
+
+COMMANDS = {"patch": cmd_patch, "segment": cmd_segment, "demo": cmd_demo, "doctor": cmd_doctor,
+            "convert-model": cmd_convert_model}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -164,6 +164,7 @@ def segment_config(config: Mapping[str, Any]) -> SegmentConfig:
         image_mpp=data.get("image_mpp"),
         batch_size=seg.get("batch_size", "auto"),
         tiles_per_call=seg.get("tiles_per_call", "auto"),
+        precision=str(seg.get("precision", "fp32")),
         tie_break=cast(TieBreakName, str(repair.get("tie_break", "lowest-label"))),
         save_pickles=False,  # CodexPatches.save_seg_res writes them, as the seed does
         save_mosaics=bool(seg.get("save_segmentation_images", True)),

@@ -99,3 +99,60 @@ def test_doctor_prints_versions(capsys):
     assert main(["doctor"]) == 0
     text = capsys.readouterr().out
     assert "numpy" in text and np.__version__ in text
+
+
+def test_convert_model_then_doctor_then_segment(tmp_path, capsys, monkeypatch):
+    """``codexdask convert-model`` on a Keras H5 export (no TensorFlow needed), then the file is
+    what ``doctor`` reports and what ``segment --backend mesmer --model-path`` runs on."""
+    pytest.importorskip("torch")
+    from test_convert import write_keras_h5
+
+    from codexdask.mesmer import convert, network
+
+    monkeypatch.delenv(convert.TENSORFLOW_PYTHON_ENV, raising=False)
+    monkeypatch.setattr(convert, "_PACKAGE_ROOT", tmp_path / "no-checkout")
+    if convert.tensorflow_environment() is not None:
+        pytest.skip("TensorFlow is importable here: the self-check would run")
+    net = network.random_network(seed=5)
+    h5 = tmp_path / "mesmer.h5"
+    write_keras_h5(h5, {name: t.numpy() for name, t in net.state_dict().items()})
+    out = tmp_path / "mesmer.safetensors"
+    assert main(["convert-model", str(h5), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "self-check not run" in printed
+
+    assert main(["doctor", "--model-path", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "mesmer weights ok" in text and "mesmer runtime torch (installed)" in text
+
+    slide = synthetic_slide(96, 128, seed=2, empty_fraction=0.0)
+    source = tmp_path / "slide.npy"
+    np.save(source, slide.image)
+    store = tmp_path / "slide.zarr"
+    assert main(["patch", str(source), "--out", str(store), "--nucleus", "DAPI",
+                 "--wholecell", ",".join(slide.membrane_channels), "--antibodies",
+                 str(_antibodies(tmp_path, slide.channel_names)), "--patch-size", "96",
+                 "128"]) == 0
+    assert main(["segment", str(store), "--out", str(tmp_path / "out"), "--backend", "mesmer",
+                 "--model-path", str(out), "--precision", "bf16", "--tiles-per-call", "2",
+                 "--n-workers", "1", "--no-mosaics", "--n-overlays", "0"]) == 0
+    manifest = (tmp_path / "out" / "run_manifest.json").read_text()
+    assert '"precision": "bf16"' in manifest
+
+
+def _antibodies(tmp_path: Path, names: list[str]) -> Path:
+    path = tmp_path / "antibodies.tsv"
+    path.write_text("antibody_name\n" + "\n".join(names) + "\n")
+    return path
+
+
+def test_precision_is_checked(capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        main(["segment", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "o"),
+              "--precision", "fp8"])
+    assert info.value.code == 2 and "invalid choice: 'fp8'" in capsys.readouterr().err
+    config = tmp_path / "config.yaml"
+    config.write_text("backend: mesmer\nprecision: fp8\n")
+    assert main(["segment", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "o"), "--config",
+                 str(config)]) == 2
+    assert "precision must be one of fp32, tf32, bf16, fp16" in capsys.readouterr().err

@@ -12,21 +12,23 @@ import pytest
 from codexdask.doctor import doctor_report, format_doctor
 
 KEYS = {"python", "platform", "packages", "host_memory_available_bytes", "gpus", "gpu_error",
-        "cuda_visible_devices", "tensorflow_gpus", "tensorflow_error", "mesmer_weights"}
+        "cuda_visible_devices", "tensorflow_gpus", "tensorflow_error", "torch_gpus", "torch_error",
+        "mesmer_weights"}
+WEIGHT_KEYS = {"source", "path", "ok", "detail", "runtime", "runtime_ok", "metadata"}
 
 
 def test_report_keys_and_text(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("DEEPCELL_ACCESS_TOKEN", raising=False)
     monkeypatch.delenv("CODEXDASK_MODEL_PATH", raising=False)
-    report = doctor_report(tensorflow=False)
+    report = doctor_report(tensorflow=False, torch=False)
     assert set(report) == KEYS
     assert report["python"] == sys.version.split()[0]
     assert report["packages"]["numpy"] and report["packages"]["dask"]
     assert set(report["packages"]) >= {"numpy", "dask", "distributed", "zarr", "tensorflow",
                                        "deepcell"}
     assert report["host_memory_available_bytes"] > 0
-    assert report["tensorflow_gpus"] is None  # not checked
+    assert report["tensorflow_gpus"] is None and report["torch_gpus"] is None  # not checked
     weights = report["mesmer_weights"]
     assert weights["ok"] is False and "DEEPCELL_ACCESS_TOKEN" in weights["detail"]
     text = format_doctor(report)
@@ -35,11 +37,35 @@ def test_report_keys_and_text(tmp_path, monkeypatch):
 
 def test_report_points_at_a_configured_model_path(tmp_path):
     (tmp_path / "saved_model.pb").write_bytes(b"")
-    weights = doctor_report(str(tmp_path), tensorflow=False)["mesmer_weights"]
-    assert weights == {"source": "model_path", "path": str(tmp_path), "ok": True,
-                       "detail": f"model_path {tmp_path} (Keras SavedModel)"}
+    weights = doctor_report(str(tmp_path), tensorflow=False, torch=False)["mesmer_weights"]
+    assert set(weights) == WEIGHT_KEYS
+    assert (weights["source"], weights["path"], weights["ok"]) == ("model_path", str(tmp_path),
+                                                                   True)
+    assert weights["runtime"] == "tensorflow" and weights["metadata"] is None
+    assert weights["detail"].startswith(f"model_path {tmp_path} (Keras SavedModel)")
     missing = doctor_report(str(tmp_path / "nope"), tensorflow=False)["mesmer_weights"]
     assert missing["ok"] is False and "does not exist" in missing["detail"]
+
+
+def test_report_shows_a_converted_files_runtime_self_check_and_checksum(tmp_path):
+    torch = pytest.importorskip("torch")
+    from codexdask.mesmer import network
+    from codexdask.mesmer.convert import save_network
+
+    file = tmp_path / "mesmer.safetensors"
+    metadata = save_network(network.MesmerNet(), file, source_name="untrained")
+    report = doctor_report(str(file), tensorflow=False)
+    weights = report["mesmer_weights"]
+    assert (weights["ok"], weights["runtime"], weights["runtime_ok"]) == (True, "torch", True)
+    assert weights["metadata"]["source_sha256"] == metadata["source_sha256"]
+    assert weights["metadata"]["self_check"]["ran"] is False
+    assert report["torch_gpus"] == [torch.cuda.get_device_name(i)
+                                    for i in range(torch.cuda.device_count())]
+    text = format_doctor(report)
+    assert "mesmer runtime torch (installed)" in text
+    assert f"sha256 {metadata['source_sha256']}" in text
+    assert "self-check    not run (written from a PyTorch network" in text
+    assert "torch gpus" in text
 
 
 @pytest.mark.mesmer
@@ -77,4 +103,4 @@ def test_doctor_json_prints_the_report_as_json(capsys, tmp_path, monkeypatch):
     report = json.loads(capsys.readouterr().out)
     assert set(report) == KEYS
     assert report["python"] == sys.version.split()[0]
-    assert set(report["mesmer_weights"]) == {"source", "path", "ok", "detail"}
+    assert set(report["mesmer_weights"]) == WEIGHT_KEYS

@@ -1,7 +1,9 @@
-"""Mesmer backend: deepcell's labels bit for bit, offline weights, once-per-process loading.
+"""Mesmer on TensorFlow: deepcell's labels bit for bit, offline weights, once-per-process loading.
 
-Every comparison runs deepcell 0.12.10 itself (``Mesmer(model).predict``) on the random-weight
-model of ``conftest.mesmer_model_dir``. The network costs ~0.6 s per 256² tile on 2 CPU cores, so
+A Keras SavedModel runs on TensorFlow; everything around the network is codexdask's own code
+(resize, preprocessing, tiling, deep watershed). Every comparison runs deepcell 0.12.10 itself
+(``Mesmer(model).predict``) on the random-weight model of ``conftest.mesmer_model_dir``, in the
+reference environment. The network costs ~0.6 s per 256² tile on 2 CPU cores, so
 the default run keeps to about 60 tiles: one or two images per case, mostly one tile each, one
 512² patch (9 tiles). The full shape x image_mpp x batch matrix and the tiles-per-call sweep are
 ``slow``.
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import tissue_batch
+from reference_env import deepcell_labels
 
 from codexdask.errors import ModelLoadError, SegmenterError
 from codexdask.mesmer.weights import find_model_source
@@ -26,18 +29,12 @@ from codexdask.segmenters.mesmer import MesmerSegmenter, load_mesmer_model, mode
 
 pytestmark = [
     pytest.mark.mesmer,
+    pytest.mark.reference,
     pytest.mark.skipif(
         importlib.util.find_spec("deepcell") is None,
         reason="deepcell (pip install 'codexdask[mesmer]', Python 3.10) is not installed",
     ),
 ]
-
-# Mesmer.predict's post-processing defaults, written out independently of codexdask's copy.
-CELL_KWARGS = {"maxima_threshold": 0.075, "maxima_smooth": 0, "interior_threshold": 0.2,
-               "interior_smooth": 2, "small_objects_threshold": 15, "fill_holes_threshold": 15,
-               "radius": 2}
-NUCLEAR_KWARGS = {**CELL_KWARGS, "maxima_threshold": 0.1}
-
 
 @pytest.fixture(scope="module")
 def model(mesmer_model_dir: Path):
@@ -60,32 +57,7 @@ def patch_512(app) -> tuple[np.ndarray, np.ndarray]:
 
 def reference(app, batch: np.ndarray, image_mpp: float, tiles_per_call: int) -> np.ndarray:
     """deepcell's labels: ``Mesmer.predict``, or its pieces for shapes deepcell cannot tile."""
-    height, width = mesmer_module.resized_shape(batch.shape[1:3], image_mpp)
-    if (height < 256 or width < 256) and (height > 256 or width > 256):
-        return deepcell_pieces(app, batch, image_mpp, tiles_per_call)
-    return app.predict(batch, image_mpp=image_mpp, compartment="both", batch_size=tiles_per_call)
-
-
-def deepcell_pieces(app, batch: np.ndarray, image_mpp: float, tiles_per_call: int) -> np.ndarray:
-    """deepcell's pipeline step by step (``model.predict`` per ``tiles_per_call`` tiles, untiling
-    of all 8 channels, ``mesmer_postprocess``), with the short axis of a mixed-shape image
-    reflect-padded to 256 the way ``_tile_input`` pads small images."""
-    image = app._preprocess(app._resize_input(batch, image_mpp))
-    height, width = image.shape[1:3]
-    pads = []
-    for side in (height, width):
-        diff = max(256 - side, 0)
-        pads.append((diff // 2, diff // 2 + diff % 2))
-    padded = np.pad(image, [(0, 0), pads[0], pads[1], (0, 0)], "reflect")
-    tiles, info = app._tile_input(padded)
-    images = app._untile_output(app._batch_predict(tiles, tiles_per_call), info)
-    images = [im[:, pads[0][0]:pads[0][0] + height, pads[1][0]:pads[1][0] + width]
-              for im in images]
-    labels = app._postprocess(
-        app._format_model_output(images), compartment="both",
-        whole_cell_kwargs=CELL_KWARGS, nuclear_kwargs=NUCLEAR_KWARGS,
-    )
-    return app._resize_output(labels, batch.shape)
+    return deepcell_labels(app, batch, image_mpp, tiles_per_call)
 
 
 def two_stage(segmenter: MesmerSegmenter, batch: np.ndarray, image_mpp: float) -> np.ndarray:
@@ -125,7 +97,7 @@ def test_512_equals_deepcell_predict(mesmer_model_dir, patch_512):
     batch, expected = patch_512
     segmenter = MesmerSegmenter(model_path=mesmer_model_dir, tiles_per_call=4)
     maps = segmenter.infer(batch, 0.5)
-    assert maps["n_tiles"] == 9 and maps["tiles_per_call"] == 4
+    assert maps.n_tiles == 9 and maps.tiles_per_call == 4 and maps.runtime == "tensorflow"
     assert maps["whole_cell_interior"].shape == (1, 512, 512, 1)
     assert maps["whole_cell_interior"].dtype == np.float32
     assert_same_labels(segmenter.postprocess(maps), expected)
@@ -148,8 +120,8 @@ def test_mixed_shape_follows_deepcell_padding(mesmer_model_dir, app):
         app.predict(batch, image_mpp=0.5, compartment="both")
     segmenter = MesmerSegmenter(model_path=mesmer_model_dir, tiles_per_call=4)
     maps = segmenter.infer(batch, 0.5)
-    assert maps["n_tiles"] == 2
-    assert_same_labels(segmenter.postprocess(maps), deepcell_pieces(app, batch, 0.5, 4))
+    assert maps.n_tiles == 2
+    assert_same_labels(segmenter.postprocess(maps), reference(app, batch, 0.5, 4))
 
 
 def test_other_tiles_per_call_agree(mesmer_model_dir, patch_512, record_property):
@@ -167,29 +139,29 @@ def test_out_of_memory_halves_tiles_per_call(mesmer_model_dir, app, monkeypatch)
     class ResourceExhaustedError(RuntimeError):
         pass
 
-    real = mesmer_module._run_network
+    real = mesmer_module.run_tiles
     tried = []
 
-    def fussy(network, tiles, tiles_per_call):
+    def fussy(runtime, tiles, tiles_per_call):
         tried.append(tiles_per_call)
         if tiles_per_call > 2:
             raise ResourceExhaustedError("OOM when allocating tensor")
-        return real(network, tiles, tiles_per_call)
+        return real(runtime, tiles, tiles_per_call)
 
-    monkeypatch.setattr(mesmer_module, "_run_network", fussy)
+    monkeypatch.setattr(mesmer_module, "run_tiles", fussy)
     batch = tissue_batch(3, 80, 80, seed=11)
     segmenter = MesmerSegmenter(model_path=mesmer_model_dir, tiles_per_call=8)
     maps = segmenter.infer(batch, 0.5)
     assert tried == [8, 4, 2]
-    assert maps["tiles_per_call"] == 2
+    assert maps.tiles_per_call == 2
     assert_same_labels(segmenter.postprocess(maps), reference(app, batch, 0.5, 2))
 
 
 def test_out_of_memory_at_one_tile_is_a_clear_error(mesmer_model_dir, model, monkeypatch):
-    def always(network, tiles, tiles_per_call):
+    def always(runtime, tiles, tiles_per_call):
         raise MemoryError("no memory")
 
-    monkeypatch.setattr(mesmer_module, "_run_network", always)
+    monkeypatch.setattr(mesmer_module, "run_tiles", always)
     segmenter = MesmerSegmenter(model_path=mesmer_model_dir, tiles_per_call=2)
     with pytest.raises(SegmenterError, match="even with 1 tile per call"):
         segmenter.infer(tissue_batch(1, 64, 64), 0.5)
@@ -243,7 +215,7 @@ def test_no_weights_error_names_three_options(no_weights_env):
 
 def _infer_in_worker(model_dir: str, batch: np.ndarray) -> tuple[int, int, int]:
     maps = MesmerSegmenter(model_path=model_dir).infer(batch, 0.5)  # tiles_per_call="auto"
-    return os.getpid(), model_load_count(), maps["tiles_per_call"]
+    return os.getpid(), model_load_count(), maps.tiles_per_call
 
 
 def test_model_loaded_once_per_worker_process(mesmer_model_dir):
@@ -293,3 +265,39 @@ def test_tiles_per_call_sweep(mesmer_model_dir, app, patch_512, tiles_per_call, 
     record_property(f"pixels_differing_T{tiles_per_call}_vs_T4", differing)
     print(f"tiles_per_call {tiles_per_call} vs 4: {differing} of {labels.size} pixels differ")
     assert differing <= 1e-4 * labels.size
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("image_mpp", [0.5, 0.65])
+def test_tiled_equals_deepcell_one_shot(mesmer_model_dir, app, image_mpp):
+    """A logical patch in 256-px compute tiles on TensorFlow against deepcell's own
+    ``Mesmer.predict`` of the whole image. The random model's objects are random features, not
+    cells (hundreds of pixels across): the halo holds the largest one (``test_mesmer_seamless``
+    explains why its slides are tissue everywhere)."""
+    from scipy import ndimage as ndi
+
+    from codexdask.metrics import labelling_agreement
+    from codexdask.repair import repair_masks
+    from codexdask.seamless.grid import tile_grid
+    from codexdask.seamless.serial import repair_tiles, segment_tiled
+
+    image = tissue_batch(1, 600, 700, seed=21)[0]
+    expected = app.predict(image[None], image_mpp=image_mpp, compartment="both",
+                           batch_size=4)[0]
+    segmenter = MesmerSegmenter(model_path=mesmer_model_dir, tiles_per_call=4)
+    extent = max(max(s.stop - s.start for s in box) for c in range(2)
+                 for box in ndi.find_objects(expected[..., c]) if box is not None)
+    halo = int(np.ceil(extent / 2 + 16 / image_mpp))
+    tiled, report = segment_tiled(image, segmenter, image_mpp, tile_size=256, halo=halo)
+    assert report == {"dropped": [0, 0], "conflicts": [0, 0]}
+    for c in range(2):
+        agreement = labelling_agreement(expected[..., c], tiled[..., c])
+        print(f"mpp {image_mpp} compartment {c}: {agreement}")
+        assert agreement["n_reference"] > 20
+        assert agreement["identical_fraction"] >= 0.999, agreement
+        assert agreement["pixel_agreement"] >= 0.9999, agreement
+    masks, _ = repair_tiles(tiled[..., 0], tiled[..., 1], tile_grid(image.shape[:2], 256, halo))
+    repaired = repair_masks(tiled[..., 0], tiled[..., 1])
+    for name in ("cell_matched_mask", "nucleus_matched_mask", "cell_matched_boundary"):
+        np.testing.assert_array_equal(masks[name], repaired[name], err_msg=name)

@@ -18,6 +18,8 @@ from codexdask.segmenters.planner import (
     run_with_backoff,
 )
 
+TORCH_FP32 = DEVICE_BYTES_PER_TILE["torch"]["fp32"]
+
 MiB = 2**20
 GiB = 2**30
 
@@ -146,13 +148,31 @@ def test_bad_batch_values_are_refused(bad):
                      tiles_per_call=bad)
 
 
-def test_mesmer_plan_on_an_h100():
+def test_mesmer_plan_on_an_h100(no_weights_env):
+    # Without weights the segmenter plans for PyTorch (the main environment's runtime).
     plan = plan_batches(MesmerSegmenter(), (512, 512), 0.5, device_free_bytes=79 * GiB,
                         host_free_bytes=120 * GiB)
-    # (79 x 0.8 - 1.5) GiB / 200 MiB = 315 -> cap 256 tiles; a 512² patch has 9 tiles.
+    # (79 x 0.8 - 1.5) GiB / 100 MiB = 631 -> cap 256 tiles; a 512² patch has 9 tiles.
     assert plan.tiles_per_call == 256
     assert plan.patches_per_task == 29
-    assert plan.device_bytes_per_patch == 9 * DEVICE_BYTES_PER_TILE
+    assert plan.device_bytes_per_patch == 9 * TORCH_FP32
+
+
+def test_mesmer_memory_per_tile_follows_runtime_and_precision(no_weights_env, tmp_path):
+    assert MesmerSegmenter().device_bytes_per_tile == TORCH_FP32 == 100 * 2**20
+    assert MesmerSegmenter(precision="tf32").device_bytes_per_tile == 100 * 2**20
+    for half in ("bf16", "fp16"):
+        assert MesmerSegmenter(precision=half).device_bytes_per_tile == 50 * 2**20
+    (tmp_path / "saved_model.pb").write_bytes(b"")  # a SavedModel runs on TensorFlow
+    tensorflow = MesmerSegmenter(model_path=tmp_path)
+    assert tensorflow.runtime == "tensorflow"
+    assert tensorflow.device_bytes_per_tile == DEVICE_BYTES_PER_TILE["tensorflow"]["fp32"]
+    # 12 GiB free: (12 x 0.8 - 1.5) GiB / tile -> 82 fp32 tiles, 165 bf16 tiles, 41 on TF 2.8.
+    for segmenter, tiles in ((MesmerSegmenter(), 82), (MesmerSegmenter(precision="bf16"), 165),
+                             (tensorflow, 41)):
+        plan = plan_batches(segmenter, (512, 512), 0.5, device_free_bytes=12 * GiB,
+                            host_free_bytes=64 * GiB)
+        assert plan.tiles_per_call == tiles
 
 
 # --- Mesmer's memory model (no TensorFlow needed) ----------------------------------------------
@@ -166,12 +186,12 @@ def test_mesmer_tile_counts(shape, mpp, tiles):
     assert MesmerSegmenter().tiles_per_patch(shape, mpp) == tiles
 
 
-def test_mesmer_memory_grows_with_tiles():
+def test_mesmer_memory_grows_with_tiles(no_weights_env):
     segmenter = MesmerSegmenter()
     small = segmenter.memory_per_patch((256, 256), 0.5)
     large = segmenter.memory_per_patch((1024, 1024), 0.5)
-    assert small.device_bytes == DEVICE_BYTES_PER_TILE
-    assert large.device_bytes == 25 * DEVICE_BYTES_PER_TILE
+    assert small.device_bytes == TORCH_FP32
+    assert large.device_bytes == 25 * TORCH_FP32
     # Host: at least the float32 maps (16 B/px) and the labels, at most a few hundred B/px.
     assert 16 * 1024**2 < large.host_bytes < 400 * 1024**2
     assert segmenter.memory_per_patch((512, 512), 1.0).device_bytes == large.device_bytes
@@ -242,6 +262,31 @@ def test_out_of_memory_detection():
     assert is_out_of_memory(Subclass("x"))
     assert is_out_of_memory(RuntimeError("OOM when allocating tensor with shape[64,256,256,128]"))
     assert not is_out_of_memory(ValueError("shapes do not match"))
+
+    class OutOfMemoryError(RuntimeError):  # stands in for torch.cuda.OutOfMemoryError
+        pass
+
+    assert is_out_of_memory(OutOfMemoryError("x"))
+    assert is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
+    torch = pytest.importorskip("torch")
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert is_out_of_memory(torch.OutOfMemoryError("out of memory"))
+
+
+def test_backoff_empties_the_cuda_cache(monkeypatch):
+    torch = pytest.importorskip("torch")
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+
+    def network(tiles):
+        if tiles > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return tiles
+
+    assert run_with_backoff(network, 8) == (2, 2)
+    assert len(emptied) == 2  # once before each retry
 
 
 # --- patches per task changes nothing ----------------------------------------------------------

@@ -362,6 +362,33 @@ def write_safetensors(state: dict[str, np.ndarray], metadata: dict[str, str], ou
         partial.unlink(missing_ok=True)
 
 
+def save_network(net: Any, out: str | os.PathLike[str], *, source_name: str = "pytorch"
+                 ) -> dict[str, str]:
+    """Write a PyTorch ``MesmerNet``'s weights as a converted file (e.g. ``random_network``).
+
+    For tests and benchmarks: the file loads like a converted one, its ``source_kind`` is
+    ``"pytorch"``, ``source_sha256`` covers the tensors (name, then bytes, in name order) and
+    ``self_check.ran`` is false (there is no TensorFlow source to compare with).
+    """
+    torch, _ = _torch_network()
+    state = {name: np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
+             for name, t in net.state_dict().items()}
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode() + b"\0" + state[name].tobytes())
+    metadata = {"architecture": graph.ARCHITECTURE,
+                "architecture_version": graph.ARCHITECTURE_VERSION,
+                "source_name": source_name, "source_kind": "pytorch",
+                "source_sha256": digest.hexdigest(),
+                "tile_shape": ",".join(map(str, graph.INPUT_SHAPE)),
+                "maps": ",".join(graph.MAP_NAMES),
+                "converter": f"codexdask {__version__}, torch {torch.__version__}",
+                "self_check": json.dumps({"ran": False, "reason": "written from a PyTorch "
+                                          "network: no TensorFlow source to compare with"})}
+    write_safetensors(state, metadata, Path(out).expanduser())
+    return metadata
+
+
 def _torch_network() -> tuple[Any, Any]:
     """``torch`` and :mod:`codexdask.mesmer.network`, or a :class:`ModelLoadError` saying why."""
     try:

@@ -48,6 +48,41 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclasses.dataclass(frozen=True)
+class PreprocessGeometry:
+    """Where the preprocessing of a box reads, without the image's statistics.
+
+    Attributes
+    ----------
+    image_shape : (int, int)
+        ``(H, W)`` of the whole image.
+    kernel : (int, int)
+        CLAHE contextual region size.
+    normalize : bool
+        Whether CLAHE runs (else a box needs only its own pixels).
+    """
+
+    image_shape: tuple[int, int]
+    kernel: tuple[int, int]
+    normalize: bool = True
+
+    def required_box(self, out_box: Box) -> Box:
+        """Raw pixels needed to compute ``out_box`` (:func:`context_box`)."""
+        check_inside(out_box, self.image_shape, "out_box")
+        if not self.normalize:
+            return out_box
+        return clahe_required_box(out_box, self.image_shape, self.kernel)
+
+
+def preprocess_geometry(image_shape: tuple[int, int],
+                        kernel_size: int | tuple[int, int] | None = DEFAULT_KERNEL_SIZE,
+                        normalize: bool = True) -> PreprocessGeometry:
+    """The :class:`PreprocessGeometry` of an ``(H, W)`` image (``kernel_size`` as in
+    :func:`preprocess_plan`)."""
+    shape = image_shape_2d(image_shape)
+    return PreprocessGeometry(shape, resolve_kernel_size(kernel_size, shape), normalize)
+
+
+@dataclasses.dataclass(frozen=True)
 class PreprocessPlan:
     """Everything global that :func:`preprocess_window` needs about one image.
 
@@ -75,10 +110,8 @@ class PreprocessPlan:
 
     def required_box(self, out_box: Box) -> Box:
         """Raw pixels needed to compute ``out_box`` (:func:`context_box`)."""
-        check_inside(out_box, self.image_shape, "out_box")
-        if not self.normalize:
-            return out_box
-        return clahe_required_box(out_box, self.image_shape, self.kernel)
+        return PreprocessGeometry(self.image_shape, self.kernel, self.normalize).required_box(
+            out_box)
 
     def with_clahe_range(self, extrema: np.ndarray) -> PreprocessPlan:
         """This plan with the global CLAHE extrema from :func:`combine_clahe_extrema`."""

@@ -1,4 +1,4 @@
-"""Segmenters: Mesmer (deepcell) and an offline classical watershed, behind one contract."""
+"""Segmenters: Mesmer (PyTorch or TensorFlow weights) and an offline watershed, one contract."""
 
 from .base import (
     CallableSegmenter,

@@ -1,282 +1,252 @@
-"""Mesmer (deepcell 0.12.10) as a two-stage segmenter with deepcell's exact labels.
+"""Mesmer as a two-stage segmenter: codexdask's own pipeline around one network call.
 
 ``infer`` does what ``deepcell.applications.Mesmer.predict(..., compartment="both")`` does before
-post-processing, by calling deepcell's own pieces (``Application._resize_input``,
-``mesmer_preprocess``, ``Application._tile_input``, ``format_output_mesmer``,
-``Application._untile_output``); only the network loop differs: the model is called directly
-(a ``tf.function``) on ``tiles_per_call`` tiles at a time instead of ``model.predict`` per 4 tiles
-(``model.predict`` costs ~40 ms per call), and only the 4 output channels Mesmer uses are kept.
-``postprocess`` runs ``deepcell_toolbox.deep_watershed`` for the whole-cell and the nuclear maps
-with Mesmer's default arguments (what ``mesmer_postprocess(compartment="both")`` does, without
-importing TensorFlow on CPU workers) and resizes the labels back like
-``Application._resize_output``.
+post-processing, with codexdask's own pieces (:mod:`codexdask.mesmer`): resize to 0.5 µm/px,
+percentile clip, rescale and CLAHE, deepcell's tile grid, the network, spline-blended untiling;
+``postprocess`` runs deep watershed for both compartments with ``Mesmer.predict``'s defaults
+(:mod:`codexdask.postprocess`) and resizes the labels back. Only the network differs between the
+runtimes, which the weights choose (:mod:`.mesmer_runtime`): a converted ``.safetensors`` file
+runs on PyTorch, a Keras SavedModel on TensorFlow.
 
-Exactness: with the same number of tiles per network call the labels equal
+Every image goes through the window functions: a whole image (``infer``, ``patches`` mode) is one
+window; a logical patch larger than a compute tile (``full_image`` ...) is cut into windows whose
+image-wide statistics come from the whole patch (:meth:`MesmerSegmenter.statistics`,
+:mod:`.mesmer_stats`), whose network tiles lie on the patch's global tile grid and whose CLAHE
+regions on its global region grid, so a window's maps are the whole patch's maps there.
+
+Exactness: on TensorFlow with the same number of tiles per network call, the labels equal
 ``Mesmer(model).predict(batch, image_mpp=..., compartment="both", batch_size=T)`` bit for bit.
 TensorFlow's float results change in the last bit with the batch size, so another ``T`` can flip
-pixels whose probability lies within rounding of a threshold (tests allow 0.01 %). Pin
-``tiles_per_call=4`` (deepcell's default) for deepcell's exact labels.
+pixels whose probability lies within rounding of a threshold; pin ``tiles_per_call=4``
+(deepcell's default) for deepcell's exact labels. On PyTorch (fp32) the maps differ from
+TensorFlow's by ~1e-6, which moves a pixel whose probability sits on a threshold: over the Mesmer
+matrix against deepcell's labels, 0-4 pixels differ per batch (worst 3 of 360,000) with equal
+object counts (``tests/test_mesmer_faithfulness.py``).
 
-One deviation: deepcell 0.12.10 fails with a shape error on a patch that is shorter than 256 px
-on one axis and longer on the other (e.g. 300×200): its ``_tile_input`` then pads both axes. Here
-the short axis is reflect-padded to 256 exactly as deepcell pads small images, the padded image is
-tiled with deepcell's ``tile_image``, and the padding is cropped after untiling.
-
-Weights (:func:`load_mesmer_model`) come from where
-:func:`codexdask.mesmer.weights.find_model_source` says: ``model_path`` (or
-``$CODEXDASK_MODEL_PATH``), then deepcell's cache ``~/.deepcell/models``, then a download with
-``DEEPCELL_ACCESS_TOKEN``; the model is loaded once per process. TensorFlow and deepcell are
-imported only when Mesmer is used.
+One deviation: deepcell 0.12.10 fails with a shape error on an image shorter than 256 px on one
+axis and longer on the other (e.g. 300x200). Here the short axis of the preprocessed image is
+reflect-padded to 256 as deepcell pads small images, tiled, and cropped after untiling
+(:func:`codexdask.mesmer.windows.network_padding`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
-import threading
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import numpy as np
 
 from .. import hardware
 from ..config import fixed_or_none
-from ..errors import ConfigError, ModelLoadError, SegmenterError
-from ..mesmer.weights import MODEL_ARCHIVE, find_model_source, locate_model_dir, weights_key
+from ..errors import ConfigError, StateError
+from ..geometry import Box
+from ..mesmer.preprocess import (
+    DEFAULT_KERNEL_SIZE,
+    PreprocessGeometry,
+    mesmer_preprocess,
+    preprocess_geometry,
+)
+from ..mesmer.resize import (
+    MODEL_MPP,
+    resize_image,
+    resize_labels_required_box,
+    resized_shape,
+)
+from ..mesmer.tiling import MODEL_TILE, MesmerTileGrid
+from ..mesmer.weights import find_model_source, weights_key
+from ..mesmer.windows import (
+    MesmerWindow,
+    network_grid,
+    plan_window,
+    untile_window_maps,
+    window_inputs,
+    window_tiles,
+)
+from ..statistics import DEFAULT_PERCENTILE
 from . import planner
-from .base import MemoryEstimate, Segmenter, check_batch, register_segmenter
+from .base import MemoryEstimate, Segmenter, WindowInput, check_batch, register_segmenter
+from .mesmer_maps import (
+    MAP_NAMES,
+    NUCLEAR_DEFAULTS,
+    WHOLE_CELL_DEFAULTS,
+    MesmerMaps,
+    WindowMaps,
+    postprocess_window,
+    watershed_kwargs,
+)
+from .mesmer_runtime import (
+    PRECISIONS,
+    TensorFlowRuntime,
+    TorchRuntime,
+    load_runtime,
+    model_load_count,
+    run_tiles,
+)
+from .mesmer_stats import MesmerImageStatistics
+
+__all__ = ["MAP_NAMES", "MesmerMaps", "MesmerSegmenter", "WindowMaps", "load_mesmer_model",
+           "model_load_count", "resized_shape"]
 
 logger = logging.getLogger(__name__)
 
-#: Microns per pixel of Mesmer's training data; other ``image_mpp`` values are resized.
-MODEL_MPP = 0.5
-#: Side of the model's input tile and the tile stride used by deepcell (``0.75 * 256``).
-TILE_SIZE = 256
-TILE_STRIDE = 192
-
-#: ``Mesmer.predict``'s post-processing defaults (user values are merged on top).
-WHOLE_CELL_DEFAULTS: dict[str, Any] = {
-    "maxima_threshold": 0.075, "maxima_smooth": 0, "interior_threshold": 0.2,
-    "interior_smooth": 2, "small_objects_threshold": 15, "fill_holes_threshold": 15, "radius": 2,
-}
-NUCLEAR_DEFAULTS: dict[str, Any] = {**WHOLE_CELL_DEFAULTS, "maxima_threshold": 0.1}
-
-#: Accelerator memory per 256² tile in one network call (fp32 activations). Measured on CPU with
-#: the Mesmer architecture (TF 2.8, oneDNN): peak RSS grows 116-133 MB per tile between 1 and 24
-#: tiles per call; a liveness analysis of the graph in Keras layer order gives ~168 MB on GPU
-#: (``docs/architecture.md``, measured facts). 200 MiB covers both plus cuDNN workspace.
-DEVICE_BYTES_PER_TILE = 200 * 2**20
-#: Host bytes per tile held by ``infer``: the float32 input tile (0.5 MiB) and the 4 kept output
-#: channels (1 MiB).
+#: ``mesmer_preprocess`` keywords accepted in ``preprocess_kwargs``.
+PREPROCESS_KEYS = ("threshold", "percentile", "normalize", "kernel_size")
+#: Accelerator memory per 256² tile in one network call, by runtime and precision. PyTorch: at
+#: most ~82 MiB of activations per tile are alive in float32 (~41 MiB in bf16/fp16), counted
+#: with ``torch.profiler(profile_memory=True)`` on CPU; 100 / 50 MiB leave room for the cuDNN
+#: workspace (the weights, 98 MiB, are in the planner's fixed device reserve). TensorFlow 2.8:
+#: peak RSS grows 116-133 MB per tile between 1 and 24 tiles per call on CPU, a liveness
+#: analysis of the Keras graph gives ~168 MB on GPU; 200 MiB covers both.
+DEVICE_BYTES_PER_TILE = {"torch": {"fp32": 100 * 2**20, "tf32": 100 * 2**20,
+                                   "bf16": 50 * 2**20, "fp16": 50 * 2**20},
+                         "tensorflow": {"fp32": 200 * 2**20}}
+#: Host bytes per tile held by ``infer``: the float32 input tile (0.5 MiB) and the 4 maps (1 MiB).
 HOST_BYTES_PER_TILE = 3 * 2**19
-#: Host bytes per pixel at model resolution (tile-padded). Measured with tracemalloc on 512² and
-#: 1024² patches: ``infer``'s NumPy peak 74-118 B/px (preprocessing copies, tiles, one float64
-#: untiling canvas, the 16 B/px float32 maps), ``postprocess`` peak 96 B/px (deep_watershed of both
-#: compartments); 200 covers one task holding maps while post-processing, with margin.
+#: Host bytes per pixel at model resolution (tile-padded): preprocessing copies, the float64
+#: untiling canvas, the 16 B/px float32 maps, and deep watershed of both compartments. Peak RSS
+#: above the process's baseline, measured on 1-5 Mpx windows: ``infer_windows`` 103-128 B/px
+#: (tile inputs and outputs included), ``postprocess_windows`` 46-49 B/px; 200 covers a task
+#: inferring while the maps of another wait for post-processing.
 HOST_BYTES_PER_MODEL_PIXEL = 200
 #: Host bytes per pixel of the original patch: input copy and uint32 labels.
 HOST_BYTES_PER_INPUT_PIXEL = 24
-
-_MAP_KEYS = (
-    "whole_cell_inner_distance", "whole_cell_interior", "nuclear_inner_distance", "nuclear_interior"
-)
-
-_LOCK = threading.Lock()
-_MODELS: dict[str, _LoadedModel] = {}
-_AUTO_TILES: dict[str, int] = {}
-_LOAD_COUNT = 0
-_TF_READY = False
+#: Side of a compute tile of a logical patch, in microns (2048 pixels at Mesmer's 0.5 µm/px).
+COMPUTE_TILE_UM = 1024.0
+#: Halo of a compute tile, in microns (96 pixels at 0.5 µm/px); see :meth:`MesmerSegmenter.halo`.
+HALO_UM = 48.0
 
 
-class _LoadedModel:
-    """A loaded Keras model, its deepcell Application and the direct network function."""
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """One window to run through the network: its geometry and its tile inputs."""
 
-    def __init__(self, model: Any, path: Path):
-        import tensorflow as tf
-        from deepcell.applications.mesmer import Mesmer, format_output_mesmer
-
-        self.model = model
-        self.path = path
-        self.app = Mesmer(model)  # given a model, Mesmer never downloads
-        tile_shape = tuple(model.input_shape[1:3])
-
-        @tf.function(input_signature=[tf.TensorSpec((None, *tile_shape, 2), tf.float32)])
-        def network(tiles: Any) -> tuple[Any, Any, Any, Any]:
-            out = format_output_mesmer(model(tiles, training=False))
-            return (out["whole-cell"][0], out["whole-cell"][1], out["nuclear"][0],
-                    out["nuclear"][1])
-
-        self.network = network
-
-
-def model_load_count() -> int:
-    """How many times this process has loaded a Mesmer model from disk (for tests and logs)."""
-    return _LOAD_COUNT
-
-
-def clear_model_cache() -> None:
-    """Forget the models loaded by this process (the next use loads again)."""
-    with _LOCK:
-        _MODELS.clear()
-        _AUTO_TILES.clear()
-
-
-def load_mesmer_model(model_path: str | os.PathLike[str] | None = None) -> Any:
-    """Load the Mesmer Keras model once per process.
-
-    Sources, in order: ``model_path`` (else ``$CODEXDASK_MODEL_PATH``), a Keras SavedModel
-    directory; deepcell's cache, ``~/.deepcell/models/MultiplexSegmentation`` or the archive
-    ``~/.deepcell/models/MultiplexSegmentation-9.tar.gz`` (md5-checked, then extracted); a
-    download through deepcell with ``$DEEPCELL_ACCESS_TOKEN``.
-
-    Returns
-    -------
-    tensorflow.keras.Model
-        Input ``(None, 256, 256, 2)``, four outputs (inner distance and pixelwise heads for
-        whole-cell and nuclear).
-
-    Raises
-    ------
-    ModelLoadError
-        If ``model_path`` is missing or not a loadable Mesmer SavedModel, or no source works (the
-        message names the three ways to provide weights).
-    SegmenterError
-        If TensorFlow or deepcell is not installed.
-    """
-    return _loaded(model_path).model
-
-
-def _loaded(model_path: str | os.PathLike[str] | None) -> _LoadedModel:
-    global _LOAD_COUNT
-    key = weights_key(model_path)
-    with _LOCK:
-        if key in _MODELS:
-            return _MODELS[key]
-        directory = locate_model_dir(model_path)
-        tf = _tensorflow()
-        try:
-            model = tf.keras.models.load_model(str(directory), compile=False)
-        except Exception as exc:  # TF raises many types for a bad SavedModel
-            raise ModelLoadError(
-                f"could not load the Mesmer model from {str(directory)!r} "
-                f"({type(exc).__name__}: {str(exc)[:300]}); it must be a Keras SavedModel "
-                "directory such as the MultiplexSegmentation folder of deepcell's "
-                f"{MODEL_ARCHIVE}"
-            ) from exc
-        _check_model(model, directory)
-        loaded = _LoadedModel(model, directory)
-        _MODELS[key] = loaded
-        _LOAD_COUNT += 1
-        logger.info("loaded Mesmer model from %s", directory)
-        return loaded
-
-
-def _check_model(model: Any, directory: Path) -> None:
-    shape = tuple(model.input_shape) if not isinstance(model.input_shape, list) else None
-    if shape is None or len(shape) != 4 or shape[-1] != 2 or len(model.outputs) != 4:
-        raise ModelLoadError(
-            f"{str(directory)!r} is not a Mesmer model: expected one (None, 256, 256, 2) input and "
-            f"4 outputs, got input {model.input_shape} and {len(model.outputs)} outputs"
-        )
-
-
-def _tensorflow() -> Any:
-    """Import TensorFlow and deepcell (whose import registers its custom Keras layers) and turn
-    on memory growth for every visible GPU, once per process."""
-    global _TF_READY
-    # TensorFlow's C++ info and warning lines (missing CUDA libraries on CPU hosts...) are noise
-    # here; errors still show. A value set by the user wins.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        import deepcell  # noqa: F401
-        import tensorflow as tf
-    except ImportError as exc:
-        raise SegmenterError(
-            "the mesmer backend needs TensorFlow 2.8 and deepcell 0.12.10 (Python 3.10): "
-            "pip install 'codexdask[mesmer]', or use --backend watershed"
-        ) from exc
-    if not _TF_READY:
-        for gpu in tf.config.list_physical_devices("GPU"):
-            try:
-                tf.config.experimental.set_memory_growth(gpu, True)
-            except RuntimeError:  # TensorFlow already initialised the device
-                logger.warning("could not enable memory growth on %s", gpu.name)
-        _TF_READY = True
-    return tf
-
-
-def resized_shape(shape: tuple[int, int], image_mpp: float | None) -> tuple[int, int]:
-    """Patch shape at the model's 0.5 µm/px, computed as deepcell does (``int(side * scale)``)."""
-    if image_mpp is None or image_mpp == MODEL_MPP:
-        return int(shape[0]), int(shape[1])
-    scale = image_mpp / MODEL_MPP
-    return int(shape[0] * scale), int(shape[1] * scale)
-
-
-def tiles_per_side(side: int) -> int:
-    """256² tiles deepcell's ``tile_image`` uses along one axis of ``side`` pixels (>= 256)."""
-    return max(int(np.ceil((side - TILE_SIZE) / TILE_STRIDE + 1)), 1)
+    window: MesmerWindow
+    tiles: np.ndarray  # (len(window.tiles), 256, 256, 2) network inputs
+    raw_window: Box  # the window in raw pixels
 
 
 class MesmerSegmenter(Segmenter):
-    """Mesmer through deepcell 0.12.10, split into GPU inference and CPU post-processing.
+    """Mesmer, split into network inference (GPU workers) and deep watershed (CPU).
 
     Parameters
     ----------
     model_path : str or path, optional
-        Keras SavedModel directory of the weights; see :func:`load_mesmer_model`.
+        The weights: a converted ``.safetensors`` file (PyTorch) or a Keras SavedModel directory
+        or deepcell's archive (TensorFlow); default ``$CODEXDASK_MODEL_PATH``, then deepcell's
+        cache (:func:`codexdask.mesmer.weights.find_model_source`).
     tiles_per_call : "auto" or int
         256² tiles per network call. ``"auto"`` sizes it from free accelerator memory (or host
-        memory on CPU) once per process. Pin to 4 to get deepcell's default labels bit for bit.
+        memory on CPU) once per process. On TensorFlow pin it to 4 to get deepcell's default
+        labels bit for bit.
+    precision : {"fp32", "tf32", "bf16", "fp16"}
+        Network precision on PyTorch (TensorFlow: fp32 only). fp32, the default, is lossless;
+        the others trade label agreement for speed (README, "Precision").
     preprocess_kwargs : dict, optional
         ``mesmer_preprocess`` keywords (``threshold``, ``percentile``, ``normalize``,
         ``kernel_size``).
     postprocess_kwargs_whole_cell, postprocess_kwargs_nuclear : dict, optional
         ``deep_watershed`` keywords merged over Mesmer's defaults.
     pad_mode : {"constant", "reflect"}
-        Padding of ``tile_image``, as in ``Mesmer.predict``.
+        Padding of the tile grid, as in ``Mesmer.predict``.
+    device : str, optional
+        PyTorch device (``"cpu"``, ``"cuda"``, ``"cuda:N"``); default the process's first
+        visible GPU, else the CPU.
     """
 
     name = "mesmer"
     wants_gpu = True
-    device_bytes_per_tile = DEVICE_BYTES_PER_TILE
 
     def __init__(
         self,
         model_path: str | os.PathLike[str] | None = None,
         tiles_per_call: int | str = "auto",
+        precision: str = "fp32",
         preprocess_kwargs: Mapping[str, Any] | None = None,
         postprocess_kwargs_whole_cell: Mapping[str, Any] | None = None,
         postprocess_kwargs_nuclear: Mapping[str, Any] | None = None,
         pad_mode: str = "constant",
+        device: str | None = None,
     ):
         self.model_path = None if model_path is None else os.fspath(model_path)
         fixed = fixed_or_none("tiles_per_call", tiles_per_call)
         self.tiles_per_call: int | str = "auto" if fixed is None else fixed
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, "
+                              f"got {precision!r}")
+        self.precision = precision
         self.preprocess_kwargs = dict(preprocess_kwargs or {})
-        self.whole_cell_kwargs = {**WHOLE_CELL_DEFAULTS, **(postprocess_kwargs_whole_cell or {})}
-        self.nuclear_kwargs = {**NUCLEAR_DEFAULTS, **(postprocess_kwargs_nuclear or {})}
+        unknown = sorted(set(self.preprocess_kwargs) - set(PREPROCESS_KEYS))
+        if unknown:
+            raise ConfigError(f"unknown preprocess_kwargs {unknown}; Mesmer's preprocessing "
+                              f"takes {', '.join(PREPROCESS_KEYS)}")
+        self.whole_cell_kwargs = watershed_kwargs(WHOLE_CELL_DEFAULTS,
+                                                  postprocess_kwargs_whole_cell)
+        self.nuclear_kwargs = watershed_kwargs(NUCLEAR_DEFAULTS, postprocess_kwargs_nuclear)
         if pad_mode not in ("constant", "reflect"):
             raise ConfigError(f"pad_mode must be 'constant' or 'reflect', got {pad_mode!r}")
         self.pad_mode = pad_mode
+        self.device = device
+        self._runtime: str | None = None
 
     def __repr__(self) -> str:
         return (f"MesmerSegmenter(model_path={self.model_path!r}, "
-                f"tiles_per_call={self.tiles_per_call!r})")
+                f"tiles_per_call={self.tiles_per_call!r}, precision={self.precision!r})")
+
+    # -- weights and memory ---------------------------------------------------------------------
+
+    @property
+    def runtime(self) -> str:
+        """``"torch"`` or ``"tensorflow"``: what the weights select (``"torch"`` while none are
+        found, the main environment's runtime)."""
+        if self._runtime is None:
+            self._runtime = find_model_source(self.model_path).runtime or "torch"
+        return self._runtime
+
+    @property
+    def device_bytes_per_tile(self) -> int:
+        """Accelerator bytes one tile needs in a network call (:data:`DEVICE_BYTES_PER_TILE`)."""
+        per_precision = DEVICE_BYTES_PER_TILE[self.runtime]
+        return per_precision.get(self.precision, per_precision["fp32"])
 
     def check(self) -> None:
-        """Refuse a missing or non-SavedModel ``model_path``, or no weights at all, in the driver.
-
-        Only looks at the files (no TensorFlow import, no download); a SavedModel that exists
-        but cannot be loaded is still found by the first inference task.
-        """
+        """Refuse missing weights, a runtime that is not installed, or a precision the runtime
+        lacks, in the driver (files only: nothing is loaded or downloaded)."""
         source = find_model_source(self.model_path)
         if not source.ok:
             raise source.error()
+        if not source.runtime_ok:
+            raise ConfigError(f"Mesmer weights: {source.detail}")
+        if source.runtime == "tensorflow" and self.precision != "fp32":
+            raise ConfigError(f"precision {self.precision!r} needs converted weights on PyTorch "
+                              "(codexdask convert-model); a Keras SavedModel runs in fp32")
 
-    def infer(self, batch: np.ndarray, image_mpp: float) -> dict[str, Any]:
-        """Resize, preprocess, tile, run the network, untile: Mesmer's maps.
+    def tiles_per_patch(self, shape: tuple[int, int], image_mpp: float) -> int:
+        """256² network tiles one ``shape`` patch becomes after resizing to 0.5 µm/px."""
+        return network_grid(resized_shape(shape, image_mpp), self.pad_mode).n_tiles
+
+    def memory_per_patch(self, shape: tuple[int, int], image_mpp: float) -> MemoryEstimate:
+        """Bytes one patch needs; see the ``*_BYTES_*`` constants of this module.
+
+        ``device_bytes`` = tiles x :attr:`device_bytes_per_tile` (all its tiles in one call);
+        ``host_bytes`` = tiles x :data:`HOST_BYTES_PER_TILE` + model-resolution pixels x
+        :data:`HOST_BYTES_PER_MODEL_PIXEL` + original pixels x :data:`HOST_BYTES_PER_INPUT_PIXEL`.
+        """
+        tiles = self.tiles_per_patch(shape, image_mpp)
+        height, width = resized_shape(shape, image_mpp)
+        padded = max(height, MODEL_TILE) * max(width, MODEL_TILE)
+        host = (tiles * HOST_BYTES_PER_TILE + padded * HOST_BYTES_PER_MODEL_PIXEL
+                + int(shape[0]) * int(shape[1]) * HOST_BYTES_PER_INPUT_PIXEL)
+        return MemoryEstimate(device_bytes=tiles * self.device_bytes_per_tile,
+                              host_bytes=int(host))
+
+    # -- whole images (a batch of patches) ------------------------------------------------------
+
+    def infer(self, batch: np.ndarray, image_mpp: float) -> MesmerMaps:
+        """Resize, preprocess, tile, run the network, untile: Mesmer's maps of every image.
 
         Parameters
         ----------
@@ -287,97 +257,179 @@ class MesmerSegmenter(Segmenter):
 
         Returns
         -------
-        dict
-            ``whole_cell_inner_distance``, ``whole_cell_interior``, ``nuclear_inner_distance``,
-            ``nuclear_interior``: ``(B, h, w, 1)`` float32 at the model's 0.5 µm/px;
-            ``original_shape`` (tuple, ``batch.shape``); ``image_mpp`` (float); ``n_tiles``
-            (int); ``tiles_per_call`` (int, the tile batch finally used).
+        MesmerMaps
+            One :class:`WindowMaps` per image: its whole ``(h, w, 4)`` float32 maps at 0.5 µm/px.
         """
         batch = check_batch(batch)
-        if batch.shape[0] == 0:
-            height, width = resized_shape((batch.shape[1], batch.shape[2]), image_mpp)
-            empty = np.zeros((0, height, width, 1), np.float32)
-            return {**dict.fromkeys(_MAP_KEYS, empty), "original_shape": tuple(batch.shape),
-                    "image_mpp": float(image_mpp), "n_tiles": 0, "tiles_per_call": 0}
-        key = weights_key(self.model_path)
-        loaded = _loaded(self.model_path)
-        app = loaded.app
-        image = app._resize_input(batch, image_mpp)
-        image = app._preprocess(image, **self.preprocess_kwargs)
-        tiles, tiles_info, crop = _tile(app, image, self.pad_mode)
-        first = self._tiles_to_try(key)
-        outputs, used = planner.run_with_backoff(
-            lambda n: _run_network(loaded.network, tiles, n), first, what="the Mesmer network"
-        )
-        if used < first and self.tiles_per_call == "auto":
-            _AUTO_TILES[key] = used
-        images = app._untile_output(outputs, tiles_info)
-        if crop is not None:
-            (x0, x1), (y0, y1) = crop
-            images = [im[:, x0:x1, y0:y1] for im in images]
-        maps: dict[str, Any] = {
-            name: np.ascontiguousarray(im) for name, im in zip(_MAP_KEYS, images, strict=True)
-        }
-        maps.update(original_shape=tuple(batch.shape), image_mpp=float(image_mpp),
-                    n_tiles=int(tiles.shape[0]), tiles_per_call=int(used))
-        return maps
+        _check_mpp(image_mpp)
+        shape = (int(batch.shape[1]), int(batch.shape[2]))
+        model_shape = resized_shape(shape, image_mpp)
+        grid = network_grid(model_shape, self.pad_mode)
+        # A whole image is one window: one plan of the whole network image, the image resized
+        # and preprocessed in one piece (mesmer_preprocess computes the CLAHE levels once).
+        whole = Box.whole(model_shape)
+        window = plan_window(whole, grid, self._geometry(model_shape))
+        groups = []
+        for image in batch:
+            if image_mpp != MODEL_MPP:
+                image = resize_image(image, model_shape)
+            values = mesmer_preprocess(image, **self.preprocess_kwargs)
+            groups.append([_Job(window, window_tiles(values, whole, window, grid),
+                                Box.whole(shape))])
+        windows, n_tiles, used = self._network_maps(groups, grid, shape)
+        return MesmerMaps(tuple(windows), tuple(batch.shape), n_tiles, used, self.runtime)
 
-    def postprocess(self, maps: Mapping[str, Any]) -> np.ndarray:
+    def postprocess(self, maps: MesmerMaps) -> np.ndarray:
         """Deep watershed of both compartments, then resize back to the patch size.
-
-        Parameters
-        ----------
-        maps : dict
-            :meth:`infer`'s output.
 
         Returns
         -------
         numpy.ndarray
             ``(B, H, W, 2)`` uint32, channel 0 whole-cell, channel 1 nucleus, labels 1..K.
         """
-        from deepcell_toolbox.deep_watershed import deep_watershed
-        from deepcell_toolbox.utils import resize
-
-        shape = tuple(maps["original_shape"])
-        if shape[0] == 0:
+        shape = tuple(maps.original_shape)
+        if not maps.windows:
             return np.zeros(shape[:3] + (2,), np.uint32)
-        cell = deep_watershed(
-            [maps["whole_cell_inner_distance"], maps["whole_cell_interior"]],
-            **self.whole_cell_kwargs,
-        )
-        nucleus = deep_watershed(
-            [maps["nuclear_inner_distance"], maps["nuclear_interior"]], **self.nuclear_kwargs
-        )
-        labels = np.concatenate([cell, nucleus], axis=-1)
-        if labels.shape[1:3] != shape[1:3]:
-            labels = resize(labels, shape[1:3], data_format="channels_last", labeled_image=True)
-        return labels.astype(np.uint32)
+        return np.stack(self.postprocess_windows(maps.windows))
 
-    def tiles_per_patch(self, shape: tuple[int, int], image_mpp: float) -> int:
-        """256² tiles one ``shape`` patch becomes after resizing to 0.5 µm/px."""
-        height, width = resized_shape(shape, image_mpp)
-        return tiles_per_side(max(height, TILE_SIZE)) * tiles_per_side(max(width, TILE_SIZE))
+    # -- windows of a logical patch -------------------------------------------------------------
 
-    def memory_per_patch(self, shape: tuple[int, int], image_mpp: float) -> MemoryEstimate:
-        """Bytes one patch needs; see the ``*_BYTES_*`` constants of this module.
+    def statistics(self, image_mpp: float) -> MesmerImageStatistics:
+        """Mesmer's per-image statistics, to be gathered over a whole logical patch: the raw
+        value range (when resizing), the clip statistics of the resized image, the CLAHE range."""
+        _check_mpp(image_mpp)
+        return self._statistics(image_mpp)
 
-        ``device_bytes`` = tiles x :data:`DEVICE_BYTES_PER_TILE` (all its tiles in one call);
-        ``host_bytes`` = tiles x :data:`HOST_BYTES_PER_TILE` + model-resolution pixels x
-        :data:`HOST_BYTES_PER_MODEL_PIXEL` + original pixels x :data:`HOST_BYTES_PER_INPUT_PIXEL`.
+    def tile_size(self, image_mpp: float) -> int:
+        """Compute-tile side: :data:`COMPUTE_TILE_UM` µm (2048 px at 0.5 µm/px), in raw pixels.
+
+        A window recomputes the network tiles and CLAHE regions its neighbours also need. With
+        the default halo on a 12000² slide at 0.5 µm/px, windows run 1.42x the one-piece
+        network tiles and post-process 1.17x its pixels (cores of 1024: 2.0x and 1.38x; 4096:
+        1.17x and 1.07x), and a 2240² window peaks at ~0.65 GB of host memory in ``infer``.
         """
-        tiles = self.tiles_per_patch(shape, image_mpp)
-        height, width = resized_shape(shape, image_mpp)
-        padded = max(height, TILE_SIZE) * max(width, TILE_SIZE)
-        host = (tiles * HOST_BYTES_PER_TILE + padded * HOST_BYTES_PER_MODEL_PIXEL
-                + int(shape[0]) * int(shape[1]) * HOST_BYTES_PER_INPUT_PIXEL)
-        return MemoryEstimate(device_bytes=tiles * DEVICE_BYTES_PER_TILE, host_bytes=int(host))
+        return max(MODEL_TILE, math.ceil(COMPUTE_TILE_UM / image_mpp))
 
-    def _tiles_to_try(self, key: str) -> int:
+    def halo(self, image_mpp: float) -> int:
+        """Halo: :data:`HALO_UM` µm (96 px at 0.5 µm/px), in raw pixels.
+
+        The tile owning an object holds its bounding-box centre, so the object reaches at most
+        half its extent past the core; deep watershed's reach beyond it (the interior
+        smoothing's 8-px radius, the h-maxima and the flood, bounded by the neighbouring cells
+        in Mesmer's maps) is a small margin more. On Mesmer-like maps with cells up to 93 px
+        across, windows with a 64-px halo gave the one-piece labels exactly (32 px lost 8 % of
+        the cells); 96 px holds cells up to ~150 px (75 µm) across. The largest of the 272 cells
+        Mesmer found on the MIBI sample image spans 94 px.
+        """
+        return max(1, math.ceil(HALO_UM / image_mpp))
+
+    def read_box(self, window: Box, patch_shape: tuple[int, int], image_mpp: float) -> Box:
+        """Raw pixels the window needs: its network tiles, their CLAHE regions and the resize's
+        reach (:func:`codexdask.mesmer.windows.plan_window`)."""
+        shape = (int(patch_shape[0]), int(patch_shape[1]))
+        model_shape = resized_shape(shape, image_mpp)
+        model_box = _model_box(window, shape, model_shape)
+        return plan_window(model_box, network_grid(model_shape, self.pad_mode),
+                           self._geometry(model_shape),
+                           shape if image_mpp != MODEL_MPP else None).raw_box
+
+    def infer_windows(self, windows: Sequence[WindowInput], image_mpp: float,
+                      statistics: Any) -> list[WindowMaps]:
+        """Maps of windows of one logical patch, with the patch's ``statistics``.
+
+        The network tiles of all windows run together, ``tiles_per_call`` per call; a tile that
+        two windows share runs once.
+        """
+        if not windows:
+            return []
+        if not isinstance(statistics, MesmerImageStatistics) or not statistics.done:
+            raise StateError("Mesmer's windows need the patch's statistics: gather "
+                             "segmenter.statistics(image_mpp) over the patch first")
+        shape = windows[0].patch_shape
+        plan = statistics.plan(shape)
+        grid = network_grid(plan.image_shape, self.pad_mode)
+        resizes = image_mpp != MODEL_MPP
+        jobs = []
+        for item in windows:
+            model_box = _model_box(item.window, shape, plan.image_shape)
+            window = plan_window(model_box, grid, plan, shape if resizes else None)
+            raw = item.raw[window.raw_box.slices(item.read_box)]
+            jobs.append(_Job(window, window_inputs(raw, window, plan, grid,
+                                                   statistics.value_range), item.window))
+        maps, _, _ = self._network_maps([jobs], grid, shape)
+        return maps
+
+    def postprocess_windows(self, maps: Sequence[WindowMaps]) -> list[np.ndarray]:
+        """Deep watershed of each window's maps, labels resized back to the window.
+
+        Returns ``(h, w, 2)`` uint32 labels (whole-cell, nucleus) per window, in raw pixels.
+        """
+        return [postprocess_window(item, self.whole_cell_kwargs, self.nuclear_kwargs)
+                for item in maps]
+
+    # -- shared ---------------------------------------------------------------------------------
+
+    def _statistics(self, image_mpp: float) -> MesmerImageStatistics:
+        kwargs = self.preprocess_kwargs
+        percentile = (kwargs.get("percentile", DEFAULT_PERCENTILE)
+                      if kwargs.get("threshold", True) else None)
+        return MesmerImageStatistics(image_mpp=float(image_mpp), percentile=percentile,
+                                     kernel_size=kwargs.get("kernel_size", DEFAULT_KERNEL_SIZE),
+                                     normalize=bool(kwargs.get("normalize", True)))
+
+    def _geometry(self, model_shape: tuple[int, int]) -> PreprocessGeometry:
+        kwargs = self.preprocess_kwargs
+        return preprocess_geometry(model_shape, kwargs.get("kernel_size", DEFAULT_KERNEL_SIZE),
+                                   bool(kwargs.get("normalize", True)))
+
+    def _network_maps(self, groups: Sequence[list[_Job]], grid: MesmerTileGrid,
+                      raw_shape: tuple[int, int]) -> tuple[list[WindowMaps], int, int]:
+        """The network on the tiles of every window, ``tiles_per_call`` per call, untiled.
+
+        ``groups`` hold the windows of one image each (all images of one shape, ``grid``); a
+        tile two windows of one image share runs once. Returns the maps, the tiles run and the
+        tiles per call used.
+        """
+        inputs: list[np.ndarray] = []
+        rows: list[dict[int, int]] = []
+        for jobs in groups:
+            first: dict[int, int] = {}
+            for job in jobs:
+                for index, tile in zip(job.window.tiles.tolist(), job.tiles, strict=True):
+                    if index not in first:
+                        first[index] = len(inputs)
+                        inputs.append(tile)
+            rows.append(first)
+        if not inputs:
+            return [], 0, 0
+        outputs, used = self._predict(np.stack(inputs))
+        maps = []
+        for jobs, first in zip(groups, rows, strict=True):
+            for job in jobs:
+                window = job.window
+                own = outputs[[first[index] for index in window.tiles.tolist()]]
+                maps.append(WindowMaps(untile_window_maps(own, window, grid), window.out_box,
+                                       window.image_shape, job.raw_window, raw_shape))
+        return maps, len(inputs), used
+
+    def _predict(self, tiles: np.ndarray) -> tuple[np.ndarray, int]:
+        """``(n, 256, 256, 4)`` float32 maps of ``(n, 256, 256, 2)`` tiles, and the tiles per
+        call used (halved after out-of-memory errors)."""
+        runtime = load_runtime(self.model_path, self.precision, self.device)
+        key = (weights_key(self.model_path), self.precision)
+        first = self._tiles_to_try(key)
+        outputs, used = planner.run_with_backoff(
+            lambda n: run_tiles(runtime, tiles, n), first, what="the Mesmer network")
+        if used < first and self.tiles_per_call == "auto":
+            _AUTO_TILES[key] = used
+        return outputs, used
+
+    def _tiles_to_try(self, key: tuple[str, str]) -> int:
         if self.tiles_per_call != "auto":
             return int(self.tiles_per_call)
         if key not in _AUTO_TILES:
             tiles, why = planner.auto_tiles_per_call(
-                DEVICE_BYTES_PER_TILE, device_free_bytes=hardware.device_free_bytes(),
+                self.device_bytes_per_tile, device_free_bytes=hardware.device_free_bytes(),
                 host_free_bytes=hardware.host_free_bytes(),
             )
             logger.info("Mesmer tiles_per_call=%d (%s)", tiles, why)
@@ -385,45 +437,37 @@ class MesmerSegmenter(Segmenter):
         return _AUTO_TILES[key]
 
 
-def _tile(app: Any, image: np.ndarray, pad_mode: str) -> tuple[np.ndarray, dict[str, Any], Any]:
-    """deepcell's ``_tile_input``, plus the reflect padding deepcell lacks for mixed shapes.
-
-    Returns the tiles ``(N, 256, 256, 2)``, deepcell's tiling info, and ``None`` or the
-    ``((x0, x1), (y0, y1))`` crop that removes the extra padding after untiling.
-    """
-    tile_x, tile_y = app.model_image_shape[:2]
-    height, width = image.shape[1:3]
-    if (height < tile_x or width < tile_y) and (height > tile_x or width > tile_y):
-        pads = [_deepcell_pad(max(tile_x - height, 0)), _deepcell_pad(max(tile_y - width, 0))]
-        image = np.pad(image, [(0, 0), pads[0], pads[1], (0, 0)], "reflect")
-        tiles, info = app._tile_input(image, pad_mode=pad_mode)
-        crop = tuple((low, low + side) for (low, _), side in zip(pads, (height, width)))
-        return tiles, info, crop
-    tiles, info = app._tile_input(image, pad_mode=pad_mode)
-    return tiles, info, None
+#: ``tiles_per_call="auto"`` resolved once per process and weights.
+_AUTO_TILES: dict[tuple[str, str], int] = {}
 
 
-def _deepcell_pad(diff: int) -> tuple[int, int]:
-    # How Application._tile_input splits the reflect padding of an image smaller than a tile.
-    return (diff // 2, diff // 2 + 1) if diff % 2 else (diff // 2, diff // 2)
+def load_mesmer_model(model_path: str | os.PathLike[str] | None = None) -> Any:
+    """The loaded network of the weights at ``model_path``, once per process: a Keras model for
+    TensorFlow weights (``Mesmer(model)`` accepts it), a ``MesmerNet`` for converted ones."""
+    runtime = load_runtime(model_path)
+    if isinstance(runtime, TensorFlowRuntime):
+        return runtime.model
+    return cast(TorchRuntime, runtime).net
 
 
-def _run_network(network: Any, tiles: np.ndarray, tiles_per_call: int) -> list[np.ndarray]:
-    """The 4 used output maps of every tile, ``tiles_per_call`` tiles per network call.
+def clear_model_cache() -> None:
+    """Forget the weights and automatic tile batches of this process."""
+    from .mesmer_runtime import clear_runtime_cache
 
-    Mirrors ``Application._batch_predict``: the same slices of tiles per call, outputs stored in
-    arrays of the tiles' dtype. Returns four ``(N, 256, 256, 1)`` arrays.
-    """
-    count = tiles.shape[0]
-    outputs: list[np.ndarray] = []
-    for start in range(0, count, tiles_per_call):
-        chunk = np.asarray(tiles[start:start + tiles_per_call], dtype=np.float32)
-        results = [r.numpy() for r in network(chunk)]
-        if not outputs:
-            outputs = [np.zeros((count,) + r.shape[1:], dtype=tiles.dtype) for r in results]
-        for out, result in zip(outputs, results, strict=True):
-            out[start:start + tiles_per_call] = result
-    return outputs
+    clear_runtime_cache()
+    _AUTO_TILES.clear()
+
+
+def _model_box(window: Box, shape: tuple[int, int], model_shape: tuple[int, int]) -> Box:
+    """The model-resolution pixels whose labels the window's raw pixels take."""
+    if model_shape == shape:
+        return window
+    return resize_labels_required_box(window, model_shape, shape, channels=2)
+
+
+def _check_mpp(image_mpp: float) -> None:
+    if not (isinstance(image_mpp, (int, float)) and math.isfinite(image_mpp) and image_mpp > 0):
+        raise ConfigError(f"image_mpp must be a positive pixel size in µm, got {image_mpp!r}")
 
 
 register_segmenter("mesmer", MesmerSegmenter)

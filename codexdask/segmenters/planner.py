@@ -41,6 +41,7 @@ import dataclasses
 import gc
 import logging
 import math
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -228,17 +229,34 @@ def auto_tiles_per_call(
     return tiles, why
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is an out-of-memory error (without importing TensorFlow).
+#: Messages of out-of-memory errors raised as plain runtime errors (TensorFlow, PyTorch, cuDNN).
+_OOM_MESSAGES = ("OOM when allocating", "CUDA out of memory", "CUDNN_STATUS_ALLOC_FAILED",
+                 "CUBLAS_STATUS_ALLOC_FAILED")
 
-    True for :class:`MemoryError`, TensorFlow's ``ResourceExhaustedError`` (recognised by class
-    name anywhere in its MRO) and errors whose message says ``OOM when allocating``.
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an out-of-memory error (without importing TensorFlow or PyTorch).
+
+    True for :class:`MemoryError`; TensorFlow's ``ResourceExhaustedError`` and PyTorch's
+    ``torch.OutOfMemoryError`` / ``torch.cuda.OutOfMemoryError`` (recognised by class name
+    anywhere in the MRO); and errors whose message says ``OOM when allocating``, ``CUDA out of
+    memory`` or a cuDNN / cuBLAS allocation failure.
     """
     if isinstance(exc, MemoryError):
         return True
-    if any(cls.__name__ == "ResourceExhaustedError" for cls in type(exc).__mro__):
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & {"ResourceExhaustedError", "OutOfMemoryError"}:
         return True
-    return "OOM when allocating" in str(exc)
+    message = str(exc)
+    return any(text in message for text in _OOM_MESSAGES)
+
+
+def release_device_memory() -> None:
+    """Return the memory a failed call left in PyTorch's CUDA cache to the GPU (if PyTorch is
+    loaded and sees a GPU), so the retry with fewer tiles can use it."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def run_with_backoff(
@@ -277,6 +295,7 @@ def run_with_backoff(
             if not is_out_of_memory(exc):
                 raise
             gc.collect()  # drop the failed call's buffers before retrying
+            release_device_memory()
             if tiles == 1:
                 raise SegmenterError(
                     f"{what} ran out of memory even with 1 tile per call "

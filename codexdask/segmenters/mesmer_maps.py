@@ -1,0 +1,125 @@
+"""What Mesmer's two stages hand each other, and the CPU stage of one window.
+
+:class:`WindowMaps` are the four maps of one window at model resolution (0.5 µm/px), with where
+they lie; :class:`MesmerMaps` collects those of a batch of whole images.
+:func:`postprocess_window` is Mesmer's post-processing of one window: deep watershed of the
+whole-cell and the nuclear maps (``codexdask.postprocess.deep_watershed``, equal to
+deepcell_toolbox's) with ``Mesmer.predict``'s defaults, then the labels resized back to the
+window's raw pixels as ``Application._resize_output`` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..geometry import Box
+from ..mesmer.resize import resize_labels_window
+from ..postprocess import deep_watershed
+
+__all__ = ["MAP_NAMES", "NUCLEAR_DEFAULTS", "WHOLE_CELL_DEFAULTS", "MesmerMaps", "WindowMaps",
+           "postprocess_window", "watershed_kwargs"]
+
+#: ``Mesmer.predict``'s post-processing defaults (user values are merged on top).
+WHOLE_CELL_DEFAULTS: dict[str, Any] = {
+    "maxima_threshold": 0.075, "maxima_smooth": 0, "interior_threshold": 0.2,
+    "interior_smooth": 2, "small_objects_threshold": 15, "fill_holes_threshold": 15, "radius": 2,
+}
+NUCLEAR_DEFAULTS: dict[str, Any] = {**WHOLE_CELL_DEFAULTS, "maxima_threshold": 0.1}
+#: deepcell's older ``deep_watershed`` keywords, which ``deep_watershed`` still accepts.
+_OLD_KEYWORDS = ("min_distance", "distance_threshold", "detection_threshold", "exclude_border")
+#: The four maps, in channel order of the network's output.
+MAP_NAMES = ("whole_cell_inner_distance", "whole_cell_interior", "nuclear_inner_distance",
+             "nuclear_interior")
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowMaps:
+    """Mesmer's maps of one window, at model resolution.
+
+    Attributes
+    ----------
+    maps : numpy.ndarray
+        ``(h, w, 4)`` float32 over ``model_box``: whole-cell inner distance and interior,
+        nuclear inner distance and interior (:data:`MAP_NAMES`).
+    model_box : Box
+        Where ``maps`` lie in the image at model resolution.
+    model_shape : (int, int)
+        Size of the image at model resolution.
+    window : Box
+        The window whose labels are wanted, in raw pixels of the image.
+    raw_shape : (int, int)
+        Size of the raw image.
+    """
+
+    maps: np.ndarray
+    model_box: Box
+    model_shape: tuple[int, int]
+    window: Box
+    raw_shape: tuple[int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class MesmerMaps:
+    """What :meth:`MesmerSegmenter.infer` hands to :meth:`MesmerSegmenter.postprocess`.
+
+    Attributes
+    ----------
+    windows : tuple of WindowMaps
+        One per image of the batch (a whole image is one window).
+    original_shape : tuple of int
+        Shape of the batch, ``(B, H, W, 2)``.
+    n_tiles : int
+        Network tiles run.
+    tiles_per_call : int
+        Tiles per network call finally used (after any out-of-memory back-off).
+    runtime : str
+        ``"torch"`` or ``"tensorflow"``.
+    """
+
+    windows: tuple[WindowMaps, ...]
+    original_shape: tuple[int, ...]
+    n_tiles: int
+    tiles_per_call: int
+    runtime: str
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        """One map of every image, ``(B, h, w, 1)`` float32 at model resolution."""
+        channel = MAP_NAMES.index(name)
+        return np.stack([w.maps[..., channel:channel + 1] for w in self.windows])
+
+
+def postprocess_window(item: WindowMaps, whole_cell_kwargs: Mapping[str, Any],
+                       nuclear_kwargs: Mapping[str, Any]) -> np.ndarray:
+    """Labels of one window: ``(h, w, 2)`` uint32 (whole-cell, nucleus) over ``item.window``.
+
+    Deep watershed of each compartment's (inner distance, interior) maps with the given
+    keywords, then, when Mesmer resized the image, nearest-neighbour resizing of the labels back
+    to the raw pixels of the window (:func:`codexdask.mesmer.resize.resize_labels_window`).
+    """
+    batch = item.maps[np.newaxis]
+    cell = deep_watershed([batch[..., 0:1], batch[..., 1:2]], **whole_cell_kwargs)
+    nucleus = deep_watershed([batch[..., 2:3], batch[..., 3:4]], **nuclear_kwargs)
+    labels = np.concatenate([cell[0], nucleus[0]], axis=-1).astype(np.uint32)
+    if item.model_shape != item.raw_shape:
+        labels = resize_labels_window(labels, item.model_box, item.window, item.model_shape,
+                                      item.raw_shape)
+    return labels
+
+
+def watershed_kwargs(defaults: Mapping[str, Any],
+                     overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``defaults`` updated with ``overrides``; unknown ``deep_watershed`` keywords are refused."""
+    accepted = (set(inspect.signature(deep_watershed).parameters) - {"outputs", "timings",
+                                                                     "kwargs"}
+                | set(_OLD_KEYWORDS))
+    unknown = sorted(set(overrides or {}) - accepted)
+    if unknown:
+        raise ConfigError(f"unknown deep_watershed keywords {unknown}; accepted: "
+                          f"{', '.join(sorted(accepted))}")
+    return {**defaults, **(overrides or {})}
