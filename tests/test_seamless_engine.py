@@ -27,8 +27,10 @@ from codexdask.seamless.serial import canonical_labels
 from codexdask.segmenters.watershed import WatershedSegmenter
 from codexdask.synthetic import synthetic_slide
 
-#: Small tiles on a small slide: many tiles, cells across tile edges and corners.
-TILES = {"tile_size": 192, "halo": 48}
+#: Small tiles on a small slide: 20 tiles (more than one combine group), cells across tile
+#: edges and corners.
+TILES = {"tile_size": 160, "halo": 48}
+N_TILES = 20  # 4 x 5 on the 611 x 733 slide
 OPTIONS = {**TILES, "save_mosaics": False, "n_overlays": 1}
 
 
@@ -74,13 +76,13 @@ def test_engine_equals_serial_tiles_and_one_shot(slide_store, reference):
 
 def test_run_writes_whole_slide_outputs_and_cleans_its_work_folder(reference):
     manifest = load_manifest(reference)
-    assert manifest["seamless"]["tiles"] == {"total": 16, "computed": 16, **TILES}
+    assert manifest["seamless"]["tiles"] == {"total": N_TILES, "computed": N_TILES, **TILES}
     assert manifest["seamless"]["dropped"] == [0, 0] and manifest["warnings"] == []
     assert not (reference / TILES_DIR).exists()
     entries = load_seg_res(reference / "matched_seg_res_batch.pickle")
     assert len(entries) == 1 and entries[0]["cell_matched_mask"].shape == (611, 733)
     chunks = zarr.open_group(str(reference / RESULT_STORE), mode="r")["cell"].chunks
-    assert chunks == (1, 192, 192)  # one chunk per core
+    assert chunks == (1, 160, 160)  # one chunk per core
     assert len(list((reference / "overlays").iterdir())) == 1
 
 
@@ -147,17 +149,17 @@ def test_resume_recomputes_only_unfinished_tiles(slide_store, reference, tmp_pat
     markers.mkdir()
     with pytest.raises(RuntimeError, match="on purpose"):
         run(slide_store, out, SegmentConfig(**OPTIONS), client=client,
-            segmenter=FailingWatershed(str(markers), str(out), bad_top=336))
+            segmenter=FailingWatershed(str(markers), str(out), bad_top=272))
     while any(client.processing().values()):  # the other tiles run to their end
         time.sleep(0.1)
     stored = tiles_stored(out)
-    assert 0 < stored < 16
+    assert 0 < stored < N_TILES
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     result = run(slide_store, out, SegmentConfig(**OPTIONS, resume=True), client=client,
                  segmenter=FailingWatershed(str(resumed), str(out)))
-    assert result.manifest["seamless"]["tiles"]["computed"] == 16 - stored
-    assert len(list(resumed.iterdir())) == 16 - stored  # windows inferred again
+    assert result.manifest["seamless"]["tiles"]["computed"] == N_TILES - stored
+    assert len(list(resumed.iterdir())) == N_TILES - stored  # windows inferred again
     assert_same_outputs(out, reference, n_informative=1)
 
 

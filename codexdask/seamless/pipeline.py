@@ -37,6 +37,7 @@ from .work import (
     LogicalPatch,
     RunPaths,
     TileReport,
+    combine_composed,
     compose_core,
     create_tile_store,
     finish_patch,
@@ -54,7 +55,7 @@ __all__ = ["follow_tiles", "gather_statistics_on", "logical_patches", "resolve_t
 
 logger = logging.getLogger(__name__)
 
-#: Partial statistics combined per task in the tree of combine tasks.
+#: Partial results (statistics, tallies) combined per task in the trees of combine tasks.
 COMBINE_FAN_IN = 16
 
 
@@ -119,8 +120,9 @@ def run_logical_patches(
         remaining = np.flatnonzero(~tiles_done(paths, patch)).tolist()
         stats = gather_statistics_on(client, segmenter, paths, patch, image_mpp) \
             if remaining else None
-        # Shipped to each worker once, not inside every tile task (they can be megabytes).
-        shared = client.scatter(stats, hash=False) if stats is not None else None
+        # Shipped to each worker once, not inside every tile task (they can be megabytes); a
+        # task's result rather than scattered data, so a lost worker's copy is recomputed.
+        shared = client.submit(_identity, stats, pure=False) if stats is not None else None
         reports = []
         for start in range(0, patch.grid.n_tiles, tiles_per_task):
             group = list(range(start, min(start + tiles_per_task, patch.grid.n_tiles)))
@@ -171,14 +173,24 @@ def _chain(client: Client, paths: RunPaths, patch: LogicalPatch, reports: list[A
            tie_break: str) -> Any:
     """Submit numbering -> compose per core -> match -> repair per core -> finish."""
     tables = client.submit(number_patch, paths, patch, *reports, pure=False)
-    composed = [client.submit(compose_core, paths, patch, tile, tables, tie_break, pure=False)
-                for tile in patch.grid]
-    matching = client.submit(match_patch, tie_break, *composed, pure=False)
-    repaired = [client.submit(repair_core, paths, patch, tile, matching, pure=False)
-                for tile in patch.grid]
+    cores = list(patch.grid)
+    partials = []  # each group of cores is combined as soon as it is composed (a tree of tallies)
+    for first in range(0, len(cores), COMBINE_FAN_IN):
+        group = [client.submit(compose_core, paths, patch, tile, tables, tie_break, pure=False)
+                 for tile in cores[first:first + COMBINE_FAN_IN]]
+        partials.append(client.submit(combine_composed, *group, pure=False))
+    while len(partials) > 1:
+        partials = [client.submit(combine_composed, *partials[i:i + COMBINE_FAN_IN], pure=False)
+                    for i in range(0, len(partials), COMBINE_FAN_IN)]
+    matched = client.submit(match_patch, tie_break, partials[0], pure=False)
+    repaired = [client.submit(repair_core, paths, patch, tile, matched, pure=False)
+                for tile in cores]
     flat = client.submit(_flatten, reports, pure=False)
-    return client.submit(finish_patch, paths, patch, matching, flat, composed, repaired,
-                         pure=False)
+    return client.submit(finish_patch, paths, patch, matched, flat, repaired, pure=False)
+
+
+def _identity(value: Any) -> Any:
+    return value
 
 
 def _flatten(reports: Sequence[Sequence[TileReport]]) -> list[TileReport]:

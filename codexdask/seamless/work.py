@@ -282,7 +282,7 @@ def number_patch(paths: RunPaths, patch: LogicalPatch, *stored: Any) -> list[lis
 def compose_core(
     paths: RunPaths, patch: LogicalPatch, tile: int, tables: list[list[np.ndarray]],
     tie_break: str,
-) -> tuple[RepairTally, tuple[int, int], float]:
+) -> Composed:
     """Stitch the labels of one core, write them and their boundaries, and tally the core.
 
     Returns
@@ -322,19 +322,41 @@ def compose_core(
 # 4. the greedy pass
 
 
-def match_patch(tie_break: str, *composed: tuple[RepairTally, Any, float]) -> Matching:
-    """The repair's greedy matching over the tallies of all cores of a patch."""
-    return match_tally(combine_tallies([tally for tally, _, _ in composed]),
-                       aegle_order=check_tie_break(tie_break))
+Composed = tuple[RepairTally, tuple[int, int], float]
+"""What :func:`compose_core` returns: tally, conflicts per compartment, seconds."""
+
+
+def combine_composed(*parts: Composed) -> Composed:
+    """Several cores' :func:`compose_core` results as one: tallies combined, counts summed.
+
+    The engine combines in a tree of these as the cores finish, so no worker ever holds every
+    core's tally at once.
+    """
+    tally = combine_tallies([part[0] for part in parts])
+    conflicts = (sum(part[1][0] for part in parts), sum(part[1][1] for part in parts))
+    return tally, conflicts, sum(part[2] for part in parts)
+
+
+def match_patch(tie_break: str, composed: Composed) -> tuple[Matching, tuple[int, int], float]:
+    """The repair's greedy matching over the combined tally of all cores of a patch.
+
+    Returns the matching, with ``composed``'s conflicts and seconds passed through (so the
+    patch's tally can be released once the matching exists).
+    """
+    tally, conflicts, seconds = composed
+    return match_tally(tally, aegle_order=check_tie_break(tie_break)), conflicts, seconds
 
 
 # --------------------------------------------------------------------------------------------
 # 5. repair
 
 
-def repair_core(paths: RunPaths, patch: LogicalPatch, tile: int, matching: Matching) -> float:
-    """Write the five repaired masks of one core; returns the seconds it took."""
+def repair_core(paths: RunPaths, patch: LogicalPatch, tile: int,
+                matched: tuple[Matching, Any, Any]) -> float:
+    """Write the five repaired masks of one core (``matched``: :func:`match_patch`'s result);
+    returns the seconds it took."""
     start = time.perf_counter()
+    matching = matched[0]
     core = patch.grid.core(tile)
     around = core.grow(REPAIR_MARGIN, patch.shape)
     group = open_result_store(paths.result)
@@ -348,20 +370,20 @@ def repair_core(paths: RunPaths, patch: LogicalPatch, tile: int, matching: Match
 def finish_patch(
     paths: RunPaths,
     patch: LogicalPatch,
-    matching: Matching,
+    matched: tuple[Matching, tuple[int, int], float],
     reports: Sequence[TileReport],
-    composed: Sequence[tuple[RepairTally, tuple[int, int], float]],
     repair_seconds: Sequence[float],
 ) -> dict[str, Any]:
     """Write the patch's statistics row, then mark it done; a summary of the patch.
 
     The row holds the repair's metrics and the seconds of each stage summed over the tiles.
     """
+    matching, conflicts, compose_seconds = matched
     metrics = matching.metrics()
     timings = [
         sum(r.infer_s for r in reports),
         sum(r.postprocess_s for r in reports),
-        sum(seconds for _, _, seconds in composed) + sum(repair_seconds),
+        compose_seconds + sum(repair_seconds),
     ]
     row = np.array([metrics[name] for name in REPAIR_STAT_COLUMNS] + timings, dtype=np.float64)
     group = open_result_store(paths.result)
@@ -371,5 +393,5 @@ def finish_patch(
         "patch": patch.index,
         "tiles": patch.grid.n_tiles,
         "dropped": [sum(r.dropped[c] for r in reports) for c in (0, 1)],
-        "conflicts": [sum(conflicts[c] for _, conflicts, _ in composed) for c in (0, 1)],
+        "conflicts": list(conflicts),
     }
