@@ -2,7 +2,8 @@
 
 Only this module knows about workers. :func:`connect` yields a ``distributed.Client`` and closes
 what it started; :func:`gpu_workers` tells the engine whether inference tasks can be pinned to
-``GPU`` resources; :func:`worker_memory_budgets` tells the planner how much memory a worker can
+``GPU`` resources, :func:`gpu_feed` how busy its threads can keep a GPU;
+:func:`worker_memory_budgets` tells the planner how much memory a worker can
 still give.
 
 An existing scheduler is reached with Dask's own security configuration: for a ``tls://``
@@ -29,6 +30,8 @@ from distributed.security import Security
 from .config import SegmentConfig
 from .errors import ClusterError
 from .hardware import WORKER_IDLE_BYTES, GpuProbe, probe_gpus
+from .segmenters.base import Segmenter
+from .segmenters.planner import GpuFeed, plan_gpu_threads
 
 #: Seconds to wait for an existing scheduler before giving up.
 CONNECT_TIMEOUT_S = 10
@@ -37,7 +40,8 @@ WORKER_WAIT_S = 120
 
 
 @contextlib.contextmanager
-def connect(config: SegmentConfig, client: Client | None = None) -> Iterator[Client]:
+def connect(config: SegmentConfig, client: Client | None = None,
+            segmenter: Segmenter | None = None) -> Iterator[Client]:
     """Yield a client for the run described by ``config``.
 
     Parameters
@@ -47,6 +51,8 @@ def connect(config: SegmentConfig, client: Client | None = None) -> Iterator[Cli
         else a local cluster of ``n_workers`` processes with ``memory_limit`` each.
     client : distributed.Client, optional
         An existing client (e.g. from a notebook); used as is and left open.
+    segmenter : Segmenter, optional
+        With ``gpus``, its costs size each GPU worker's threads (:func:`gpu_threads`).
 
     Raises
     ------
@@ -60,7 +66,7 @@ def connect(config: SegmentConfig, client: Client | None = None) -> Iterator[Cli
         with _connect_existing(config.scheduler) as existing:
             yield existing
         return
-    cluster = local_gpu_cluster(config) if config.gpus else local_cluster(config)
+    cluster = local_gpu_cluster(config, segmenter) if config.gpus else local_cluster(config)
     with cluster, Client(cluster) as local_client:
         yield local_client
 
@@ -89,11 +95,12 @@ def local_cluster(config: SegmentConfig) -> LocalCluster:
         )
 
 
-def local_gpu_cluster(config: SegmentConfig) -> Any:
+def local_gpu_cluster(config: SegmentConfig, segmenter: Segmenter | None = None) -> Any:
     """One worker process per visible GPU, each advertising ``GPU=1``.
 
-    Each worker has one GPU and several threads: the ``GPU`` resource lets one inference task at a
-    time hold the GPU while the other threads post-process and repair on the CPU.
+    Each worker has one GPU and several threads (:func:`gpu_threads`): the ``GPU`` resource lets
+    one inference task at a time hold the GPU while the other threads post-process and repair on
+    the CPU.
     """
     try:
         from dask_cuda import LocalCUDACluster
@@ -113,7 +120,7 @@ def local_gpu_cluster(config: SegmentConfig) -> Any:
         raise ClusterError(
             f"no NVIDIA GPU / driver found ({probe.note}); drop --gpus to run on CPU workers"
         )
-    threads = max(1, (os.cpu_count() or 1) // n_gpus)
+    threads = gpu_threads(n_gpus, segmenter)
     try:
         with dask.config.set(WORKER_ENVIRON):
             return LocalCUDACluster(
@@ -127,6 +134,32 @@ def local_gpu_cluster(config: SegmentConfig) -> Any:
             f"could not start one worker per GPU ({type(exc).__name__}: {exc}); "
             "check `nvidia-smi`, or drop --gpus"
         ) from exc
+
+
+def gpu_threads(n_gpus: int, segmenter: Segmenter | None = None) -> int:
+    """Threads per local GPU worker: the node's cores shared among its GPUs, no more than the
+    segmenter's costs call for (:func:`~codexdask.segmenters.planner.plan_gpu_threads`)."""
+    cores = max(1, (os.cpu_count() or 1) // n_gpus)
+    feed = gpu_feed(cores, segmenter)
+    return cores if feed is None else feed.threads
+
+
+def gpu_feed(threads: int, segmenter: Segmenter | None) -> GpuFeed | None:
+    """How busy a GPU worker of ``threads`` threads keeps its GPU (``None``: costs unknown)."""
+    if segmenter is None:
+        return None
+    cpu, gpu = segmenter.cpu_seconds_per_megapixel, segmenter.gpu_seconds_per_megapixel
+    if cpu is None or gpu is None:
+        return None
+    return plan_gpu_threads(threads, cpu, gpu)
+
+
+def gpu_worker_threads(client: Client) -> int:
+    """Threads of the smallest GPU worker (1 if there is none)."""
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    threads = [int(info.get("nthreads", 1)) for info in workers
+               if info.get("resources", {}).get("GPU", 0) > 0]
+    return min(threads, default=1)
 
 
 def gpu_workers(client: Client) -> list[str]:

@@ -176,7 +176,7 @@ def run(
         warnings.warn(notes[-1], stacklevel=2)
 
     timings: dict[str, float] = {}
-    with cluster.connect(config, client) as dask_client:
+    with cluster.connect(config, client, segmenter) as dask_client:
         # Inputs are checked before anything is written: a failed check leaves no result store
         # behind, so a retry with the input fixed is not refused as "already holds a run".
         check_finite(dask_client, patch_store, informative)
@@ -191,6 +191,12 @@ def run(
         if progress:
             print(f"Dask dashboard: {dask_client.dashboard_link}", file=sys.stderr)
         pin_gpu = segmenter.wants_gpu and bool(cluster.gpu_workers(dask_client))
+        feed = (cluster.gpu_feed(cluster.gpu_worker_threads(dask_client), segmenter)
+                if pin_gpu else None)
+        if feed is not None:
+            logger.info("GPU workers: %d threads each keep a GPU busy about %.0f%% of the time "
+                        "(%d would keep it busy)", feed.threads, 100 * feed.gpu_busy_fraction,
+                        feed.wanted)
         graph_start = time.perf_counter()
         seamless: dict[str, Any] | None = None
         if tiles is not None:
@@ -229,6 +235,8 @@ def run(
                             notes)
     if seamless is not None:
         manifest["seamless"] = seamless
+    if feed is not None:
+        manifest["gpu_feed"] = feed.as_dict()
     write_manifest(out_dir, manifest)
     return RunResult(out_dir, metadata, plan, len(todo), manifest)
 

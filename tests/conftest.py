@@ -16,6 +16,7 @@ differences can flip a label.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -23,14 +24,29 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+#: Modules that import deepcell (the reference suite) or PyTorch (the main suite) at the top are
+#: collected only where their package is.
+collect_ignore = (
+    ([] if importlib.util.find_spec("deepcell") else ["test_mesmer_deepcell_parity.py"])
+    + ([] if importlib.util.find_spec("torch") else ["test_gpu_check.py",
+                                                      "test_mesmer_faithfulness.py",
+                                                      "test_mesmer_network.py",
+                                                      "test_mesmer_torch.py"])
+)
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", default=False,
                      help="also run tests marked slow (or select them with -m slow)")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Slow tests are opt-in: ``--run-slow``, ``CODEXDASK_RUN_SLOW=1`` or ``-m slow``."""
+    """``mesmer`` tests (deepcell + TensorFlow) belong to the reference suite; slow tests are
+    opt-in: ``--run-slow``, ``CODEXDASK_RUN_SLOW=1`` or ``-m slow``."""
+    for item in items:
+        if item.get_closest_marker("mesmer") is not None:
+            item.add_marker(pytest.mark.reference)
     markexpr = config.getoption("-m") or ""
     if (config.getoption("--run-slow") or os.environ.get("CODEXDASK_RUN_SLOW") == "1"
             or "slow" in markexpr):

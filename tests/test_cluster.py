@@ -12,6 +12,7 @@ from codexdask import cluster
 from codexdask.config import PatchConfig, SegmentConfig
 from codexdask.errors import ClusterError
 from codexdask.hardware import WORKER_IDLE_BYTES, GpuProbe
+from codexdask.segmenters.watershed import WatershedSegmenter
 
 
 def test_existing_client_is_used_and_left_open():
@@ -39,6 +40,30 @@ def test_gpu_workers_are_found_by_resource():
     with LocalCluster(n_workers=1, processes=False, resources={"GPU": 1},
                       dashboard_address=":0") as local, Client(local) as client:
         assert len(cluster.gpu_workers(client)) == 1
+
+
+def test_gpu_worker_threads_and_feed_from_the_segmenter_costs():
+    class Costly(WatershedSegmenter):
+        cpu_seconds_per_megapixel, gpu_seconds_per_megapixel = 0.6, 0.04
+
+    with LocalCluster(n_workers=2, processes=False, threads_per_worker=3,
+                      resources={"GPU": 1}, dashboard_address=":0") as local, \
+            Client(local) as client:
+        assert cluster.gpu_worker_threads(client) == 3
+        feed = cluster.gpu_feed(cluster.gpu_worker_threads(client), Costly())
+    assert (feed.threads, feed.wanted) == (3, 16)
+    assert feed.gpu_busy_fraction == pytest.approx(2 * 0.04 / 0.6)
+    assert cluster.gpu_feed(3, WatershedSegmenter()) is None  # costs unknown
+
+
+def test_local_gpu_workers_take_only_the_threads_they_need(monkeypatch):
+    class Costly(WatershedSegmenter):
+        cpu_seconds_per_megapixel, gpu_seconds_per_megapixel = 0.3, 0.1
+
+    monkeypatch.setattr(cluster.os, "cpu_count", lambda: 64)
+    assert cluster.gpu_threads(8, Costly()) == 4  # 1 inference + ceil(0.3 / 0.1) CPU threads
+    assert cluster.gpu_threads(8, WatershedSegmenter()) == 8  # unknown costs: the core share
+    assert cluster.gpu_threads(32, Costly()) == 2  # fewer cores than wanted: the core share
 
 
 def test_unreachable_scheduler_fails_fast_with_hint(monkeypatch):

@@ -28,6 +28,7 @@ from codexdask.mesmer.tiling import tile_grid, tile_image, untile_image, untile_
 from codexdask.mesmer.windows import plan_window, window_inputs
 from codexdask.synthetic import synthetic_slide
 
+pytestmark = pytest.mark.reference  # deepcell itself: the reference environment
 processing = pytest.importorskip("deepcell_toolbox.processing")
 toolbox_utils = pytest.importorskip("deepcell_toolbox.utils")
 application = pytest.importorskip("deepcell.applications.application")

@@ -311,3 +311,23 @@ def test_labels_identical_for_every_patches_per_task(backend):
         pieces = [segmenter.postprocess(segmenter.infer(batch[i:i + size], 0.5))
                   for i in range(0, 5, size)]
         np.testing.assert_array_equal(np.concatenate(pieces), whole)
+
+
+@pytest.mark.parametrize(("cores", "cpu", "gpu", "threads", "wanted", "busy"), [
+    (64, 0.6, 0.04, 16, 16, 1.0),        # enough cores: the GPU never waits
+    (8, 0.6, 0.04, 8, 16, 7 * 0.04 / 0.6),
+    (1, 0.6, 0.04, 1, 16, 0.04 / 0.64),  # one thread infers and post-processes in turn
+    (4, 0.01, 0.04, 2, 2, 1.0),          # cheap post-processing: one CPU thread is plenty
+])
+def test_gpu_threads_arithmetic(cores, cpu, gpu, threads, wanted, busy):
+    feed = planner.plan_gpu_threads(cores, cpu, gpu)
+    assert (feed.threads, feed.wanted) == (threads, wanted)
+    assert feed.gpu_busy_fraction == pytest.approx(busy)
+    assert feed.as_dict()["cpu_s_per_mp"] == cpu
+
+
+def test_gpu_threads_refuse_bad_costs():
+    with pytest.raises(ConfigError, match="positive costs"):
+        planner.plan_gpu_threads(8, 0.0, 0.04)
+    with pytest.raises(ConfigError, match="cores_per_gpu >= 1"):
+        planner.plan_gpu_threads(0, 0.5, 0.04)

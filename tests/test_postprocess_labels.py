@@ -137,6 +137,7 @@ def test_fill_holes_rings_and_notches():
                                       _reference_fill_holes(labels, size, 1))
 
 
+@pytest.mark.reference
 def test_fill_holes_equals_deepcell_toolbox():
     utils = pytest.importorskip("deepcell_toolbox.utils")
     rng = np.random.default_rng(5)
@@ -146,6 +147,7 @@ def test_fill_holes_equals_deepcell_toolbox():
             np.testing.assert_array_equal(fill_holes(labels, size), utils.fill_holes(labels, size))
 
 
+@pytest.mark.reference
 def test_erode_edges_equals_deepcell_toolbox():
     utils = pytest.importorskip("deepcell_toolbox.utils")
     rng = np.random.default_rng(6)

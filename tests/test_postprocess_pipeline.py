@@ -144,6 +144,7 @@ def test_adversarial_maps_equal_deepcell_steps():
 @pytest.mark.parametrize("option", list(OPTIONS))
 @pytest.mark.parametrize("compartment", ["whole-cell", "nuclear"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.reference
 def test_mesmer_like_maps_equal_deepcell(compartment, option, dtype):
     reference = _deepcell()
     maxima, interior = mesmer_like_maps(256, 224, seed=4, compartment=compartment, dtype=dtype)
@@ -156,6 +157,7 @@ def test_mesmer_like_maps_equal_deepcell(compartment, option, dtype):
                  f"{compartment} {option} {np.dtype(dtype).name}")
 
 
+@pytest.mark.reference
 def test_adversarial_maps_equal_deepcell():
     reference = _deepcell()
     cases = crashes = 0
@@ -169,6 +171,7 @@ def test_adversarial_maps_equal_deepcell():
     assert cases > 400 and 0 < crashes < cases // 2
 
 
+@pytest.mark.reference
 def test_deprecated_keywords_and_exclude_border_equal_deepcell():
     reference = _deepcell()
     maps = mesmer_like_maps(96, 96, seed=6)

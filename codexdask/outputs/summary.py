@@ -144,9 +144,10 @@ def load_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def package_versions() -> dict[str, str]:
-    """Versions of the packages that shape the results (TensorFlow only if already imported)."""
+    """Versions of the packages that shape the results (PyTorch, TensorFlow and deepcell only if
+    already imported)."""
     names = ["numpy", "scipy", "skimage", "dask", "distributed", "zarr", "pandas"]
-    names += [name for name in ("tensorflow", "deepcell") if name in sys.modules]
+    names += [name for name in ("torch", "tensorflow", "deepcell") if name in sys.modules]
     versions = {"python": sys.version.split()[0]}
     for name in names:
         module = sys.modules.get(name) or __import__(name)

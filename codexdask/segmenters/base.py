@@ -57,6 +57,11 @@ class Segmenter(abc.ABC):
     name: str = "segmenter"
     #: Whether ``infer`` benefits from a GPU worker (its tasks get ``resources={"GPU": 1}``).
     wants_gpu: bool = False
+    #: CPU seconds per megapixel of the slide after inference (post-processing, stitching,
+    #: repair) and GPU seconds per megapixel of inference: GPU workers get their threads from
+    #: them (:func:`~codexdask.segmenters.planner.plan_gpu_threads`). ``None``: not known.
+    cpu_seconds_per_megapixel: float | None = None
+    gpu_seconds_per_megapixel: float | None = None
 
     @abc.abstractmethod
     def infer(self, batch: np.ndarray, image_mpp: float) -> Any:

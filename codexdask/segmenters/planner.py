@@ -101,6 +101,62 @@ class BatchPlan:
         return dataclasses.asdict(self)
 
 
+@dataclasses.dataclass(frozen=True)
+class GpuFeed:
+    """Threads of one GPU worker, and how busy they can keep its GPU.
+
+    A GPU worker runs one inference task at a time (the ``GPU`` resource) on one of its threads;
+    the others post-process, stitch and repair on the CPU. With ``g`` GPU seconds and ``c`` CPU
+    seconds per megapixel, ``k = threads - 1`` CPU threads keep up with the GPU when
+    ``k / c >= 1 / g``, so the worker wants ``1 + ceil(c / g)`` threads; with fewer the GPU is
+    busy ``k * g / c`` of the time (``g / (g + c)`` with one thread, which does both in turn).
+
+    Attributes
+    ----------
+    threads : int
+        Threads per GPU worker: what it wants, at most its share of the node's cores.
+    wanted : int
+        Threads that would keep the GPU busy.
+    gpu_busy_fraction : float
+        Expected share of the time the GPU computes, in (0, 1].
+    cpu_s_per_mp, gpu_s_per_mp : float
+        The costs the plan used (seconds per megapixel of the slide).
+    """
+
+    threads: int
+    wanted: int
+    gpu_busy_fraction: float
+    cpu_s_per_mp: float
+    gpu_s_per_mp: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plan as a JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+
+def plan_gpu_threads(cores_per_gpu: int, cpu_s_per_mp: float, gpu_s_per_mp: float) -> GpuFeed:
+    """Threads per GPU worker from the segmenter's costs (see :class:`GpuFeed`).
+
+    Examples
+    --------
+    >>> feed = plan_gpu_threads(8, cpu_s_per_mp=0.6, gpu_s_per_mp=0.04)
+    >>> feed.wanted, feed.threads, round(feed.gpu_busy_fraction, 2)
+    (16, 8, 0.47)
+    """
+    if cores_per_gpu < 1 or cpu_s_per_mp <= 0 or gpu_s_per_mp <= 0:
+        raise ConfigError(
+            f"plan_gpu_threads needs cores_per_gpu >= 1 and positive costs, got {cores_per_gpu}, "
+            f"{cpu_s_per_mp}, {gpu_s_per_mp}"
+        )
+    wanted = 1 + math.ceil(cpu_s_per_mp / gpu_s_per_mp)
+    threads = min(wanted, cores_per_gpu)
+    if threads == 1:
+        busy = gpu_s_per_mp / (gpu_s_per_mp + cpu_s_per_mp)
+    else:
+        busy = min(1.0, (threads - 1) * gpu_s_per_mp / cpu_s_per_mp)
+    return GpuFeed(threads, wanted, busy, cpu_s_per_mp, gpu_s_per_mp)
+
+
 def plan_batches(
     segmenter: Segmenter,
     patch_shape: tuple[int, int],
