@@ -25,8 +25,9 @@ TensorFlow columns are skipped). For each square patch size (256², 512², 1024�
 The last line of stdout is one JSON object.
 
 Usage: ``python bench/segmenters.py [--quick] [--sizes 256 512 1024] [--batch 2]
-[--tiles-per-call 4] [--reference-python PY] [--no-precision]`` (``--reference-python`` defaults
-to ``$CODEXDASK_REFERENCE_PYTHON``).
+[--tiles-per-call 4] [--reference-python PY] [--no-precision] [--threads 1]``
+(``--reference-python`` defaults to ``$CODEXDASK_REFERENCE_PYTHON``; ``--threads`` is the CPU
+threads of both frameworks).
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
 
 
 # ----------------------------------------------------------------------------- reference side
+#: How the reference worker learns its thread count.
+THREADS_ENV = "CODEXDASK_BENCH_THREADS"
+
+
 def reference_worker(savedmodel: str, tiles_per_call: int) -> None:
     """Reference environment: answer requests ``<batch.npy> <labels.npy>`` read from stdin.
 
@@ -71,6 +76,10 @@ def reference_worker(savedmodel: str, tiles_per_call: int) -> None:
     labels are saved to ``<labels.npy>``.
     """
     import tensorflow as tf
+
+    threads = int(os.environ.get(THREADS_ENV, "1"))
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
     from deepcell.applications import Mesmer
     from deepcell_toolbox.deep_watershed import deep_watershed as toolbox_watershed
 
@@ -223,6 +232,9 @@ def main(argv: list[str] | None = None) -> None:
                         default=os.environ.get("CODEXDASK_REFERENCE_PYTHON"),
                         help="python of the reference environment (TensorFlow, deepcell)")
     parser.add_argument("--no-precision", action="store_true", help="skip the precision part")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads of PyTorch and of TensorFlow (default 1, as in the "
+                             "engine's single-threaded CPU workers)")
     parser.add_argument("--reference-worker", nargs=2, metavar=("SAVEDMODEL", "TILES_PER_CALL"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -230,6 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         return reference_worker(args.reference_worker[0], int(args.reference_worker[1]))
     import torch
 
+    torch.set_num_threads(args.threads)
     sizes = [256] if args.quick else args.sizes
     summary: dict[str, Any] = {"bench": "segmenters", "device": "cpu", "batch": args.batch,
                                "tiles_per_call": args.tiles_per_call, "torch": torch.__version__,
@@ -240,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         worker = None
         if savedmodel is not None:
             env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2",
-                   "PYTHONPATH": str(ROOT)}
+                   "PYTHONPATH": str(ROOT), THREADS_ENV: str(args.threads)}
             worker = subprocess.Popen(
                 [str(args.reference_python), __file__, "--reference-worker", str(savedmodel),
                  str(args.tiles_per_call)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
