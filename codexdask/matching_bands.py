@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -95,6 +95,9 @@ class BandPlan:
     bands : Bands
     cell_bounds, nucleus_bounds : ndarray of int64, shape (n_rows + 1,)
         Band ``r`` holds the labels ``bounds[r] < label <= bounds[r + 1]``.
+    nucleus_near : ndarray of int64, shape (n_rows, 2)
+        Band ``r``'s cells can share a row only with nuclei labelled
+        ``nucleus_near[r, 0] < label <= nucleus_near[r, 1]``.
     nucleus_reach : ndarray of int64, shape (n_rows,)
         After band ``r``, no later cell can reach a nucleus labelled ``<= nucleus_reach[r]``.
     """
@@ -102,6 +105,7 @@ class BandPlan:
     bands: Bands
     cell_bounds: npt.NDArray[np.int64]
     nucleus_bounds: npt.NDArray[np.int64]
+    nucleus_near: npt.NDArray[np.int64]
     nucleus_reach: npt.NDArray[np.int64]
 
 
@@ -130,12 +134,18 @@ def band_plan(bands: Bands, cell_first_rows: np.ndarray,
                              "number the labels in raster order of first pixel")
         found.append(rows)
     cell_rows, nucleus_rows = found
+    reach = bands.span - 1
+    # band r's cells lie in rows [r T, (r + 1) T - 1 + reach], so a nucleus sharing one of
+    # their rows starts at most `reach` rows above or in them
+    near = np.stack([np.searchsorted(nucleus_rows, tops[:-1] - reach, side="left"),
+                     np.searchsorted(nucleus_rows, tops[1:] - 1 + reach, side="right")], axis=1)
     return BandPlan(
         bands=bands,
         cell_bounds=np.searchsorted(cell_rows, tops).astype(np.int64),
         nucleus_bounds=np.searchsorted(nucleus_rows, tops).astype(np.int64),
+        nucleus_near=near.astype(np.int64),
         # later cells start at row (r + 1) T or below, so their nuclei end there or below
-        nucleus_reach=np.searchsorted(nucleus_rows, tops[1:] - (bands.span - 1)).astype(np.int64),
+        nucleus_reach=np.searchsorted(nucleus_rows, tops[1:] - reach).astype(np.int64),
     )
 
 
@@ -193,10 +203,34 @@ def _between(labels: np.ndarray, bounds: np.ndarray, band: int) -> npt.NDArray[n
     return (labels > np.uint64(bounds[band])) & (labels <= np.uint64(bounds[band + 1]))
 
 
+def _band_part(plan: BandPlan, band: int, tally: RepairTally,
+               claimed: np.ndarray) -> RepairTally:
+    """The part of a region's tally the band needs: its cells, their pairs with unclaimed
+    nuclei, their order, and the nuclei that can share a row with its cells (each one under a
+    cell of the band needs an index, the band's candidates their sizes)."""
+    nuclei = _between(tally.nucleus_labels, plan.nucleus_near[band], 0)
+    pairs = _between(tally.pair_cell, plan.cell_bounds, band)
+    pairs &= ~np.isin(tally.pair_nucleus, claimed)
+    order = tally.order
+    if order is not None:
+        keep = _between(order[0], plan.cell_bounds, band)
+        order = (order[0][keep], order[1][keep], order[2][keep])
+    return dataclasses.replace(
+        tally,
+        cell_labels=tally.cell_labels[_between(tally.cell_labels, plan.cell_bounds, band)],
+        nucleus_labels=tally.nucleus_labels[nuclei],
+        nucleus_sizes=tally.nucleus_sizes[nuclei],
+        pair_cell=tally.pair_cell[pairs],
+        pair_nucleus=tally.pair_nucleus[pairs],
+        pair_overlap=tally.pair_overlap[pairs],
+        order=order,
+    )
+
+
 def match_band(
     plan: BandPlan,
     band: int,
-    tally: RepairTally,
+    tallies: Iterable[RepairTally],
     carry: BandCarry,
     *,
     aegle_order: bool = False,
@@ -208,37 +242,22 @@ def match_band(
     plan : BandPlan
     band : int
         Visited in order 0, 1, ..., each with the carry of the one before.
-    tally : RepairTally
-        Combined over the tile rows ``plan.bands.tally_rows(band)``.
+    tallies : iterable of RepairTally
+        Of disjoint regions covering the tile rows ``plan.bands.tally_rows(band)`` (e.g. their
+        cores); each is cut to what the band needs as it comes, so a generator that loads them
+        one by one never holds them all.
     carry : BandCarry
         From the band before (``BandCarry()`` for band 0).
     aegle_order : bool
-        The ``aegle-cpu`` tie-break (``tally`` must carry the order).
+        The ``aegle-cpu`` tie-break (the tallies must carry the order).
 
     Returns
     -------
     BandMatching, BandCarry
     """
-    cells_here = _between(tally.cell_labels, plan.cell_bounds, band)
-    pairs_here = _between(tally.pair_cell, plan.cell_bounds, band)
-    pairs_here &= ~np.isin(tally.pair_nucleus, carry.claimed)
-    order = tally.order
-    if order is not None:
-        keep = _between(order[0], plan.cell_bounds, band)
-        order = (order[0][keep], order[1][keep], order[2][keep])
-    part = RepairTally(
-        cell_labels=tally.cell_labels[cells_here],
-        # every nucleus of the tile rows: each one under a cell of the band must have an index
-        nucleus_labels=tally.nucleus_labels,
-        nucleus_sizes=tally.nucleus_sizes,  # complete for every candidate of the band's cells
-        pair_cell=tally.pair_cell[pairs_here],
-        pair_nucleus=tally.pair_nucleus[pairs_here],
-        pair_overlap=tally.pair_overlap[pairs_here],
-        cell_background=tally.cell_background,
-        nucleus_background=tally.nucleus_background,
-        order=order,
-    )
-    matching = match_tally(part, aegle_order=aegle_order)
+    tally = combine_tallies([_band_part(plan, band, t, carry.claimed) for t in tallies])
+    # Every nucleus near the band is known, with sizes complete for the band's candidates.
+    matching = match_tally(tally, aegle_order=aegle_order)
     new_id = matching.new_id[1:]
     new_id = np.where(new_id > 0, new_id + np.uint32(carry.n_matched), np.uint32(0))
     matched_nucleus = matching.nucleus_labels[matching.match[1:]]
@@ -278,8 +297,8 @@ def match_by_bands(
     carry = BandCarry()
     results = []
     for band in range(plan.bands.n_rows):
-        tally = combine_tallies([row_tally(row) for row in plan.bands.tally_rows(band)])
-        result, carry = match_band(plan, band, tally, carry, aegle_order=aegle_order)
+        tallies = (row_tally(row) for row in plan.bands.tally_rows(band))
+        result, carry = match_band(plan, band, tallies, carry, aegle_order=aegle_order)
         results.append(result)
     return results, carry
 

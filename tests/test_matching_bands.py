@@ -160,6 +160,7 @@ def test_carry_forgets_only_unreachable_nuclei() -> None:
     np.testing.assert_array_equal(plan.cell_bounds, [0, 1, 2, 3, 3])
     np.testing.assert_array_equal(plan.nucleus_bounds, [0, 3, 3, 5, 6])
     np.testing.assert_array_equal(plan.nucleus_reach, [0, 2, 3, 4])
+    np.testing.assert_array_equal(plan.nucleus_near, [[0, 4], [0, 5], [2, 6], [3, 6]])
     assert list(bands.tally_rows(0)) == [0, 1, 2, 3] and list(bands.tally_rows(3)) == [1, 2, 3]
     assert list(bands.bands_of(22, 25)) == [0, 1, 2]
     # cell 1 takes nucleus 2 in band 0; cell 2 (band 1) can still reach it, nothing later can
@@ -168,9 +169,9 @@ def test_carry_forgets_only_unreachable_nuclei() -> None:
         nucleus_sizes=np.array([4, 4], np.int64), pair_cell=np.array([1, 2], np.uint64),
         pair_nucleus=np.array([2, 2], np.uint64), pair_overlap=np.array([4, 4], np.int64),
         cell_background=True, nucleus_background=True)
-    first, carry = match_band(plan, 0, tally, BandCarry())
+    first, carry = match_band(plan, 0, [tally], BandCarry())
     assert first.new_id.tolist() == [1] and carry.claimed.tolist() == [2]
-    second, carry = match_band(plan, 1, tally, carry)
+    second, carry = match_band(plan, 1, [tally], carry)
     assert second.new_id.tolist() == [0] and second.matched_nucleus.tolist() == [0]
     assert carry.claimed.tolist() == [] and carry.n_matched == 1 and carry.n_cells == 2
     assert carry.n_nuclei == 2 and first.nucleus_labels.tolist() == [1, 2]

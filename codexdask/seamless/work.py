@@ -31,7 +31,7 @@ import zarr
 
 from ..geometry import Box
 from ..layout import DONE_ARRAY, IMAGE_ARRAY, REPAIR_STAT_COLUMNS, STATS_ARRAY
-from ..matching import RepairTally, combine_tallies
+from ..matching import RepairTally
 from ..matching_bands import (
     BandCarry,
     BandMatching,
@@ -431,12 +431,10 @@ def match_patch_band(
     start = time.perf_counter()
     rows = bands_of(patch).tally_rows(band)
     n_cols = patch.grid.n_cols
-    tallies = [_load_tally(_tally_file(paths, patch.tile_id(row * n_cols + col)))
-               for row in rows for col in range(n_cols)]
+    tallies = (_load_tally(_tally_file(paths, patch.tile_id(row * n_cols + col)))
+               for row in rows for col in range(n_cols))  # loaded and cut one by one
     carry, conflicts, seconds = previous if previous is not None else (BandCarry(), (0, 0), 0.0)
-    result, carry = match_band(plan, band, combine_tallies(tallies), carry,
-                               aegle_order=check_tie_break(tie_break))
-    del tallies
+    result, carry = match_band(plan, band, tallies, carry, aegle_order=check_tie_break(tie_break))
     _save(_band_file(paths, patch, band),
           {field.name: getattr(result, field.name) for field in dataclasses.fields(result)})
     own = composed[band - rows.start]
