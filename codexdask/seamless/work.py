@@ -377,8 +377,9 @@ def compose_core(
         for neighbour in grid.tiles_touching(around):
             window = grid.window(neighbour)
             part = window.intersection(around)
-            labels = owned[name][patch.tile_id(neighbour), :window.shape[0], :window.shape[1]]
-            pieces.append((part, np.asarray(labels[part.slices(window)]), tables[c][neighbour]))
+            # only the part: a view into the whole window would keep all nine windows alive
+            labels = owned[name][(patch.tile_id(neighbour),) + part.slices(window)]
+            pieces.append((part, np.asarray(labels), tables[c][neighbour]))
         labels, clashes = compose(around, pieces)
         stitched.append(labels)
         conflicts.append(clashes)
