@@ -41,6 +41,7 @@ __all__ = [
     "assemble_region",
     "combine_tallies",
     "match_tally",
+    "matching_metrics",
     "order_table",
     "region_runs",
     "tally_region",
@@ -157,25 +158,41 @@ class Matching:
 
     def metrics(self) -> dict[str, Any]:
         """Counts and ratios (see :func:`codexdask.repair.repair_masks`)."""
-        from codexdask.repair import matching_stats_from_counts
+        return matching_metrics(self.n_cells, self.n_nuclei, self.n_matched, self.n_repaired,
+                                self.cell_background, self.nucleus_background)
 
-        n_cells, n_nuclei, n_matched = self.n_cells, self.n_nuclei, self.n_matched
-        # Distinct values including 0 when some pixel carries it; in the matched mask 0 is on
-        # the background and on every unmatched cell.
-        u_cell = n_cells + int(self.cell_background)
-        u_nucleus = n_nuclei + int(self.nucleus_background)
-        u_matched = n_matched + int(self.cell_background or n_matched < n_cells)
-        return {
-            "matched_fraction": u_matched / (u_cell + u_nucleus - u_matched),
-            "matching_stats": matching_stats_from_counts(n_cells, n_nuclei, n_matched),
-            "n_cells": n_cells,
-            "n_nuclei": n_nuclei,
-            "n_matched": n_matched,
-            "n_repaired": self.n_repaired,
-            "frac_cells_matched": ratio(n_matched, n_cells),
-            "frac_nuclei_matched": ratio(n_matched, n_nuclei),
-            "match_jaccard": ratio(n_matched, n_cells + n_nuclei - n_matched),
-        }
+
+def matching_metrics(
+    n_cells: int,
+    n_nuclei: int,
+    n_matched: int,
+    n_repaired: int,
+    cell_background: bool,
+    nucleus_background: bool,
+) -> dict[str, Any]:
+    """The repair's counts and ratios from the counts of a matching (see :class:`Matching`).
+
+    The counts are of labels > 0; the background flags say whether some pixel has cell /
+    nucleus label 0.
+    """
+    from codexdask.repair import matching_stats_from_counts
+
+    # Distinct values including 0 when some pixel carries it; in the matched mask 0 is on the
+    # background and on every unmatched cell.
+    u_cell = n_cells + int(cell_background)
+    u_nucleus = n_nuclei + int(nucleus_background)
+    u_matched = n_matched + int(cell_background or n_matched < n_cells)
+    return {
+        "matched_fraction": u_matched / (u_cell + u_nucleus - u_matched),
+        "matching_stats": matching_stats_from_counts(n_cells, n_nuclei, n_matched),
+        "n_cells": n_cells,
+        "n_nuclei": n_nuclei,
+        "n_matched": n_matched,
+        "n_repaired": n_repaired,
+        "frac_cells_matched": ratio(n_matched, n_cells),
+        "frac_nuclei_matched": ratio(n_matched, n_nuclei),
+        "match_jaccard": ratio(n_matched, n_cells + n_nuclei - n_matched),
+    }
 
 
 # --------------------------------------------------------------------------------------------------

@@ -98,6 +98,25 @@ def test_quarters_of_an_odd_slide(tmp_path, client):
             np.testing.assert_array_equal(group[name][index], masks[name], err_msg=name)
 
 
+@pytest.mark.parametrize("tie_break", ["lowest-label", "aegle-cpu"])
+def test_matching_in_bands_of_tile_rows_equals_serial(tmp_path, client, tie_break):
+    """Small tiles on a tall slide: each matching band reads 5 to 7 of the 10 tile rows (with the
+    tiles above one band reads them all), so the chain of band tasks, the carry between them and
+    the repair from band files are exercised. (The synthetic cells are far smaller than the
+    window, so the bands' worst-case geometry is tested in test_matching_bands.py.)"""
+    store = make_store(tmp_path / "tall.zarr", 640, 150, "full_image", seed=7)
+    options = {"tile_size": 64, "halo": 24, "tie_break": tie_break, "save_mosaics": False,
+               "save_pickles": False, "n_overlays": 0}
+    out = tmp_path / "out"
+    run(store, out, SegmentConfig(**options), client=client)
+    group = open_result_store(out / RESULT_STORE)
+    (index, masks, stats), = run_serial(store, SegmentConfig(**options))
+    assert masks["cell_matched_mask"].max() > 100
+    for name in MASK_NAMES:
+        np.testing.assert_array_equal(group[name][index], masks[name], err_msg=name)
+    np.testing.assert_array_equal(group["stats"][index][: len(stats)], stats)
+
+
 def test_small_halo_drops_large_objects_and_says_so(slide_store, tmp_path, client):
     out = tmp_path / "out"
     result = run(slide_store, out, SegmentConfig(tile_size=96, halo=2, save_mosaics=False,

@@ -6,11 +6,14 @@ For every informative logical patch still to do, in order:
    one task per box and a tree of combine tasks; the driver advances the passes);
 2. one infer task per group of tiles (``resources={"GPU": 1}`` on a GPU cluster) and one store
    task after it; tiles already stored by an interrupted run are skipped;
-3. a numbering task, one compose task per core, a match task, one repair task per core and a
-   finishing task, chained by their futures.
+3. a numbering task, one compose task per core, a chain of match tasks (one per band of tile
+   rows, each waiting for the cores of the few rows it reads), one repair task per core (waiting
+   for the bands its region touches) and a finishing task, chained by their futures.
 
-Only small results travel (tile reports, tallies, the matching); labels go through the work
-folder and the result store. Progress counts tiles and megapixels per second.
+Only small results travel (tile reports, counts, the carry between bands); labels, tallies and
+the bands' matchings go through the work folder and the result store, so no task holds
+anything of the size of the whole patch but the numbering tables. Progress counts tiles and
+megapixels per second.
 """
 
 from __future__ import annotations
@@ -37,14 +40,16 @@ from .work import (
     LogicalPatch,
     RunPaths,
     TileReport,
-    combine_composed,
+    bands_of,
     compose_core,
     create_tile_store,
     finish_patch,
     infer_tiles,
-    match_patch,
+    match_patch_band,
     number_patch,
+    plan_bands,
     read_raw,
+    repair_bands,
     repair_core,
     store_tiles,
     tiles_done,
@@ -55,7 +60,7 @@ __all__ = ["follow_tiles", "gather_statistics_on", "logical_patches", "resolve_t
 
 logger = logging.getLogger(__name__)
 
-#: Partial results (statistics, tallies) combined per task in the trees of combine tasks.
+#: Partial statistics combined per task in the trees of combine tasks.
 COMBINE_FAN_IN = 16
 
 
@@ -171,22 +176,23 @@ def seamless_notes(report: dict[str, Any]) -> list[str]:
 
 def _chain(client: Client, paths: RunPaths, patch: LogicalPatch, reports: list[Any],
            tie_break: str) -> Any:
-    """Submit numbering -> compose per core -> match -> repair per core -> finish."""
+    """Submit numbering -> compose per core -> match per band -> repair per core -> finish."""
     tables = client.submit(number_patch, paths, patch, *reports, pure=False)
-    cores = list(patch.grid)
-    partials = []  # each group of cores is combined as soon as it is composed (a tree of tallies)
-    for first in range(0, len(cores), COMBINE_FAN_IN):
-        group = [client.submit(compose_core, paths, patch, tile, tables, tie_break, pure=False)
-                 for tile in cores[first:first + COMBINE_FAN_IN]]
-        partials.append(client.submit(combine_composed, *group, pure=False))
-    while len(partials) > 1:
-        partials = [client.submit(combine_composed, *partials[i:i + COMBINE_FAN_IN], pure=False)
-                    for i in range(0, len(partials), COMBINE_FAN_IN)]
-    matched = client.submit(match_patch, tie_break, partials[0], pure=False)
-    repaired = [client.submit(repair_core, paths, patch, tile, matched, pure=False)
-                for tile in cores]
+    plan = client.submit(plan_bands, paths, patch, *reports, pure=False)
+    n_cols, bands = patch.grid.n_cols, bands_of(patch)
+    composed = [client.submit(compose_core, paths, patch, tile, tables, tie_break, pure=False)
+                for tile in patch.grid]
+    rows = [composed[row * n_cols:(row + 1) * n_cols] for row in range(patch.grid.n_rows)]
+    banded: list[Any] = []
+    for band in range(bands.n_rows):
+        needed = [rows[row] for row in bands.tally_rows(band)]
+        banded.append(client.submit(match_patch_band, paths, patch, band, tie_break, plan,
+                                    banded[-1] if banded else None, needed, pure=False))
+    repaired = [client.submit(repair_core, paths, patch, tile,
+                              banded[repair_bands(patch, tile)[-1]], pure=False)
+                for tile in patch.grid]
     flat = client.submit(_flatten, reports, pure=False)
-    return client.submit(finish_patch, paths, patch, matched, flat, repaired, pure=False)
+    return client.submit(finish_patch, paths, patch, banded[-1], flat, repaired, pure=False)
 
 
 def _identity(value: Any) -> Any:

@@ -6,10 +6,13 @@ A logical patch goes through five kinds of task (``docs/architecture.md``, seaml
    few windows are segmented, each tile's owned objects are written to the run's work folder
    (``OUT/tiles``: one chunk per tile, a table of first pixels, then the tile's ``done`` flag);
 2. :func:`number_patch`: the global ids of every tile's objects (raster order of first pixel);
-3. :func:`compose_core`: per core, the stitched labels, their boundaries and the repair tally;
-4. :func:`match_patch`: the greedy matching of the whole patch;
-5. :func:`repair_core`: per core, the repaired masks; :func:`finish_patch` writes the patch's
-   statistics and marks it done.
+3. :func:`compose_core`: per core, the stitched labels, their boundaries and the repair tally
+   (written to the work folder);
+4. :func:`plan_bands` and a chain of :func:`match_patch_band`: the greedy matching band by band
+   (one band per tile row, :mod:`codexdask.matching_bands`), each band reading the tallies of a
+   few tile rows and writing its labels' matching to the work folder;
+5. :func:`repair_core`: per core, the repaired masks from the bands its region touches;
+   :func:`finish_patch` writes the patch's statistics and marks it done.
 
 Every task may run twice (a worker lost, a resumed run) and then writes the same bytes again.
 """
@@ -28,7 +31,16 @@ import zarr
 
 from ..geometry import Box
 from ..layout import DONE_ARRAY, IMAGE_ARRAY, REPAIR_STAT_COLUMNS, STATS_ARRAY
-from ..matching import Matching, RepairTally, combine_tallies, match_tally
+from ..matching import RepairTally
+from ..matching_bands import (
+    BandCarry,
+    BandMatching,
+    BandPlan,
+    Bands,
+    band_plan,
+    match_band,
+    region_matching,
+)
 from ..outputs.atomic import atomic_path
 from ..outputs.result_store import LABEL_COMPRESSOR, open_result_store
 from ..repair import check_tie_break
@@ -46,8 +58,10 @@ __all__ = [
     "create_tile_store",
     "finish_patch",
     "infer_tiles",
-    "match_patch",
+    "match_patch_band",
     "number_patch",
+    "plan_bands",
+    "repair_bands",
     "repair_core",
     "store_tiles",
     "tiles_done",
@@ -153,7 +167,8 @@ def create_tile_store(path: str | Path, n_tiles: int, window_shape: tuple[int, i
     if DONE_ARRAY not in root:
         root.create_dataset(DONE_ARRAY, shape=(n_tiles,), chunks=(1,), dtype=bool,
                             fill_value=False)
-    (Path(path) / "tables").mkdir(parents=True, exist_ok=True)
+    for folder in ("tables", "tallies", "bands"):
+        (Path(path) / folder).mkdir(parents=True, exist_ok=True)
 
 
 @functools.lru_cache(maxsize=8)
@@ -167,6 +182,52 @@ def _owned(paths: RunPaths) -> zarr.Group:
 
 def _table(paths: RunPaths, tile_id: int) -> Path:
     return Path(paths.tiles) / "tables" / f"tile_{tile_id:07d}.npz"
+
+
+def _tally_file(paths: RunPaths, tile_id: int) -> Path:
+    return Path(paths.tiles) / "tallies" / f"tile_{tile_id:07d}.npz"
+
+
+def _band_file(paths: RunPaths, patch: LogicalPatch, band: int) -> Path:
+    return Path(paths.tiles) / "bands" / f"patch_{patch.index:05d}_band_{band:05d}.npz"
+
+
+def _save(path: Path, arrays: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def _save_tally(path: Path, tally: RepairTally) -> None:
+    arrays = {field.name: np.asarray(getattr(tally, field.name))
+              for field in dataclasses.fields(tally) if field.name != "order"}
+    if tally.order is not None:
+        arrays.update(order_cell=tally.order[0], order_nucleus=tally.order[1],
+                      order_first=tally.order[2])
+    _save(path, arrays)
+
+
+def _load_tally(path: Path) -> RepairTally:
+    with np.load(path) as saved:
+        order = None
+        if "order_cell" in saved:
+            order = (saved["order_cell"], saved["order_nucleus"], saved["order_first"])
+        return RepairTally(
+            cell_labels=saved["cell_labels"], nucleus_labels=saved["nucleus_labels"],
+            nucleus_sizes=saved["nucleus_sizes"], pair_cell=saved["pair_cell"],
+            pair_nucleus=saved["pair_nucleus"], pair_overlap=saved["pair_overlap"],
+            cell_background=bool(saved["cell_background"]),
+            nucleus_background=bool(saved["nucleus_background"]), order=order)
+
+
+def _load_band(path: Path) -> BandMatching:
+    with np.load(path) as saved:
+        return BandMatching(**{field.name: saved[field.name]
+                               for field in dataclasses.fields(BandMatching)})
+
+
+def bands_of(patch: LogicalPatch) -> Bands:
+    """The matching bands of ``patch``: one per row of its tiles."""
+    return Bands.of(patch.shape[0], patch.grid.tile_size, patch.grid.halo)
 
 
 def tiles_done(paths: RunPaths, patch: LogicalPatch) -> np.ndarray:
@@ -275,6 +336,18 @@ def number_patch(paths: RunPaths, patch: LogicalPatch, *stored: Any) -> list[lis
     return [number_objects(first) for first in firsts]
 
 
+def plan_bands(paths: RunPaths, patch: LogicalPatch, *stored: Any) -> BandPlan:
+    """The labels of every matching band, from the tiles' first pixels (as numbered by
+    :func:`number_patch`; ``stored`` as there)."""
+    firsts: list[list[np.ndarray]] = [[], []]
+    for tile in patch.grid:
+        with np.load(_table(paths, patch.tile_id(tile))) as saved:
+            firsts[0].append(saved["first_cell"])
+            firsts[1].append(saved["first_nucleus"])
+    cell_rows, nucleus_rows = (np.sort(np.concatenate(f)) // patch.shape[1] for f in firsts)
+    return band_plan(bands_of(patch), cell_rows, nucleus_rows)
+
+
 # --------------------------------------------------------------------------------------------
 # 3. stitching and tallies
 
@@ -285,9 +358,10 @@ def compose_core(
 ) -> Composed:
     """Stitch the labels of one core, write them and their boundaries, and tally the core.
 
+    The core's :class:`~codexdask.matching.RepairTally` goes to the work folder (``tallies/``).
+
     Returns
     -------
-    tally : RepairTally
     conflicts : (int, int)
         Pixels claimed by two objects, per compartment.
     seconds : float
@@ -303,8 +377,9 @@ def compose_core(
         for neighbour in grid.tiles_touching(around):
             window = grid.window(neighbour)
             part = window.intersection(around)
-            labels = owned[name][patch.tile_id(neighbour), :window.shape[0], :window.shape[1]]
-            pieces.append((part, np.asarray(labels[part.slices(window)]), tables[c][neighbour]))
+            # only the part: a view into the whole window would keep all nine windows alive
+            labels = owned[name][(patch.tile_id(neighbour),) + part.slices(window)]
+            pieces.append((part, np.asarray(labels), tables[c][neighbour]))
         labels, clashes = compose(around, pieces)
         stitched.append(labels)
         conflicts.append(clashes)
@@ -315,50 +390,75 @@ def compose_core(
     masks = {"cell": stitched[0][inner], "nucleus": stitched[1][inner], **edges}
     for name, mask in masks.items():
         group[name][(patch.index,) + core.slices()] = mask
-    return tally, (conflicts[0], conflicts[1]), time.perf_counter() - start
+    _save_tally(_tally_file(paths, patch.tile_id(tile)), tally)
+    return (conflicts[0], conflicts[1]), time.perf_counter() - start
 
 
 # --------------------------------------------------------------------------------------------
-# 4. the greedy pass
+# 4. the greedy pass, band by band
 
 
-Composed = tuple[RepairTally, tuple[int, int], float]
-"""What :func:`compose_core` returns: tally, conflicts per compartment, seconds."""
+Composed = tuple[tuple[int, int], float]
+"""What :func:`compose_core` returns: conflicts per compartment, seconds."""
+
+Banded = tuple[BandCarry, tuple[int, int], float]
+"""What :func:`match_patch_band` returns: the carry, conflicts and seconds of the bands so far."""
 
 
-def combine_composed(*parts: Composed) -> Composed:
-    """Several cores' :func:`compose_core` results as one: tallies combined, counts summed.
+def match_patch_band(
+    paths: RunPaths,
+    patch: LogicalPatch,
+    band: int,
+    tie_break: str,
+    plan: BandPlan,
+    previous: Banded | None,
+    composed: Sequence[Sequence[Composed]],
+) -> Banded:
+    """The greedy matching of the cells of one band (tile row), from the tallies of the tile
+    rows ``bands_of(patch).tally_rows(band)``; its labels' matching goes to the work folder.
 
-    The engine combines in a tree of these as the cores finish, so no worker ever holds every
-    core's tally at once.
+    Parameters
+    ----------
+    previous : Banded or None
+        This task's result for ``band - 1`` (``None`` for band 0).
+    composed : sequence of sequences
+        :func:`compose_core` results of the cores of those tile rows, row by row; the conflicts
+        and seconds of the band's own row are added up.
+
+    Returns
+    -------
+    Banded
     """
-    tally = combine_tallies([part[0] for part in parts])
-    conflicts = (sum(part[1][0] for part in parts), sum(part[1][1] for part in parts))
-    return tally, conflicts, sum(part[2] for part in parts)
-
-
-def match_patch(tie_break: str, composed: Composed) -> tuple[Matching, tuple[int, int], float]:
-    """The repair's greedy matching over the combined tally of all cores of a patch.
-
-    Returns the matching, with ``composed``'s conflicts and seconds passed through (so the
-    patch's tally can be released once the matching exists).
-    """
-    tally, conflicts, seconds = composed
-    return match_tally(tally, aegle_order=check_tie_break(tie_break)), conflicts, seconds
+    start = time.perf_counter()
+    rows = bands_of(patch).tally_rows(band)
+    n_cols = patch.grid.n_cols
+    tallies = (_load_tally(_tally_file(paths, patch.tile_id(row * n_cols + col)))
+               for row in rows for col in range(n_cols))  # loaded and cut one by one
+    carry, conflicts, seconds = previous if previous is not None else (BandCarry(), (0, 0), 0.0)
+    result, carry = match_band(plan, band, tallies, carry, aegle_order=check_tie_break(tie_break))
+    _save(_band_file(paths, patch, band),
+          {field.name: getattr(result, field.name) for field in dataclasses.fields(result)})
+    own = composed[band - rows.start]
+    conflicts = (conflicts[0] + sum(c[0][0] for c in own), conflicts[1] + sum(c[0][1] for c in own))
+    seconds += sum(c[1] for c in own) + time.perf_counter() - start
+    return carry, conflicts, seconds
 
 
 # --------------------------------------------------------------------------------------------
 # 5. repair
 
 
-def repair_core(paths: RunPaths, patch: LogicalPatch, tile: int,
-                matched: tuple[Matching, Any, Any]) -> float:
-    """Write the five repaired masks of one core (``matched``: :func:`match_patch`'s result);
-    returns the seconds it took."""
+def repair_core(paths: RunPaths, patch: LogicalPatch, tile: int, banded: Any) -> float:
+    """Write the five repaired masks of one core; returns the seconds it took.
+
+    ``banded`` is the :func:`match_patch_band` result of the last band of
+    :func:`repair_bands` (unused: the task waits for it, then reads those bands' matchings).
+    """
     start = time.perf_counter()
-    matching = matched[0]
     core = patch.grid.core(tile)
     around = core.grow(REPAIR_MARGIN, patch.shape)
+    matching = region_matching([_load_band(_band_file(paths, patch, band))
+                                for band in repair_bands(patch, tile)])
     group = open_result_store(paths.result)
     cell = np.asarray(group["cell"][(patch.index,) + around.slices()])
     nucleus = np.asarray(group["nucleus"][(patch.index,) + around.slices()])
@@ -367,19 +467,26 @@ def repair_core(paths: RunPaths, patch: LogicalPatch, tile: int,
     return time.perf_counter() - start
 
 
+def repair_bands(patch: LogicalPatch, tile: int) -> range:
+    """The bands whose matchings :func:`repair_core` of ``tile`` reads."""
+    around = patch.grid.core(tile).grow(REPAIR_MARGIN, patch.shape)
+    return bands_of(patch).bands_of(around.top, around.bottom)
+
+
 def finish_patch(
     paths: RunPaths,
     patch: LogicalPatch,
-    matched: tuple[Matching, tuple[int, int], float],
+    banded: Banded,
     reports: Sequence[TileReport],
     repair_seconds: Sequence[float],
 ) -> dict[str, Any]:
     """Write the patch's statistics row, then mark it done; a summary of the patch.
 
     The row holds the repair's metrics and the seconds of each stage summed over the tiles.
+    ``banded`` is the last band's :func:`match_patch_band` result.
     """
-    matching, conflicts, compose_seconds = matched
-    metrics = matching.metrics()
+    carry, conflicts, compose_seconds = banded
+    metrics = carry.metrics()
     timings = [
         sum(r.infer_s for r in reports),
         sum(r.postprocess_s for r in reports),
