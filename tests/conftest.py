@@ -42,10 +42,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``mesmer`` tests (deepcell + TensorFlow) belong to the reference suite; slow tests are
-    opt-in: ``--run-slow``, ``CODEXDASK_RUN_SLOW=1`` or ``-m slow``."""
+    """``mesmer`` tests and tests using ``mesmer_model_dir`` (deepcell + TensorFlow) belong to the
+    reference suite; slow tests are opt-in: ``--run-slow``, ``CODEXDASK_RUN_SLOW=1`` or
+    ``-m slow``."""
     for item in items:
-        if item.get_closest_marker("mesmer") is not None:
+        if (item.get_closest_marker("mesmer") is not None
+                or "mesmer_model_dir" in getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.reference)
     markexpr = config.getoption("-m") or ""
     if (config.getoption("--run-slow") or os.environ.get("CODEXDASK_RUN_SLOW") == "1"

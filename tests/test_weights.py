@@ -107,6 +107,7 @@ def test_archive_as_model_path_is_extracted_once(no_weights_env, tmp_path, monke
     assert weights.locate_model_dir(archive) == first  # reused, keyed by the archive's md5
 
 
+@pytest.mark.reference
 def test_constants_match_deepcell():
     deepcell_mesmer = pytest.importorskip("deepcell.applications.mesmer")
     assert weights.MODEL_KEY == deepcell_mesmer.MODEL_KEY
@@ -157,6 +158,7 @@ def test_token_download_comes_last(no_weights_env, monkeypatch, tmp_path):
     assert weights.find_model_source(tmp_path).source == "model_path"
 
 
+@pytest.mark.reference
 def test_model_path_env_variable(no_weights_env, mesmer_model_dir, monkeypatch):
     monkeypatch.setenv(weights.MODEL_PATH_ENV, str(mesmer_model_dir))
     source = weights.find_model_source()
