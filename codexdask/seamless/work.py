@@ -208,15 +208,12 @@ def _save_tally(path: Path, tally: RepairTally) -> None:
 
 def _load_tally(path: Path) -> RepairTally:
     with np.load(path) as saved:
+        fields = {name: saved[name] if saved[name].ndim else saved[name].item()
+                  for name in saved.files if not name.startswith("order_")}
         order = None
         if "order_cell" in saved:
             order = (saved["order_cell"], saved["order_nucleus"], saved["order_first"])
-        return RepairTally(
-            cell_labels=saved["cell_labels"], nucleus_labels=saved["nucleus_labels"],
-            nucleus_sizes=saved["nucleus_sizes"], pair_cell=saved["pair_cell"],
-            pair_nucleus=saved["pair_nucleus"], pair_overlap=saved["pair_overlap"],
-            cell_background=bool(saved["cell_background"]),
-            nucleus_background=bool(saved["nucleus_background"]), order=order)
+        return RepairTally(**fields, order=order)
 
 
 def _load_band(path: Path) -> BandMatching:
@@ -328,23 +325,25 @@ def number_patch(paths: RunPaths, patch: LogicalPatch, *stored: Any) -> list[lis
     list of two lists of ndarray
         ``tables[c][tile]``: local id -> id in the patch, for compartment ``c``.
     """
+    return [number_objects(first) for first in _first_pixels(paths, patch)]
+
+
+def _first_pixels(paths: RunPaths, patch: LogicalPatch) -> list[list[np.ndarray]]:
+    """``firsts[c][tile]``: the stored first pixels of each tile's owned objects, compartment
+    ``c`` (0 cell, 1 nucleus)."""
     firsts: list[list[np.ndarray]] = [[], []]
     for tile in patch.grid:
         with np.load(_table(paths, patch.tile_id(tile))) as saved:
             firsts[0].append(saved["first_cell"])
             firsts[1].append(saved["first_nucleus"])
-    return [number_objects(first) for first in firsts]
+    return firsts
 
 
 def plan_bands(paths: RunPaths, patch: LogicalPatch, *stored: Any) -> BandPlan:
     """The labels of every matching band, from the tiles' first pixels (as numbered by
     :func:`number_patch`; ``stored`` as there)."""
-    firsts: list[list[np.ndarray]] = [[], []]
-    for tile in patch.grid:
-        with np.load(_table(paths, patch.tile_id(tile))) as saved:
-            firsts[0].append(saved["first_cell"])
-            firsts[1].append(saved["first_nucleus"])
-    cell_rows, nucleus_rows = (np.sort(np.concatenate(f)) // patch.shape[1] for f in firsts)
+    cell_rows, nucleus_rows = (np.sort(np.concatenate(f)) // patch.shape[1]
+                               for f in _first_pixels(paths, patch))
     return band_plan(bands_of(patch), cell_rows, nucleus_rows)
 
 
