@@ -203,7 +203,7 @@ def run(
             chosen = [logical_patches(patch_store, **tiles)[int(i)] for i in todo]
             plan, plan_notes = plan_run(
                 dask_client, segmenter, tile_plan_shape(chosen), image_mpp, config,
-                sum(p.grid.n_tiles for p in chosen),
+                sum(p.grid.n_tiles for p in chosen), windows=True,
             )
             seamless = run_logical_patches(
                 dask_client, patch_store, todo, segmenter, image_mpp, config, out_dir, tiles,
@@ -278,6 +278,8 @@ def plan_run(
     image_mpp: float,
     config: SegmentConfig,
     n_patches: int,
+    *,
+    windows: bool = False,
 ) -> tuple[BatchPlan, list[str]]:
     """Choose batch sizes from the workers' free memory and the GPU's.
 
@@ -285,7 +287,8 @@ def plan_run(
     :func:`codexdask.cluster.worker_memory_budgets`); the GPU figure is measured on a GPU worker
     when the segmenter wants one. An automatic batch size is also capped so that ``n_patches``
     give at least ``TASKS_PER_THREAD`` tasks per worker thread: large batches help a GPU but
-    must not leave workers idle at the end of a run.
+    must not leave workers idle at the end of a run. ``windows``: ``patch_shape`` is a compute
+    window of a logical patch (see :func:`~codexdask.segmenters.planner.plan_batches`).
 
     Returns
     -------
@@ -307,6 +310,7 @@ def plan_run(
         host_free_bytes=min(cluster.worker_memory_budgets(client)),
         batch_size=config.batch_size,
         tiles_per_call=config.tiles_per_call,
+        windows=windows,
     )
     threads = cluster.total_threads(client)
     balanced = max(1, math.ceil(n_patches / (TASKS_PER_THREAD * threads)))

@@ -124,6 +124,25 @@ def test_plain_segmenter_has_no_tiles():
     assert small.patches_per_task == 3  # 150 MiB budget / 50 MiB
 
 
+def test_windows_of_a_plain_segmenter_go_one_per_task():
+    # Grouping windows gains a plain segmenter nothing and leaves workers idle at the end.
+    plan = plan_batches(FakePlain(), (1664, 1664), 0.5, host_free_bytes=100 * GiB, windows=True)
+    assert plan.patches_per_task == 1 and "one window" in plan.reason
+    fixed = plan_batches(FakePlain(), (1664, 1664), 0.5, host_free_bytes=100 * GiB,
+                         windows=True, batch_size=4)
+    assert fixed.patches_per_task == 4
+    tiny = plan_batches(FakePlain(), (1664, 1664), 0.5, host_free_bytes=MiB, windows=True)
+    assert "smaller tile_size" in tiny.reason
+
+
+def test_windows_of_a_tiled_segmenter_fill_a_network_call():
+    plain = plan_batches(FakeTiled(), (512, 512), 0.5, host_free_bytes=100 * GiB,
+                         device_free_bytes=80 * GiB)
+    windows = plan_batches(FakeTiled(), (512, 512), 0.5, host_free_bytes=100 * GiB,
+                           device_free_bytes=80 * GiB, windows=True)
+    assert windows.patches_per_task == plain.patches_per_task > 1
+
+
 def test_patch_too_big_for_memory_still_plans_one():
     plan = plan_batches(FakePlain(), (512, 512), 0.5, host_free_bytes=10 * MiB)
     assert plan.patches_per_task == 1

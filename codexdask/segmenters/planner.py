@@ -20,9 +20,10 @@ On a CPU (no GPU visible) the network's activations live in host memory too::
     host budget = budget - T * d
 
 Then, for a tiled segmenter (Mesmer) one task should fill at least one network call, and for any
-other segmenter a task holds ``DEFAULT_PATCHES_PER_TASK`` patches::
+other segmenter a task holds ``DEFAULT_PATCHES_PER_TASK`` patches, or one window of a logical
+patch (windows are large, and grouping them gains nothing but idle workers at the end)::
 
-    wanted = ceil(T / n)   (tiled)   or   DEFAULT_PATCHES_PER_TASK
+    wanted = ceil(T / n)   (tiled)   or   DEFAULT_PATCHES_PER_TASK   or   1 (windows)
     patches_per_task = max(1, min(wanted, host budget // h, MAX_PATCHES_PER_TASK))
 
 A user's ``batch_size`` / ``tiles_per_call`` replaces the computed value. The safety fractions
@@ -166,6 +167,7 @@ def plan_batches(
     device_free_bytes: int | None = None,
     batch_size: int | str = "auto",
     tiles_per_call: int | str = "auto",
+    windows: bool = False,
 ) -> BatchPlan:
     """Choose patches per task and tiles per network call (see the module docstring).
 
@@ -185,6 +187,9 @@ def plan_batches(
         inference on CPU.
     batch_size, tiles_per_call : "auto" or int
         Fixed values replace the planner's choice.
+    windows : bool
+        ``patch_shape`` is a compute window of a logical patch: a segmenter without network
+        tiles then wants one window per task.
 
     Returns
     -------
@@ -228,6 +233,8 @@ def plan_batches(
         if tiles is not None and tiles_per_patch:
             wanted = math.ceil(tiles / tiles_per_patch)
             want_note = f"ceil({tiles} tiles per call / {tiles_per_patch} tiles per patch)"
+        elif windows:
+            wanted, want_note = 1, "one window of a logical patch"
         else:
             wanted = DEFAULT_PATCHES_PER_TASK
             want_note = "default"
@@ -239,7 +246,9 @@ def plan_batches(
             f"cap {MAX_PATCHES_PER_TASK})"
         )
         if fit < 1:
-            notes.append("warning: one patch needs more than the host budget; use smaller patches")
+            notes.append("warning: one window needs more than the host budget; use a smaller "
+                         "tile_size" if windows else
+                         "warning: one patch needs more than the host budget; use smaller patches")
     return BatchPlan(
         patches_per_task=int(patches),
         tiles_per_call=tiles,
