@@ -190,3 +190,21 @@ def test_worker_killed_mid_run_loses_only_its_tiles(slide_store, reference, tmp_
     assert (markers / "crashed").exists(), "no worker crashed: the test tested nothing"
     client.wait_for_workers(2, timeout=60)
     assert_same_outputs(out, reference, n_informative=1)
+
+
+def test_tile_flags_of_some_tiles(tmp_path):
+    from codexdask.geometry import Box
+    from codexdask.seamless.grid import tile_grid
+    from codexdask.seamless.work import LogicalPatch, RunPaths, create_tile_store, tiles_done
+
+    # two patches of 6 tiles: the second's tile ids start at 6
+    patches = [LogicalPatch(i, Box(0, 0, 300, 200), tile_grid((300, 200), 100, 10), 6 * i)
+               for i in (0, 1)]
+    create_tile_store(tmp_path, 12, (120, 120), 100)
+    flags = np.zeros(12, dtype=bool)
+    flags[[1, 7, 8, 11]] = True
+    zarr.open_group(str(tmp_path / "owned.zarr"), mode="r+")["done"][:] = flags
+    paths = RunPaths("", "", str(tmp_path))
+    assert tiles_done(paths, patches[1]).tolist() == flags[6:].tolist()
+    assert tiles_done(paths, patches[1], [5, 0, 2]).tolist() == [True, False, True]
+    assert tiles_done(paths, patches[0], [1, 2]).tolist() == [True, False]

@@ -4,16 +4,17 @@ For every informative logical patch still to do, in order:
 
 1. the segmenter's image-wide statistics, gathered in passes over boxes of the patch (each pass
    one task per box and a tree of combine tasks; the driver advances the passes);
-2. one infer task per group of tiles (``resources={"GPU": 1}`` on a GPU cluster) and one store
-   task after it; tiles already stored by an interrupted run are skipped;
+2. one infer task per group of tiles (``resources={"GPU": 1}`` on a GPU cluster; as many tiles
+   as fill a network call, one for a segmenter without network tiles) and one store task after
+   it; tiles already stored by an interrupted run are skipped;
 3. a numbering task, one compose task per core, a chain of match tasks (one per band of tile
    rows, each waiting for the cores of the few rows it reads), one repair task per core (waiting
    for the bands its region touches) and a finishing task, chained by their futures.
 
-Only small results travel (tile reports, counts, the carry between bands); labels, tallies and
-the bands' matchings go through the work folder and the result store, so no task holds
-anything of the size of the whole patch but the numbering tables. Progress counts tiles and
-megapixels per second.
+Only small results travel (tile reports, counts, the carry between bands); labels, ids,
+tallies and the bands' matchings go through the work folder and the result store, so no task
+holds anything of the size of the whole patch but the numbering task (the first pixels of all
+objects, 8 bytes each) and the band plan. Progress counts tiles and megapixels per second.
 """
 
 from __future__ import annotations
@@ -117,7 +118,8 @@ def run_logical_patches(
     paths = RunPaths(str(patch_store.path.resolve()), str(out_dir / "masks.zarr"),
                      str(out_dir / TILES_DIR))
     window = max((p.grid.window_shape for p in everything), key=lambda s: s[0] * s[1])
-    create_tile_store(paths.tiles, sum(p.grid.n_tiles for p in everything), window)
+    create_tile_store(paths.tiles, sum(p.grid.n_tiles for p in everything), window,
+                      tiles["tile_size"])
     chosen = [everything[int(i)] for i in todo]
     gpu = {"resources": {"GPU": 1}} if pin_gpu else {}
     stored, finished, n_tiles_now, pixels_now = [], [], 0, 0
@@ -177,10 +179,10 @@ def seamless_notes(report: dict[str, Any]) -> list[str]:
 def _chain(client: Client, paths: RunPaths, patch: LogicalPatch, reports: list[Any],
            tie_break: str) -> Any:
     """Submit numbering -> compose per core -> match per band -> repair per core -> finish."""
-    tables = client.submit(number_patch, paths, patch, *reports, pure=False)
+    numbered = client.submit(number_patch, paths, patch, *reports, pure=False)
     plan = client.submit(plan_bands, paths, patch, *reports, pure=False)
     n_cols, bands = patch.grid.n_cols, bands_of(patch)
-    composed = [client.submit(compose_core, paths, patch, tile, tables, tie_break, pure=False)
+    composed = [client.submit(compose_core, paths, patch, tile, numbered, tie_break, pure=False)
                 for tile in patch.grid]
     rows = [composed[row * n_cols:(row + 1) * n_cols] for row in range(patch.grid.n_rows)]
     banded: list[Any] = []

@@ -4,10 +4,13 @@ A logical patch goes through five kinds of task (``docs/architecture.md``, seaml
 
 1. :func:`infer_tiles` (on a GPU worker when there is one) and :func:`store_tiles` (CPU): a
    few windows are segmented, each tile's owned objects are written to the run's work folder
-   (``OUT/tiles``: one chunk per tile, a table of first pixels, then the tile's ``done`` flag);
-2. :func:`number_patch`: the global ids of every tile's objects (raster order of first pixel);
-3. :func:`compose_core`: per core, the stitched labels, their boundaries and the repair tally
-   (written to the work folder);
+   (``OUT/tiles``: the tile's window in square chunks of :data:`OWNED_CHUNK` px, a table of
+   first pixels, then the tile's ``done`` flag);
+2. :func:`number_patch`: the global ids of every tile's objects (raster order of first pixel),
+   one file per tile in the work folder;
+3. :func:`compose_core`: per core, the stitched labels and their boundaries (to the result
+   store), the repair tally and the stitched labels with the repair's margin (to the work
+   folder);
 4. :func:`plan_bands` and a chain of :func:`match_patch_band`: the greedy matching band by band
    (one band per tile row, :mod:`codexdask.matching_bands`), each band reading the tallies of a
    few tile rows and writing its labels' matching to the work folder;
@@ -26,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numcodecs
 import numpy as np
 import zarr
 
@@ -42,7 +46,7 @@ from ..matching_bands import (
     region_matching,
 )
 from ..outputs.atomic import atomic_path
-from ..outputs.result_store import LABEL_COMPRESSOR, open_result_store
+from ..outputs.result_store import open_result_store
 from ..repair import check_tie_break
 from ..segmenters.base import Segmenter, WindowInput
 from .grid import TileGrid
@@ -69,6 +73,12 @@ __all__ = [
 
 #: The two compartments, in label-channel order (whole-cell, nucleus).
 COMPARTMENTS = ("cell", "nucleus")
+#: Side of the chunks of a tile's stored window: a neighbour reading the strip of the window
+#: that reaches into its core decodes a strip of chunks, not the whole window.
+OWNED_CHUNK = 256
+#: Compressor of the work folder's labels: written and read once each, so speed over size (lz4
+#: encoded 2x and decoded 3x faster than the result store's zstd, at about half its ratio).
+WORK_COMPRESSOR = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,23 +161,36 @@ class TileReport:
 # the work folder
 
 
-def create_tile_store(path: str | Path, n_tiles: int, window_shape: tuple[int, int]) -> None:
+def create_tile_store(
+    path: str | Path, n_tiles: int, window_shape: tuple[int, int], tile_size: int
+) -> None:
     """Create the work folder's arrays unless they exist (a resumed run keeps them).
 
-    ``cell`` and ``nucleus`` ``(n_tiles, h, w)`` uint32 hold each tile's kept objects (one chunk
-    per tile); ``done`` ``(n_tiles,)`` bool is set last for a tile.
+    In ``owned.zarr``, ``cell`` and ``nucleus`` ``(n_tiles, h, w)`` uint32 hold each tile's kept
+    objects (``h, w`` the largest window; square chunks of :data:`OWNED_CHUNK` px) and ``done``
+    ``(n_tiles,)`` bool is set last for a tile. In ``stitched.zarr``, ``cell`` and ``nucleus``
+    ``(n_tiles, s, s)`` uint32 (``s`` = ``tile_size`` + 2 x the repair's margin, one chunk per
+    tile) hold each core's stitched labels with that margin, for the repair.
     """
     root = zarr.open_group(str(Path(path) / "owned.zarr"), mode="a")
     height, width = window_shape
+    chunks = (1, min(height, OWNED_CHUNK), min(width, OWNED_CHUNK))
     for name in COMPARTMENTS:
         if name not in root:
-            root.create_dataset(name, shape=(n_tiles, height, width), chunks=(1, height, width),
-                                dtype=np.uint32, fill_value=0, compressor=LABEL_COMPRESSOR,
+            root.create_dataset(name, shape=(n_tiles, height, width), chunks=chunks,
+                                dtype=np.uint32, fill_value=0, compressor=WORK_COMPRESSOR,
                                 write_empty_chunks=False)
+    stitched = zarr.open_group(str(Path(path) / "stitched.zarr"), mode="a")
+    side = tile_size + 2 * REPAIR_MARGIN
+    for name in COMPARTMENTS:
+        if name not in stitched:
+            stitched.create_dataset(name, shape=(n_tiles, side, side), chunks=(1, side, side),
+                                    dtype=np.uint32, fill_value=0, compressor=WORK_COMPRESSOR,
+                                    write_empty_chunks=False)
     if DONE_ARRAY not in root:
         root.create_dataset(DONE_ARRAY, shape=(n_tiles,), chunks=(1,), dtype=bool,
                             fill_value=False)
-    for folder in ("tables", "tallies", "bands"):
+    for folder in ("tables", "ids", "tallies", "bands"):
         (Path(path) / folder).mkdir(parents=True, exist_ok=True)
 
 
@@ -180,8 +203,16 @@ def _owned(paths: RunPaths) -> zarr.Group:
     return zarr.open_group(str(Path(paths.tiles) / "owned.zarr"), mode="r+")
 
 
+def _stitched(paths: RunPaths) -> zarr.Group:
+    return zarr.open_group(str(Path(paths.tiles) / "stitched.zarr"), mode="r+")
+
+
 def _table(paths: RunPaths, tile_id: int) -> Path:
     return Path(paths.tiles) / "tables" / f"tile_{tile_id:07d}.npz"
+
+
+def _ids_file(paths: RunPaths, tile_id: int) -> Path:
+    return Path(paths.tiles) / "ids" / f"tile_{tile_id:07d}.npz"
 
 
 def _tally_file(paths: RunPaths, tile_id: int) -> Path:
@@ -227,10 +258,15 @@ def bands_of(patch: LogicalPatch) -> Bands:
     return Bands.of(patch.shape[0], patch.grid.tile_size, patch.grid.halo)
 
 
-def tiles_done(paths: RunPaths, patch: LogicalPatch) -> np.ndarray:
-    """``(n_tiles,)`` bool: which tiles of ``patch`` are stored."""
+def tiles_done(paths: RunPaths, patch: LogicalPatch, tiles: Sequence[int] | None = None
+               ) -> np.ndarray:
+    """Which of ``tiles`` (default: all) of ``patch`` are stored: bool, one per tile."""
     done = _owned(paths)[DONE_ARRAY]
-    return np.asarray(done[patch.first_tile:patch.first_tile + patch.grid.n_tiles], dtype=bool)
+    if tiles is None:
+        return np.asarray(done[patch.first_tile:patch.first_tile + patch.grid.n_tiles], dtype=bool)
+    # only these flags: each is a file, and a patch can have thousands of tiles
+    return np.asarray(done.get_coordinate_selection([patch.tile_id(t) for t in tiles]),
+                      dtype=bool)
 
 
 def read_raw(paths: RunPaths, patch: LogicalPatch, box: Box) -> np.ndarray:
@@ -255,7 +291,7 @@ def infer_tiles(
 
     Returns ``(maps, seconds)``; ``maps`` is ``None`` when every tile is already stored.
     """
-    if tiles_done(paths, patch)[list(tiles)].all():
+    if tiles_done(paths, patch, tiles).all():
         return None, 0.0
     inputs = []
     for tile in tiles:
@@ -315,17 +351,27 @@ def _stored_report(paths: RunPaths, patch: LogicalPatch, tile: int) -> TileRepor
 # 2. numbering
 
 
-def number_patch(paths: RunPaths, patch: LogicalPatch, *stored: Any) -> list[list[np.ndarray]]:
-    """Global ids of every tile's objects, per compartment.
+def number_patch(paths: RunPaths, patch: LogicalPatch, *stored: Any) -> int:
+    """Write the global ids of every tile's objects to the work folder (``ids/``).
 
-    ``stored`` are the :func:`store_tiles` results this task waits for (unused otherwise).
+    Each tile's file holds ``cell`` and ``nucleus``: local id -> id in the patch (uint32, entry
+    0 is 0), so a stitching task loads the tables of its few neighbours only. ``stored`` are the
+    :func:`store_tiles` results this task waits for (unused otherwise).
 
     Returns
     -------
-    list of two lists of ndarray
-        ``tables[c][tile]``: local id -> id in the patch, for compartment ``c``.
+    int
+        The number of tiles numbered.
     """
-    return [number_objects(first) for first in _first_pixels(paths, patch)]
+    cells, nuclei = (number_objects(first) for first in _first_pixels(paths, patch))
+    for tile in patch.grid:
+        _save(_ids_file(paths, patch.tile_id(tile)), {"cell": cells[tile], "nucleus": nuclei[tile]})
+    return patch.grid.n_tiles
+
+
+def _load_ids(paths: RunPaths, patch: LogicalPatch, tile: int) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(_ids_file(paths, patch.tile_id(tile))) as saved:
+        return saved["cell"], saved["nucleus"]
 
 
 def _first_pixels(paths: RunPaths, patch: LogicalPatch) -> list[list[np.ndarray]]:
@@ -352,12 +398,16 @@ def plan_bands(paths: RunPaths, patch: LogicalPatch, *stored: Any) -> BandPlan:
 
 
 def compose_core(
-    paths: RunPaths, patch: LogicalPatch, tile: int, tables: list[list[np.ndarray]],
-    tie_break: str,
+    paths: RunPaths, patch: LogicalPatch, tile: int, numbered: Any, tie_break: str
 ) -> Composed:
     """Stitch the labels of one core, write them and their boundaries, and tally the core.
 
-    The core's :class:`~codexdask.matching.RepairTally` goes to the work folder (``tallies/``).
+    ``numbered`` is the :func:`number_patch` result this task waits for (unused otherwise).
+
+    The core's :class:`~codexdask.matching.RepairTally` goes to the work folder (``tallies/``),
+    and so do its stitched labels with the margin :func:`repair_core` needs (``stitched.zarr``):
+    the repair then reads one chunk per compartment instead of the result store's chunks
+    around the core.
 
     Returns
     -------
@@ -368,27 +418,34 @@ def compose_core(
     start = time.perf_counter()
     grid = patch.grid
     core = grid.core(tile)
-    around = core.grow(TALLY_MARGIN, patch.shape)
+    around = core.grow(REPAIR_MARGIN, patch.shape)
     owned = _owned(paths)
+    neighbours = grid.tiles_touching(around)
+    ids = {neighbour: _load_ids(paths, patch, neighbour) for neighbour in neighbours}
     stitched, conflicts = [], []
     for c, name in enumerate(COMPARTMENTS):
         pieces = []
-        for neighbour in grid.tiles_touching(around):
+        for neighbour in neighbours:
             window = grid.window(neighbour)
             part = window.intersection(around)
             # only the part: a view into the whole window would keep all nine windows alive
             labels = owned[name][(patch.tile_id(neighbour),) + part.slices(window)]
-            pieces.append((part, np.asarray(labels), tables[c][neighbour]))
+            pieces.append((part, np.asarray(labels), ids[neighbour][c]))
         labels, clashes = compose(around, pieces)
         stitched.append(labels)
         conflicts.append(clashes)
-    edges, tally = tally_core(stitched[0], stitched[1], around, core, patch.shape[1],
+    tallied = core.grow(TALLY_MARGIN, patch.shape)
+    cell, nucleus = (labels[tallied.slices(around)] for labels in stitched)
+    edges, tally = tally_core(cell, nucleus, tallied, core, patch.shape[1],
                               with_order=check_tie_break(tie_break))
     group = open_result_store(paths.result)
     inner = core.slices(around)
     masks = {"cell": stitched[0][inner], "nucleus": stitched[1][inner], **edges}
     for name, mask in masks.items():
         group[name][(patch.index,) + core.slices()] = mask
+    height, width = around.shape
+    for name, labels in zip(COMPARTMENTS, stitched, strict=True):
+        _stitched(paths)[name][patch.tile_id(tile), :height, :width] = labels
     _save_tally(_tally_file(paths, patch.tile_id(tile)), tally)
     return (conflicts[0], conflicts[1]), time.perf_counter() - start
 
@@ -458,9 +515,10 @@ def repair_core(paths: RunPaths, patch: LogicalPatch, tile: int, banded: Any) ->
     around = core.grow(REPAIR_MARGIN, patch.shape)
     matching = region_matching([_load_band(_band_file(paths, patch, band))
                                 for band in repair_bands(patch, tile)])
+    height, width = around.shape
+    cell, nucleus = (np.asarray(_stitched(paths)[name][patch.tile_id(tile), :height, :width])
+                     for name in COMPARTMENTS)
     group = open_result_store(paths.result)
-    cell = np.asarray(group["cell"][(patch.index,) + around.slices()])
-    nucleus = np.asarray(group["nucleus"][(patch.index,) + around.slices()])
     for name, mask in repair_core_masks(cell, nucleus, around, core, matching).items():
         group[name][(patch.index,) + core.slices()] = mask
     return time.perf_counter() - start
