@@ -58,6 +58,8 @@ NO_CUT: Edges = (False, False, False, False)
 # and 2048² synthetic patches; add the input (up to 16 bytes/pixel for float64) and the float32
 # maps (8), then a 1.5x margin.
 _HOST_BYTES_PER_PIXEL = 160
+#: Default side of the compute tiles of a logical patch, in pixels.
+TILE_SIZE = 1536
 # Dim nuclei must exceed this fraction of the global threshold (and their local mean).
 _LOCAL_FLOOR = 0.5
 # Weight of the distance to the nucleus (0 at the nucleus, 1 at max_expansion_um) in the cell
@@ -218,6 +220,16 @@ class WatershedSegmenter(Segmenter):
         levels = statistics.levels
         return [self.normalise(w.raw[np.newaxis], [levels], image_mpp, [cut_edges(w)])
                 for w in windows]
+
+    def tile_size(self, image_mpp: float) -> int:
+        """Compute-tile side: :data:`TILE_SIZE` px.
+
+        Windows of 1536² cores and the default 64-px halo post-process 1.17x the patch's pixels
+        (1024²: 1.27x); on a 6000² slide with 2 workers the seamless run took about 0.9x the time
+        of 1024² tiles. A window then needs about 450 MB of host memory
+        (:meth:`memory_per_patch`); give workers with less a smaller ``tile_size``.
+        """
+        return TILE_SIZE
 
     def memory_per_patch(self, shape: tuple[int, int], image_mpp: float) -> MemoryEstimate:
         """Host bytes one ``shape`` patch needs (no accelerator memory)."""
