@@ -208,3 +208,28 @@ def test_tile_flags_of_some_tiles(tmp_path):
     assert tiles_done(paths, patches[1]).tolist() == flags[6:].tolist()
     assert tiles_done(paths, patches[1], [5, 0, 2]).tolist() == [True, False, True]
     assert tiles_done(paths, patches[0], [1, 2]).tolist() == [True, False]
+
+
+def test_tile_reports_add_up_through_summaries():
+    from codexdask.seamless.work import TileReport, TilesSummary, summarise_tiles, total
+
+    reports = [TileReport(t, (5, 4), (t % 2, 1), 100, 0.5 * t, 1.0) for t in range(5)]
+    direct = summarise_tiles(reports)
+    tree = summarise_tiles(summarise_tiles(reports[:2]), summarise_tiles(reports[2:3], reports[3:]))
+    assert direct == tree == TilesSummary(5, (2, 5), 5.0, 5.0)
+    assert summarise_tiles() == TilesSummary(0, (0, 0), 0.0, 0.0)
+    assert total(0.5, 1.25, 2) == 3.75
+
+
+def test_progress_lets_go_of_each_tile(client):
+    import io
+
+    from codexdask.seamless.pipeline import follow_tiles
+    from codexdask.seamless.work import TileReport
+
+    report = [TileReport(0, (1, 1), (0, 0), 2_000_000, 0.0, 0.0)]
+    futures = [client.submit(lambda r: r, report, pure=False) for _ in range(3)]
+    stream = io.StringIO()
+    follow_tiles(futures, 3, 6_000_000, stream=stream, every_s=0.0)
+    assert futures == []  # emptied: the results can be released on the workers
+    assert "tiles: 3 of 3 done, 6.0 of 6.0 MP" in stream.getvalue()

@@ -40,7 +40,6 @@ from .grid import tile_grid
 from .work import (
     LogicalPatch,
     RunPaths,
-    TileReport,
     bands_of,
     compose_core,
     create_tile_store,
@@ -53,7 +52,9 @@ from .work import (
     repair_bands,
     repair_core,
     store_tiles,
+    summarise_tiles,
     tiles_done,
+    total,
 )
 
 __all__ = ["follow_tiles", "gather_statistics_on", "logical_patches", "resolve_tiles",
@@ -124,13 +125,13 @@ def run_logical_patches(
     gpu = {"resources": {"GPU": 1}} if pin_gpu else {}
     stored, finished, n_tiles_now, pixels_now = [], [], 0, 0
     for patch in chosen:
-        remaining = np.flatnonzero(~tiles_done(paths, patch)).tolist()
+        remaining = set(np.flatnonzero(~tiles_done(paths, patch)).tolist())
         stats = gather_statistics_on(client, segmenter, paths, patch, image_mpp) \
             if remaining else None
         # Shipped to each worker once, not inside every tile task (they can be megabytes); a
         # task's result rather than scattered data, so a lost worker's copy is recomputed.
         shared = client.submit(_identity, stats, pure=False) if stats is not None else None
-        reports = []
+        added, pending = [], []
         for start in range(0, patch.grid.n_tiles, tiles_per_task):
             group = list(range(start, min(start + tiles_per_task, patch.grid.n_tiles)))
             todo_here = [t for t in group if t in remaining]
@@ -138,13 +139,18 @@ def run_logical_patches(
                                      shared, pure=False, **gpu)
             report = client.submit(store_tiles, segmenter, inferred, paths, patch, group,
                                    pure=False)
-            reports.append(report)
+            pending.append(report)
+            # added up right after their group, so each tile's result is released early
+            if len(pending) == COMBINE_FAN_IN or start + tiles_per_task >= patch.grid.n_tiles:
+                added.append(client.submit(summarise_tiles, *pending, pure=False))
+                pending = []
             if todo_here:
-                stored.append(report)
+                if progress:
+                    stored.append(report)
                 n_tiles_now += len(todo_here)
                 pixels_now += sum(patch.grid.core(t).shape[0] * patch.grid.core(t).shape[1]
                                   for t in todo_here)
-        finished.append(_chain(client, paths, patch, reports, config.tie_break))
+        finished.append(_chain(client, paths, patch, added, config.tie_break))
     if progress:
         follow_tiles(stored, n_tiles_now, pixels_now)
     summaries = client.gather(finished)
@@ -176,11 +182,12 @@ def seamless_notes(report: dict[str, Any]) -> list[str]:
     return notes
 
 
-def _chain(client: Client, paths: RunPaths, patch: LogicalPatch, reports: list[Any],
+def _chain(client: Client, paths: RunPaths, patch: LogicalPatch, summaries: list[Any],
            tie_break: str) -> Any:
     """Submit numbering -> compose per core -> match per band -> repair per core -> finish."""
-    numbered = client.submit(number_patch, paths, patch, *reports, pure=False)
-    plan = client.submit(plan_bands, paths, patch, *reports, pure=False)
+    stored = _tree(client, summarise_tiles, summaries)
+    numbered = client.submit(number_patch, paths, patch, stored, pure=False)
+    plan = client.submit(plan_bands, paths, patch, stored, pure=False)
     n_cols, bands = patch.grid.n_cols, bands_of(patch)
     composed = [client.submit(compose_core, paths, patch, tile, numbered, tie_break, pure=False)
                 for tile in patch.grid]
@@ -193,16 +200,22 @@ def _chain(client: Client, paths: RunPaths, patch: LogicalPatch, reports: list[A
     repaired = [client.submit(repair_core, paths, patch, tile,
                               banded[repair_bands(patch, tile)[-1]], pure=False)
                 for tile in patch.grid]
-    flat = client.submit(_flatten, reports, pure=False)
-    return client.submit(finish_patch, paths, patch, banded[-1], flat, repaired, pure=False)
+    return client.submit(finish_patch, paths, patch, banded[-1], stored,
+                         _tree(client, total, repaired), pure=False)
+
+
+def _tree(client: Client, func: Any, futures: list[Any]) -> Any:
+    """One future of ``func`` applied over ``futures`` through a tree of tasks, each taking
+    :data:`COMBINE_FAN_IN` (the parts are released as they are added up)."""
+    while True:
+        futures = [client.submit(func, *futures[i:i + COMBINE_FAN_IN], pure=False)
+                   for i in range(0, len(futures), COMBINE_FAN_IN)]
+        if len(futures) == 1:
+            return futures[0]
 
 
 def _identity(value: Any) -> Any:
     return value
-
-
-def _flatten(reports: Sequence[Sequence[TileReport]]) -> list[TileReport]:
-    return [report for group in reports for report in group]
 
 
 def _all_done(out_dir: Path, patch_store: PatchStore) -> bool:
@@ -253,13 +266,16 @@ def follow_tiles(futures: list[Any], n_tiles: int, pixels: int, stream: TextIO |
     """Print tiles done out of ``n_tiles`` and megapixels per second as store tasks finish.
 
     On a terminal one line is redrawn; elsewhere a line is printed every ``every_s`` seconds
-    and at the end.
+    and at the end. ``futures`` is emptied: each future is let go once counted, so its worker
+    can release the result.
     """
     stream = sys.stdout if stream is None else stream
     tty = stream.isatty()
     start = last = time.perf_counter()
     done_tiles = done_pixels = 0
-    for future in as_completed(futures):
+    finishing = as_completed(futures)
+    futures.clear()
+    for future in finishing:
         if future.status != "finished":
             continue
         for report in future.result():

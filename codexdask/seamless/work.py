@@ -58,6 +58,7 @@ __all__ = [
     "LogicalPatch",
     "RunPaths",
     "TileReport",
+    "TilesSummary",
     "compose_core",
     "create_tile_store",
     "finish_patch",
@@ -68,7 +69,9 @@ __all__ = [
     "repair_bands",
     "repair_core",
     "store_tiles",
+    "summarise_tiles",
     "tiles_done",
+    "total",
 ]
 
 #: The two compartments, in label-channel order (whole-cell, nucleus).
@@ -155,6 +158,41 @@ class TileReport:
     pixels: int
     infer_s: float
     postprocess_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class TilesSummary:
+    """Sums over stored tiles (see :class:`TileReport`).
+
+    Attributes
+    ----------
+    tiles : int
+    dropped : (int, int)
+    infer_s, postprocess_s : float
+    """
+
+    tiles: int
+    dropped: tuple[int, int]
+    infer_s: float
+    postprocess_s: float
+
+
+def summarise_tiles(*parts: Sequence[TileReport] | TilesSummary) -> TilesSummary:
+    """Add up :func:`store_tiles` results and summaries of them (a step of a tree of tasks:
+    each tile's result can then be released as soon as it is added, not kept to the end)."""
+    rows: list[tuple[float, ...]] = [(0, 0, 0, 0.0, 0.0)]
+    for part in parts:
+        if isinstance(part, TilesSummary):
+            rows.append((part.tiles, *part.dropped, part.infer_s, part.postprocess_s))
+        else:
+            rows += [(1, *r.dropped, r.infer_s, r.postprocess_s) for r in part]
+    tiles, cells, nuclei, infer_s, postprocess_s = (sum(column) for column in zip(*rows))
+    return TilesSummary(int(tiles), (int(cells), int(nuclei)), infer_s, postprocess_s)
+
+
+def total(*values: float) -> float:
+    """The sum of ``values`` (a step of a tree of tasks adding up seconds)."""
+    return float(sum(values))
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,12 +389,12 @@ def _stored_report(paths: RunPaths, patch: LogicalPatch, tile: int) -> TileRepor
 # 2. numbering
 
 
-def number_patch(paths: RunPaths, patch: LogicalPatch, *stored: Any) -> int:
+def number_patch(paths: RunPaths, patch: LogicalPatch, stored: Any) -> int:
     """Write the global ids of every tile's objects to the work folder (``ids/``).
 
     Each tile's file holds ``cell`` and ``nucleus``: local id -> id in the patch (uint32, entry
-    0 is 0), so a stitching task loads the tables of its few neighbours only. ``stored`` are the
-    :func:`store_tiles` results this task waits for (unused otherwise).
+    0 is 0), so a stitching task loads the tables of its few neighbours only. ``stored`` is the
+    :class:`TilesSummary` of the patch's tiles this task waits for (unused otherwise).
 
     Returns
     -------
@@ -385,7 +423,7 @@ def _first_pixels(paths: RunPaths, patch: LogicalPatch) -> list[list[np.ndarray]
     return firsts
 
 
-def plan_bands(paths: RunPaths, patch: LogicalPatch, *stored: Any) -> BandPlan:
+def plan_bands(paths: RunPaths, patch: LogicalPatch, stored: Any) -> BandPlan:
     """The labels of every matching band, from the tiles' first pixels (as numbered by
     :func:`number_patch`; ``stored`` as there)."""
     cell_rows, nucleus_rows = (np.sort(np.concatenate(f)) // patch.shape[1]
@@ -534,21 +572,18 @@ def finish_patch(
     paths: RunPaths,
     patch: LogicalPatch,
     banded: Banded,
-    reports: Sequence[TileReport],
-    repair_seconds: Sequence[float],
+    tiles: TilesSummary,
+    repair_seconds: float,
 ) -> dict[str, Any]:
     """Write the patch's statistics row, then mark it done; a summary of the patch.
 
     The row holds the repair's metrics and the seconds of each stage summed over the tiles.
-    ``banded`` is the last band's :func:`match_patch_band` result.
+    ``banded`` is the last band's :func:`match_patch_band` result, ``repair_seconds`` the sum of
+    the :func:`repair_core` results.
     """
     carry, conflicts, compose_seconds = banded
     metrics = carry.metrics()
-    timings = [
-        sum(r.infer_s for r in reports),
-        sum(r.postprocess_s for r in reports),
-        compose_seconds + sum(repair_seconds),
-    ]
+    timings = [tiles.infer_s, tiles.postprocess_s, compose_seconds + repair_seconds]
     row = np.array([metrics[name] for name in REPAIR_STAT_COLUMNS] + timings, dtype=np.float64)
     group = open_result_store(paths.result)
     group[STATS_ARRAY][patch.index] = row
@@ -556,6 +591,6 @@ def finish_patch(
     return {
         "patch": patch.index,
         "tiles": patch.grid.n_tiles,
-        "dropped": [sum(r.dropped[c] for r in reports) for c in (0, 1)],
+        "dropped": list(tiles.dropped),
         "conflicts": list(conflicts),
     }
