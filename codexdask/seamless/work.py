@@ -482,8 +482,9 @@ def compose_core(
     for name, mask in masks.items():
         group[name][(patch.index,) + core.slices()] = mask
     height, width = around.shape
+    kept = _stitched(paths)
     for name, labels in zip(COMPARTMENTS, stitched, strict=True):
-        _stitched(paths)[name][patch.tile_id(tile), :height, :width] = labels
+        kept[name][patch.tile_id(tile), :height, :width] = labels
     _save_tally(_tally_file(paths, patch.tile_id(tile)), tally)
     return (conflicts[0], conflicts[1]), time.perf_counter() - start
 
@@ -554,7 +555,8 @@ def repair_core(paths: RunPaths, patch: LogicalPatch, tile: int, banded: Any) ->
     matching = region_matching([_load_band(_band_file(paths, patch, band))
                                 for band in repair_bands(patch, tile)])
     height, width = around.shape
-    cell, nucleus = (np.asarray(_stitched(paths)[name][patch.tile_id(tile), :height, :width])
+    kept = _stitched(paths)
+    cell, nucleus = (np.asarray(kept[name][patch.tile_id(tile), :height, :width])
                      for name in COMPARTMENTS)
     group = open_result_store(paths.result)
     for name, mask in repair_core_masks(cell, nucleus, around, core, matching).items():
