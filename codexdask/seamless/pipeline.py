@@ -19,6 +19,7 @@ objects, 8 bytes each) and the band plan. Progress counts tiles and megapixels p
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import sys
@@ -245,11 +246,12 @@ def gather_statistics_on(
             group = [client.submit(_measure, stats, paths, patch, box, pure=False)
                      for box in boxes[first:first + COMBINE_FAN_IN]]
             partials.append(client.submit(stats.combine, group, pure=False))
-        while len(partials) > 1:
-            partials = [client.submit(stats.combine, partials[i:i + COMBINE_FAN_IN], pure=False)
-                        for i in range(0, len(partials), COMBINE_FAN_IN)]
-        stats = stats.advance(partials[0].result())
+        stats = stats.advance(_tree(client, functools.partial(_combine, stats), partials).result())
     return stats
+
+
+def _combine(stats: ImageStatistics, *partials: Any) -> Any:
+    return stats.combine(partials)
 
 
 def _measure(stats: ImageStatistics, paths: RunPaths, patch: LogicalPatch, box: Box) -> Any:

@@ -299,12 +299,9 @@ def bands_of(patch: LogicalPatch) -> Bands:
 def tiles_done(paths: RunPaths, patch: LogicalPatch, tiles: Sequence[int] | None = None
                ) -> np.ndarray:
     """Which of ``tiles`` (default: all) of ``patch`` are stored: bool, one per tile."""
-    done = _owned(paths)[DONE_ARRAY]
-    if tiles is None:
-        return np.asarray(done[patch.first_tile:patch.first_tile + patch.grid.n_tiles], dtype=bool)
     # only these flags: each is a file, and a patch can have thousands of tiles
-    return np.asarray(done.get_coordinate_selection([patch.tile_id(t) for t in tiles]),
-                      dtype=bool)
+    ids = [patch.tile_id(t) for t in (patch.grid if tiles is None else tiles)]
+    return np.asarray(_owned(paths)[DONE_ARRAY].get_coordinate_selection(ids), dtype=bool)
 
 
 def read_raw(paths: RunPaths, patch: LogicalPatch, box: Box) -> np.ndarray:
