@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dask.array as da
 import numpy as np
+import psutil
 import pytest
 import tifffile
 import zarr
@@ -90,6 +91,16 @@ def test_ome_tiff_pyramid_tiled_compressed_reads_level0(tmp_path: Path, image: n
     assert slide.data.chunks[1][0] == 16  # one dask chunk per TIFF tile: read lazily
     assert slide.image_mpp == pytest.approx(0.65)
     np.testing.assert_array_equal(slide.data[:, 10:30, 20:50].compute(), image[:, 10:30, 20:50])
+
+
+def test_tiff_reads_leave_no_file_open(tmp_path: Path, image: np.ndarray) -> None:
+    # A handle left to the garbage collector raises ResourceWarning in whatever code runs then.
+    path = tmp_path / "tiled.tif"
+    tifffile.imwrite(path, image, tile=(16, 16), compression="zlib", photometric="minisblack")
+    slide = open_slide(path)
+    np.testing.assert_array_equal(slide.data.compute(scheduler="threads"), image)
+    open_now = [f.path for f in psutil.Process().open_files()]
+    assert str(path) not in open_now, "the TIFF file stayed open after the read"
 
 
 def test_qptiff_biomarker_names(tmp_path: Path, image: np.ndarray) -> None:

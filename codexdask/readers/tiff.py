@@ -105,7 +105,10 @@ def _tiff_dask(path: Path, index: int, raw: dict[str, Any] | None, axes: str) ->
     """Level 0 of series ``index``: read directly when contiguous and uncompressed, else Zarr."""
     if raw is not None and "Y" in axes and len(axes) == len(raw["shape"]):
         return dask_from_file(path, raw["offset"], raw["shape"], raw["dtype"], axes.index("Y"))
-    store = tifffile.imread(path, aszarr=True, series=index, level=0)
+    with tifffile.TiffFile(path) as tif:
+        # No file cache: each chunk read opens and closes the file, so no handle stays open
+        # between reads (tifffile's default keeps it open until garbage collection).
+        store = tif.aszarr(series=index, level=0, _openfiles=0)
     array = zarr.open(store, mode="r")
     if isinstance(array, zarr.hierarchy.Group):  # pyramid view: take the full resolution
         array = array[sorted(array.array_keys())[0]]
