@@ -9,7 +9,8 @@ Needs only numpy and PyTorch (with CUDA) and this checkout; dask, zarr and scipy
 - ``b_throughput``: for each precision (fp32, tf32, bf16, fp16) and 1, 2, 4, ..., 512 tiles per
   call: tiles/s of the forward pass with the tiles already on the GPU (median of timed calls
   after a warm-up call), and peak GPU memory per tile (``torch.cuda.max_memory_allocated`` above
-  the weights and the input, divided by the tiles); out-of-memory is recorded, not fatal.
+  the weights and the input, divided by the tiles); out-of-memory or another runtime error is
+  recorded, not fatal.
   ``end_to_end``: tiles/s of ``predict_maps`` from a numpy batch (host -> GPU -> 4 maps back) at 64
   tiles; ``layouts``: channels-last against contiguous weights at 64 tiles;
   ``cudnn_benchmark``: the same with ``torch.backends.cudnn.benchmark = True``.
@@ -134,6 +135,8 @@ def forward_rate(net: network.MesmerNet, batch: torch.Tensor, precision: str,
     except torch.cuda.OutOfMemoryError as exc:
         torch.cuda.empty_cache()
         return {"oom": str(exc).splitlines()[0]}
+    except RuntimeError as exc:  # a kernel's limit: recorded, the sweep goes on to the next part
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
     tiles = batch.shape[0]
     row: dict[str, Any] = {"tiles_per_s": tiles / float(np.median(times)), "calls": len(times)}
     if cuda:
@@ -149,17 +152,16 @@ def throughput(net: network.MesmerNet, device: torch.device, batch_sizes: tuple[
     rng = np.random.default_rng(2)
     result: dict[str, Any] = {}
     for precision in precisions:
-        rows: dict[str, Any] = {}
+        rows: dict[str, Any] = result.setdefault(precision, {})
         for size in batch_sizes:
             if not report.time_left():
                 rows[str(size)] = {"skipped": "time budget used up"}
                 continue
             batch = torch.from_numpy(rng.random((size, 256, 256, 2), dtype=np.float32))
             rows[str(size)] = forward_rate(net, batch.to(device), precision)
-            if "oom" in rows[str(size)]:
-                break  # larger batches will not fit either
-        result[precision] = rows
-        report.save("b_throughput", result)
+            report.save("b_throughput", result)  # kept if a later size crashes the process
+            if "oom" in rows[str(size)] or "error" in rows[str(size)]:
+                break  # larger batches will not fit or fail the same way
     return result
 
 
@@ -230,7 +232,7 @@ def engine_unavailable(gpus: bool) -> str | None:
 
 
 def run_engine(work: Path, *, gpus: bool, size: int, tile_size: int | str = "auto",
-               n_workers: int | None = None) -> dict[str, Any]:
+               n_workers: int | None = None, precision: str = "fp32") -> dict[str, Any]:
     """Segment a ``size`` x ``size`` synthetic slide (``full_image``) with the engine.
 
     The weights are :func:`codexdask.mesmer.network.random_network` written as a converted file;
@@ -258,7 +260,8 @@ def run_engine(work: Path, *, gpus: bool, size: int, tile_size: int | str = "aut
     weights = work / "mesmer.safetensors"
     save_network(network.random_network(seed=0), weights, source_name="random seed 0")
     config = SegmentConfig(backend="mesmer", model_path=str(weights), gpus=gpus,
-                           tile_size=tile_size, n_workers=n_workers, save_pickles=False,
+                           tile_size=tile_size, n_workers=n_workers, precision=precision,
+                           save_pickles=False,
                            save_mosaics=False, n_overlays=0, overwrite=True)
     start = time.perf_counter()
     result = run(store, work / "out", config)

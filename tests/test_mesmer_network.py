@@ -131,6 +131,44 @@ def test_a_tile_does_not_depend_on_its_batch(net, small):
     np.testing.assert_allclose(together[0], together[2], rtol=0, atol=1e-4)
 
 
+def test_no_activation_reaches_the_per_pass_limit(net, small, monkeypatch):
+    # WIDEST_CHANNELS must bound every intermediate tensor of the architecture, per output pixel.
+    sizes = []
+    hooks = [m.register_forward_hook(lambda m, i, out: sizes.append(out[0].numel()))
+             for m in net.modules() if m is not net]
+    upsample = network.upsample2x
+
+    def upsample_recorded(x):
+        out = upsample(x)
+        sizes.append(out[0].numel())
+        return out
+
+    monkeypatch.setattr(network, "upsample2x", upsample_recorded)
+    try:
+        network.predict_maps(net, small[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert max(sizes) == network.WIDEST_CHANNELS * small.shape[1] * small.shape[2]
+
+
+def test_large_batches_run_in_passes_with_the_same_maps(net, small, monkeypatch):
+    # The real limit (2**31 values) needs 256 tiles of 256²; a smaller one shows the splitting.
+    alone = network.predict_maps(net, small)
+    batch = np.concatenate([small, small[::-1], small[:1]])  # 5 tiles
+    monkeypatch.setattr(network, "MAX_ACTIVATION_VALUES",
+                        2 * network.WIDEST_CHANNELS * small.shape[1] * small.shape[2])
+    assert network.tiles_per_pass(*small.shape[1:3]) == 2
+    seen = []
+    run = network.MesmerNet._run
+    monkeypatch.setattr(network.MesmerNet, "_run",
+                        lambda self, tiles, taps: seen.append(len(tiles)) or run(self, tiles, taps))
+    maps = network.predict_maps(net, batch)
+    assert seen == [2, 2, 1]
+    np.testing.assert_allclose(maps, np.concatenate([alone, alone[::-1], alone[:1]]),
+                               rtol=0, atol=1e-4)
+
+
 def test_other_tile_sides_run(net):
     maps = network.predict_maps(net, np.zeros((1, 64, 96, 2), np.float32))
     assert maps.shape == (1, 64, 96, 4)

@@ -171,23 +171,23 @@ def test_mesmer_plan_on_an_h100(no_weights_env):
     # Without weights the segmenter plans for PyTorch (the main environment's runtime).
     plan = plan_batches(MesmerSegmenter(), (512, 512), 0.5, device_free_bytes=79 * GiB,
                         host_free_bytes=120 * GiB)
-    # (79 x 0.8 - 1.5) GiB / 100 MiB = 631 -> cap 256 tiles; a 512² patch has 9 tiles.
+    # (79 x 0.8 - 1.5) GiB / 128 MiB = 493 -> cap 256 tiles; a 512² patch has 9 tiles.
     assert plan.tiles_per_call == 256
     assert plan.patches_per_task == 29
     assert plan.device_bytes_per_patch == 9 * TORCH_FP32
 
 
 def test_mesmer_memory_per_tile_follows_runtime_and_precision(no_weights_env, tmp_path):
-    assert MesmerSegmenter().device_bytes_per_tile == TORCH_FP32 == 100 * 2**20
+    assert MesmerSegmenter().device_bytes_per_tile == TORCH_FP32 == 128 * 2**20
     assert MesmerSegmenter(precision="tf32").device_bytes_per_tile == 100 * 2**20
     for half in ("bf16", "fp16"):
-        assert MesmerSegmenter(precision=half).device_bytes_per_tile == 50 * 2**20
+        assert MesmerSegmenter(precision=half).device_bytes_per_tile == 64 * 2**20
     (tmp_path / "saved_model.pb").write_bytes(b"")  # a SavedModel runs on TensorFlow
     tensorflow = MesmerSegmenter(model_path=tmp_path)
     assert tensorflow.runtime == "tensorflow"
     assert tensorflow.device_bytes_per_tile == DEVICE_BYTES_PER_TILE["tensorflow"]["fp32"]
-    # 12 GiB free: (12 x 0.8 - 1.5) GiB / tile -> 82 fp32 tiles, 165 bf16 tiles, 41 on TF 2.8.
-    for segmenter, tiles in ((MesmerSegmenter(), 82), (MesmerSegmenter(precision="bf16"), 165),
+    # 12 GiB free: (12 x 0.8 - 1.5) GiB / tile -> 64 fp32 tiles, 129 bf16 tiles, 41 on TF 2.8.
+    for segmenter, tiles in ((MesmerSegmenter(), 64), (MesmerSegmenter(precision="bf16"), 129),
                              (tensorflow, 41)):
         plan = plan_batches(segmenter, (512, 512), 0.5, device_free_bytes=12 * GiB,
                             host_free_bytes=64 * GiB)

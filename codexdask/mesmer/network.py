@@ -19,7 +19,9 @@ The forward pass returns only the four maps Mesmer's post-processing reads, so t
 output channels never leave the device. Inference only: batch norm uses the stored statistics.
 The heads run one after another once the backbone's features are freed: at most ~82 MiB of
 activations per 256² tile are alive in float32 (~41 MiB under bf16/fp16 autocast), counted with
-``torch.profiler(profile_memory=True)``; cuDNN's workspace comes on top on a GPU.
+``torch.profiler(profile_memory=True)``; cuDNN's workspace comes on top on a GPU. A batch whose
+largest activation would reach 2**31 values (256 tiles of 256²) runs in several passes
+(:func:`tiles_per_pass`).
 """
 
 from __future__ import annotations
@@ -48,12 +50,20 @@ from .graph import (
 
 __all__ = ["ARCHITECTURE", "ARCHITECTURE_VERSION", "MAP_NAMES", "PRECISIONS", "MesmerNet",
            "clear_cache", "count_values", "load_network", "precision_mode", "predict_maps",
-           "random_network", "read_weights", "resolve_device", "to_channels_last"]
+           "random_network", "read_weights", "resolve_device", "tiles_per_pass",
+           "to_channels_last"]
 #: Accepted ``precision`` values: float32, float32 with TF32 tensor cores (CUDA only), and
 #: bfloat16 / float16 autocast.
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 #: Spatial sides must be multiples of this (five stride-2 reductions, then four x2 upsamplings).
 SIDE_MULTIPLE = 32
+#: Channels of the widest activation per output pixel (the heads' 1x1 convs to 128 channels at
+#: full resolution): a 256² tile's largest tensor holds 128 * 256 * 256 = 2**23 values.
+WIDEST_CHANNELS = 128
+#: Some PyTorch CUDA kernels index with 32-bit integers: seen on an H200 (torch 2.11), bilinear
+#: upsampling refused a 512-tile batch ("less than INT_MAX elements"). A forward pass keeps every
+#: activation below this many values by running large batches in several passes.
+MAX_ACTIVATION_VALUES = 2**31 - 1
 #: Activations a caller can ask :meth:`MesmerNet.activations` for (NHWC, float32).
 TAPS = ("conv_channels", "conv1_relu", "pool1_pool", "conv2_block3_out", "conv3_block4_out",
         "conv4_block6_out", "conv5_block3_out", "P1_merged", "P1",
@@ -123,7 +133,12 @@ class MesmerNet(nn.Module):
             interior probability (softmax channel 1), nuclear inner distance, nuclear interior
             probability (:data:`MAP_NAMES`).
         """
-        return self._run(tiles, None)
+        if tiles.ndim != 4:
+            raise InputError(f"tiles must be (B, H, W, 2), got shape {tuple(tiles.shape)}")
+        passes = -(-tiles.shape[0] // tiles_per_pass(tiles.shape[1], tiles.shape[2]))
+        if passes <= 1:
+            return self._run(tiles, None)
+        return torch.cat([self._run(part, None) for part in tiles.tensor_split(passes)])
 
     def activations(self, tiles: torch.Tensor, names: tuple[str, ...] = TAPS
                     ) -> dict[str, torch.Tensor]:
@@ -191,6 +206,16 @@ class MesmerNet(nn.Module):
             x = F.relu_(self.layer(f"{prefix}_{part}_bn")(x))
         x = self.layer(f"{prefix}_3_bn")(self.layer(f"{prefix}_3_conv")(x))
         return F.relu_(x.add_(shortcut))
+
+
+def tiles_per_pass(height: int, width: int) -> int:
+    """The most ``height`` x ``width`` tiles one forward pass takes (see
+    :data:`MAX_ACTIVATION_VALUES`): 255 for Mesmer's 256² tiles.
+
+    >>> tiles_per_pass(256, 256), tiles_per_pass(512, 512)
+    (255, 63)
+    """
+    return max(1, MAX_ACTIVATION_VALUES // (WIDEST_CHANNELS * max(1, height * width)))
 
 
 def location_channels(image: torch.Tensor) -> torch.Tensor:

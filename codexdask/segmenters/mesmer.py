@@ -95,14 +95,15 @@ logger = logging.getLogger(__name__)
 
 #: ``mesmer_preprocess`` keywords accepted in ``preprocess_kwargs``.
 PREPROCESS_KEYS = ("threshold", "percentile", "normalize", "kernel_size")
-#: Accelerator memory per 256² tile in one network call, by runtime and precision. PyTorch: at
-#: most ~82 MiB of activations per tile are alive in float32 (~41 MiB in bf16/fp16), counted
-#: with ``torch.profiler(profile_memory=True)`` on CPU; 100 / 50 MiB leave room for the cuDNN
-#: workspace (the weights, 98 MiB, are in the planner's fixed device reserve). TensorFlow 2.8:
-#: peak RSS grows 116-133 MB per tile between 1 and 24 tiles per call on CPU, a liveness
-#: analysis of the Keras graph gives ~168 MB on GPU; 200 MiB covers both.
-DEVICE_BYTES_PER_TILE = {"torch": {"fp32": 100 * 2**20, "tf32": 100 * 2**20,
-                                   "bf16": 50 * 2**20, "fp16": 50 * 2**20},
+#: Accelerator memory per 256² tile in one network call, by runtime and precision. PyTorch,
+#: measured on an H200 (``bench/gpu_check.py``, torch 2.11, 16-128 tiles per call): peak
+#: allocated memory above the weights and the input, cuDNN's workspace included, 114 MiB per tile
+#: in fp32, 82 in tf32 and 49 in bf16/fp16 (on CPU the activations alone peak at ~82 / ~41 MiB);
+#: the budgets keep a margin above that (the weights, 98 MiB, are in the planner's fixed device
+#: reserve). TensorFlow 2.8: peak RSS grows 116-133 MB per tile between 1 and 24 tiles per call
+#: on CPU, a liveness analysis of the Keras graph gives ~168 MB on GPU; 200 MiB covers both.
+DEVICE_BYTES_PER_TILE = {"torch": {"fp32": 128 * 2**20, "tf32": 100 * 2**20,
+                                   "bf16": 64 * 2**20, "fp16": 64 * 2**20},
                          "tensorflow": {"fp32": 200 * 2**20}}
 #: Host bytes per tile held by ``infer``: the float32 input tile (0.5 MiB) and the 4 maps (1 MiB).
 HOST_BYTES_PER_TILE = 3 * 2**19
@@ -163,8 +164,11 @@ class MesmerSegmenter(Segmenter):
     #: 2048² random-weight maps, one thread), plus stitching and repair in logical patches, about
     #: 0.17 s per MP (3072² watershed slide): measured on this project's development machine.
     cpu_seconds_per_megapixel = 0.7
-    #: Not measured here (no GPU): Mesmer's 1.5 TFLOP per MP at 30-60 TFLOPS effective (fp32 /
-    #: TF32 on a current data-centre GPU) is 25-50 ms; ``bench/gpu_check.py`` measures it.
+    #: Mesmer's 1.5 TFLOP per MP at 30-60 TFLOPS effective is 25-50 ms. Measured on an H200
+    #: (fp32, 2048² cores): the network 0.13 s per MP (windows' halos, tile overlap and
+    #: transfers), the GPU-pinned task 0.45 s per MP with the CPU preprocessing it holds. The
+    #: estimate asks for more threads per GPU than those figures (extra threads post-process in
+    #: parallel), and stays until the preprocessing leaves the pinned task (README).
     gpu_seconds_per_megapixel = 0.04
 
     def __init__(
