@@ -261,8 +261,7 @@ def run_engine(work: Path, *, gpus: bool, size: int, tile_size: int | str = "aut
     save_network(network.random_network(seed=0), weights, source_name="random seed 0")
     config = SegmentConfig(backend="mesmer", model_path=str(weights), gpus=gpus,
                            tile_size=tile_size, n_workers=n_workers, precision=precision,
-                           save_pickles=False,
-                           save_mosaics=False, n_overlays=0, overwrite=True)
+                           save_pickles=False, save_mosaics=False, n_overlays=0, overwrite=True)
     start = time.perf_counter()
     result = run(store, work / "out", config)
     wall = time.perf_counter() - start
