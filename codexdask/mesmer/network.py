@@ -133,8 +133,7 @@ class MesmerNet(nn.Module):
             interior probability (softmax channel 1), nuclear inner distance, nuclear interior
             probability (:data:`MAP_NAMES`).
         """
-        if tiles.ndim != 4:
-            raise InputError(f"tiles must be (B, H, W, 2), got shape {tuple(tiles.shape)}")
+        _check_tiles(tiles)
         passes = -(-tiles.shape[0] // tiles_per_pass(tiles.shape[1], tiles.shape[2]))
         if passes <= 1:
             return self._run(tiles, None)
@@ -146,6 +145,7 @@ class MesmerNet(nn.Module):
         unknown = sorted(set(names) - set(TAPS))
         if unknown:
             raise ConfigError(f"no activation tap {unknown}; choose from {list(TAPS)}")
+        _check_tiles(tiles)
         taps: dict[str, torch.Tensor] = {}
         self._run(tiles, (set(names), taps))
         return {name: taps[name].permute(0, 2, 3, 1).float() for name in names}
@@ -157,12 +157,6 @@ class MesmerNet(nn.Module):
                 taps[1][name] = value.clone()
             return value
 
-        if tiles.ndim != 4 or tiles.shape[-1] != 2:
-            raise InputError(f"tiles must be (B, H, W, 2), got shape {tuple(tiles.shape)}")
-        height, width = tiles.shape[1:3]
-        if height % SIDE_MULTIPLE or width % SIDE_MULTIPLE:
-            raise InputError(f"tile sides must be multiples of {SIDE_MULTIPLE}, got "
-                             f"{height}x{width} (Mesmer's tiles are 256x256)")
         image = tiles.permute(0, 3, 1, 2)  # NCHW view; channels-last in memory
         x = torch.cat([image, location_channels(image)], dim=1)
         x = keep("conv_channels", self.layer("conv_channels")(x))
@@ -206,6 +200,17 @@ class MesmerNet(nn.Module):
             x = F.relu_(self.layer(f"{prefix}_{part}_bn")(x))
         x = self.layer(f"{prefix}_3_bn")(self.layer(f"{prefix}_3_conv")(x))
         return F.relu_(x.add_(shortcut))
+
+
+def _check_tiles(tiles: torch.Tensor) -> None:
+    """Raise :class:`InputError` unless ``tiles`` is ``(B, H, W, 2)`` with sides the network
+    takes."""
+    if tiles.ndim != 4 or tiles.shape[-1] != 2:
+        raise InputError(f"tiles must be (B, H, W, 2), got shape {tuple(tiles.shape)}")
+    height, width = tiles.shape[1:3]
+    if height % SIDE_MULTIPLE or width % SIDE_MULTIPLE:
+        raise InputError(f"tile sides must be multiples of {SIDE_MULTIPLE}, got "
+                         f"{height}x{width} (Mesmer's tiles are 256x256)")
 
 
 def tiles_per_pass(height: int, width: int) -> int:

@@ -212,19 +212,11 @@ def create_tile_store(
     """
     root = zarr.open_group(str(Path(path) / "owned.zarr"), mode="a")
     height, width = window_shape
-    chunks = (1, min(height, OWNED_CHUNK), min(width, OWNED_CHUNK))
-    for name in COMPARTMENTS:
-        if name not in root:
-            root.create_dataset(name, shape=(n_tiles, height, width), chunks=chunks,
-                                dtype=np.uint32, fill_value=0, compressor=WORK_COMPRESSOR,
-                                write_empty_chunks=False)
-    stitched = zarr.open_group(str(Path(path) / "stitched.zarr"), mode="a")
+    _create_labels(root, (n_tiles, height, width),
+                   (1, min(height, OWNED_CHUNK), min(width, OWNED_CHUNK)))
     side = tile_size + 2 * REPAIR_MARGIN
-    for name in COMPARTMENTS:
-        if name not in stitched:
-            stitched.create_dataset(name, shape=(n_tiles, side, side), chunks=(1, side, side),
-                                    dtype=np.uint32, fill_value=0, compressor=WORK_COMPRESSOR,
-                                    write_empty_chunks=False)
+    _create_labels(zarr.open_group(str(Path(path) / "stitched.zarr"), mode="a"),
+                   (n_tiles, side, side), (1, side, side))
     if DONE_ARRAY not in root:
         root.create_dataset(DONE_ARRAY, shape=(n_tiles,), chunks=(1,), dtype=bool,
                             fill_value=False)
@@ -237,6 +229,15 @@ def _open(path: str, mode: str = "r") -> zarr.Group:
     return zarr.open_group(path, mode=mode)
 
 
+def _create_labels(group: zarr.Group, shape: tuple[int, int, int],
+                   chunks: tuple[int, int, int]) -> None:
+    """``cell`` and ``nucleus`` uint32 arrays of the work folder, unless they exist."""
+    for name in COMPARTMENTS:
+        if name not in group:
+            group.create_dataset(name, shape=shape, chunks=chunks, dtype=np.uint32, fill_value=0,
+                                 compressor=WORK_COMPRESSOR, write_empty_chunks=False)
+
+
 def _owned(paths: RunPaths) -> zarr.Group:
     return zarr.open_group(str(Path(paths.tiles) / "owned.zarr"), mode="r+")
 
@@ -245,16 +246,9 @@ def _stitched(paths: RunPaths) -> zarr.Group:
     return zarr.open_group(str(Path(paths.tiles) / "stitched.zarr"), mode="r+")
 
 
-def _table(paths: RunPaths, tile_id: int) -> Path:
-    return Path(paths.tiles) / "tables" / f"tile_{tile_id:07d}.npz"
-
-
-def _ids_file(paths: RunPaths, tile_id: int) -> Path:
-    return Path(paths.tiles) / "ids" / f"tile_{tile_id:07d}.npz"
-
-
-def _tally_file(paths: RunPaths, tile_id: int) -> Path:
-    return Path(paths.tiles) / "tallies" / f"tile_{tile_id:07d}.npz"
+def _tile_file(paths: RunPaths, folder: str, tile_id: int) -> Path:
+    """A tile's file in one of the work folder's ``tables``, ``ids`` or ``tallies``."""
+    return Path(paths.tiles) / folder / f"tile_{tile_id:07d}.npz"
 
 
 def _band_file(paths: RunPaths, patch: LogicalPatch, band: int) -> Path:
@@ -365,7 +359,7 @@ def store_tiles(
         report = TileReport(tile, (len(kept[0].first_pixels), len(kept[1].first_pixels)),
                             (kept[0].n_dropped, kept[1].n_dropped), core.shape[0] * core.shape[1],
                             infer_seconds / len(tiles), seconds)
-        with atomic_path(_table(paths, tile_id)) as tmp, open(tmp, "wb") as handle:
+        with atomic_path(_tile_file(paths, "tables", tile_id)) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, first_cell=kept[0].first_pixels, first_nucleus=kept[1].first_pixels,
                      report=np.array([*report.objects, *report.dropped, report.pixels,
                                       report.infer_s, report.postprocess_s], dtype=np.float64))
@@ -375,7 +369,7 @@ def store_tiles(
 
 
 def _stored_report(paths: RunPaths, patch: LogicalPatch, tile: int) -> TileReport:
-    with np.load(_table(paths, patch.tile_id(tile))) as saved:
+    with np.load(_tile_file(paths, "tables", patch.tile_id(tile))) as saved:
         cells, nuclei, dropped_cells, dropped_nuclei, pixels, infer_s, post_s = \
             saved["report"].tolist()
     return TileReport(tile, (int(cells), int(nuclei)), (int(dropped_cells), int(dropped_nuclei)),
@@ -400,12 +394,13 @@ def number_patch(paths: RunPaths, patch: LogicalPatch, stored: Any) -> int:
     """
     cells, nuclei = (number_objects(first) for first in _first_pixels(paths, patch))
     for tile in patch.grid:
-        _save(_ids_file(paths, patch.tile_id(tile)), {"cell": cells[tile], "nucleus": nuclei[tile]})
+        _save(_tile_file(paths, "ids", patch.tile_id(tile)),
+              {"cell": cells[tile], "nucleus": nuclei[tile]})
     return patch.grid.n_tiles
 
 
 def _load_ids(paths: RunPaths, patch: LogicalPatch, tile: int) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(_ids_file(paths, patch.tile_id(tile))) as saved:
+    with np.load(_tile_file(paths, "ids", patch.tile_id(tile))) as saved:
         return saved["cell"], saved["nucleus"]
 
 
@@ -414,7 +409,7 @@ def _first_pixels(paths: RunPaths, patch: LogicalPatch) -> list[list[np.ndarray]
     ``c`` (0 cell, 1 nucleus)."""
     firsts: list[list[np.ndarray]] = [[], []]
     for tile in patch.grid:
-        with np.load(_table(paths, patch.tile_id(tile))) as saved:
+        with np.load(_tile_file(paths, "tables", patch.tile_id(tile))) as saved:
             firsts[0].append(saved["first_cell"])
             firsts[1].append(saved["first_nucleus"])
     return firsts
@@ -482,7 +477,7 @@ def compose_core(
     kept = _stitched(paths)
     for name, labels in zip(COMPARTMENTS, stitched, strict=True):
         kept[name][patch.tile_id(tile), :height, :width] = labels
-    _save_tally(_tally_file(paths, patch.tile_id(tile)), tally)
+    _save_tally(_tile_file(paths, "tallies", patch.tile_id(tile)), tally)
     return (conflicts[0], conflicts[1]), time.perf_counter() - start
 
 
@@ -524,7 +519,7 @@ def match_patch_band(
     start = time.perf_counter()
     rows = bands_of(patch).tally_rows(band)
     n_cols = patch.grid.n_cols
-    tallies = (_load_tally(_tally_file(paths, patch.tile_id(row * n_cols + col)))
+    tallies = (_load_tally(_tile_file(paths, "tallies", patch.tile_id(row * n_cols + col)))
                for row in rows for col in range(n_cols))  # loaded and cut one by one
     carry, conflicts, seconds = previous if previous is not None else (BandCarry(), (0, 0), 0.0)
     result, carry = match_band(plan, band, tallies, carry, aegle_order=check_tie_break(tie_break))
