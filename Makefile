@@ -22,10 +22,13 @@ find_python = $(shell for p in python$(1) $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}
 PYTHON311 := $(call find_python,3.11)
 PYTHON310 := $(call find_python,3.10)
 
-.PHONY: venv venv-reference demo test lint typecheck pytest pytest-reference clean
+.PHONY: help venv venv-reference demo test lint typecheck pytest pytest-reference clean
 
-venv: $(STAMP)
-venv-reference: $(REF_STAMP)
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+venv: $(STAMP)  ## Build the main environment (.venv)
+venv-reference: $(REF_STAMP)  ## Build the reference environment (.venv-deepcell)
 
 $(STAMP): pyproject.toml
 	@if [ -z "$(PYTHON311)" ]; then \
@@ -48,25 +51,25 @@ $(REF_STAMP): pyproject.toml
 	$(REF_PY) -m pip install -q -e '.[deepcell,dev]'
 	touch $(REF_STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP)  ## Run the demo on a synthetic slide (local cluster, watershed) into demo_out/
 	$(VENV)/bin/codexdask demo --out $(DEMO_OUT)
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff over the code, tests, benchmarks, recipes and notebooks
 	$(VENV)/bin/ruff check codexdask tests bench deploy notebooks
 
-typecheck: $(STAMP)
+typecheck: $(STAMP)  ## mypy (every function of the pure kernels typed)
 	$(VENV)/bin/mypy codexdask
 
 # The main suite, with the cross-environment parity tests (they call the reference python).
-pytest: $(STAMP) $(REF_STAMP)
+pytest: $(STAMP) $(REF_STAMP)  ## The main suite, with the cross-environment parity tests
 	CODEXDASK_REFERENCE_PYTHON=$(abspath $(REF_PY)) CODEXDASK_REQUIRE_REFERENCE=1 \
 	  $(PY) -m pytest -q -m "not reference"
 
 # Tests against deepcell and TensorFlow themselves, in the reference environment.
-pytest-reference: $(REF_STAMP)
+pytest-reference: $(REF_STAMP)  ## Tests against deepcell and TensorFlow, in the reference environment
 	$(REF_PY) -m pytest -q -m reference -o addopts="-ra --strict-markers" tests
 
-test: lint typecheck pytest-reference pytest
+test: lint typecheck pytest-reference pytest  ## Everything CI runs: lint, types, both suites
 
-clean:
+clean:  ## Remove both environments and the demo's output
 	rm -rf $(VENV) $(REF) $(DEMO_OUT)

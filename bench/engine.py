@@ -4,7 +4,7 @@ Sweep: patch counts x patch sizes with the watershed segmenter. For each cell of
 synthetic patch store is written, then
 
 - ``loop``: one process reads each patch, segments it and repairs it (no Dask);
-- ``engine``: ``codexdask.engine.run`` on a fresh embedded LocalCluster (one single-threaded
+- ``engine``: ``codexdask.engine.runner.run`` on a fresh embedded LocalCluster (one single-threaded
   worker per core), pickles and mosaics off so both do the same work plus the engine's Zarr
   writes.
 
@@ -40,13 +40,13 @@ from distributed import Client
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, max_rss_bytes, peak_rss  # noqa: E402
 
-from codexdask.cluster import local_cluster  # noqa: E402
 from codexdask.config import PatchConfig, SegmentConfig  # noqa: E402
-from codexdask.engine import run, run_serial  # noqa: E402
-from codexdask.patches import open_patch_store, write_patch_store  # noqa: E402
+from codexdask.engine.cluster import local_cluster  # noqa: E402
+from codexdask.engine.runner import run, run_serial  # noqa: E402
+from codexdask.engine.tasks import repair_patch  # noqa: E402
 from codexdask.segmenters import get_segmenter  # noqa: E402
+from codexdask.store.patch_store import open_patch_store, write_patch_store  # noqa: E402
 from codexdask.synthetic import synthetic_slide  # noqa: E402
-from codexdask.tasks import repair_patch  # noqa: E402
 
 BASE = 2048  # side of the synthetic slide that is tiled to make large stores
 

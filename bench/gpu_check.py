@@ -231,24 +231,24 @@ def engine_unavailable(gpus: bool) -> str | None:
     return None
 
 
-def run_engine(work: Path, *, gpus: bool, size: int, tile_size: int | str = "auto",
+def run_engine(work: Path, *, gpus: bool, size: int, block_size: int | str = "auto",
                n_workers: int | None = None, precision: str = "fp32") -> dict[str, Any]:
     """Segment a ``size`` x ``size`` synthetic slide (``full_image``) with the engine.
 
     The weights are :func:`codexdask.mesmer.network.random_network` written as a converted file;
     pickles, mosaics and overlays are off. Times come from the run: ``inference_s``,
-    ``postprocess_s`` and ``repair_s`` are the seconds of those tasks summed over the tiles (the
+    ``postprocess_s`` and ``repair_s`` are the seconds of those tasks summed over the blocks (the
     result store's statistics row), ``graph_s`` the wall time of the segmentation graph.
     ``gpu_busy_fraction`` = ``inference_s / graph_s``: inference tasks hold the GPU one at a time,
     so it is the share of the wall time an inference task held it (an upper bound of the GPU's
     busy time: a task also reads its windows and preprocesses them on the CPU).
     """
     from codexdask.config import PatchConfig, SegmentConfig
-    from codexdask.engine import run
-    from codexdask.layout import RESULT_STAT_COLUMNS, RESULT_STORE
+    from codexdask.engine.runner import run
+    from codexdask.layout import RESULT_STAT_COLUMNS, RESULT_STORE, STATS_ARRAY
     from codexdask.mesmer.convert import save_network
     from codexdask.outputs import open_result_store
-    from codexdask.patches import write_patch_store
+    from codexdask.store.patch_store import write_patch_store
     from codexdask.synthetic import synthetic_slide
 
     work.mkdir(parents=True, exist_ok=True)
@@ -260,18 +260,18 @@ def run_engine(work: Path, *, gpus: bool, size: int, tile_size: int | str = "aut
     weights = work / "mesmer.safetensors"
     save_network(network.random_network(seed=0), weights, source_name="random seed 0")
     config = SegmentConfig(backend="mesmer", model_path=str(weights), gpus=gpus,
-                           tile_size=tile_size, n_workers=n_workers, precision=precision,
+                           block_size=block_size, n_workers=n_workers, precision=precision,
                            save_pickles=False, save_mosaics=False, n_overlays=0, overwrite=True)
     start = time.perf_counter()
     result = run(store, work / "out", config)
     wall = time.perf_counter() - start
-    row = open_result_store(work / "out" / RESULT_STORE)["stats"][0]
+    row = open_result_store(work / "out" / RESULT_STORE)[STATS_ARRAY][0]
     stats = dict(zip(RESULT_STAT_COLUMNS, (float(v) for v in row), strict=False))
     manifest = result.manifest
     graph_s = float(manifest["timings"].get("graph_s", wall))
     return {
         "gpus": gpus, "slide": [size, size], "megapixels": size * size / 1e6,
-        "tiles": manifest["seamless"]["tiles"], "plan": manifest["plan"],
+        "blocks": manifest["seamless"]["blocks"], "plan": manifest["plan"],
         "wall_s": wall, "graph_s": graph_s,
         "inference_s": stats["infer_s"], "postprocess_s": stats["postprocess_s"],
         "repair_s": stats["repair_s"],

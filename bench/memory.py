@@ -2,7 +2,8 @@
 
 A synthetic patch store whose uncompressed patch bytes are ``--ratio`` times the workers' total
 memory limit (default 4 x 2 workers x 350 MiB = 2.8 GB of uint16 512² patches, 2,800 patches) is
-segmented by ``codexdask.engine.run`` on a fresh ``LocalCluster`` of worker processes with that
+segmented by ``codexdask.engine.runner.run`` on a fresh ``LocalCluster`` of worker processes with
+that
 memory limit. Reported:
 
 - ``completed`` and the patches computed;
@@ -45,10 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, peak_rss  # noqa: E402
 
 from codexdask.config import PatchConfig, SegmentConfig  # noqa: E402
-from codexdask.engine import run  # noqa: E402
+from codexdask.engine.runner import run  # noqa: E402
 from codexdask.layout import MASK_NAMES, RESULT_STORE  # noqa: E402
-from codexdask.patches import open_patch_store, write_patch_store  # noqa: E402
 from codexdask.segmenters import CallableSegmenter, Segmenter, get_segmenter  # noqa: E402
+from codexdask.store.patch_store import open_patch_store, write_patch_store  # noqa: E402
 from codexdask.synthetic import synthetic_slide  # noqa: E402
 
 BASE = 2048  # side of the synthetic slide that is tiled to make the store
@@ -111,9 +112,9 @@ def warm_up() -> int:
     """Import what a task imports; return the RSS afterwards (the worker's idle baseline)."""
     import skimage.segmentation  # noqa: F401
 
-    import codexdask.engine  # noqa: F401
+    import codexdask.engine.runner  # noqa: F401
+    import codexdask.engine.tasks  # noqa: F401
     import codexdask.segmenters.watershed  # noqa: F401
-    import codexdask.tasks  # noqa: F401
 
     return _status_kib("VmRSS") * 1024
 

@@ -2,7 +2,8 @@
 
 One random-weight Mesmer (``conftest.build_random_mesmer(0)``, saved by TensorFlow in the reference
 environment, or ``--savedmodel``) is converted with ``convert_model``; then, on the same tiles
-(``tests/reference_env.py``'s pre-processed synthetic and real tiles, repeated to the batch size):
+(``tests/helpers/reference_env.py``'s pre-processed synthetic and real tiles, repeated to the batch
+size):
 
 - ``per_tile``: seconds per 256² tile for 1, 4 and 16 tiles per call (median of ``--repeats``
   calls after a warm-up call), PyTorch and TensorFlow measured alternately (``--rounds`` times;

@@ -16,7 +16,7 @@ deepcell's stages are timed on its own steps (scipy / scikit-image / deepcell-to
 deepcell's order), checked to give ``deep_watershed``'s labels on cases up to 1024². The labels
 of both sides must hash equal (``identical``).
 
-Cases: Mesmer-like maps (``tests/reference/mesmer_like.py``: Voronoi cells, ~1 per 400 px²,
+Cases: Mesmer-like maps (``tests/helpers/mesmer_like.py``: Voronoi cells, ~1 per 400 px²,
 inner-distance and blurred interior maps with noise) at each ``--sizes`` side, whole-cell and
 nuclear with Mesmer's keywords; with TensorFlow, deepcell and ``../shared/real_data``, also the
 maps of a random-weight Mesmer (``tests/conftest.py``) on the TissueNet 512² and MIBI 1024²

@@ -16,8 +16,8 @@ Data: ``../shared/real_data`` beside the repository (see its SOURCES.md). Cases:
   CD8a, CDH as bundled) against CellProfiler cell masks.
 
 Scores: F1 and mean IoU of matched pairs at IoU 0.5, and the DSB 2018 average precision over
-IoU 0.50:0.95 (``codexdask.metrics``). Agreement with Mesmer/CellSAM/CellProfiler is agreement
-with another method, not accuracy. Baseline in the same run: the naive classical pipeline
+IoU 0.50:0.95 (``codexdask.synthetic.scores``). Agreement with Mesmer/CellSAM/CellProfiler is
+agreement with another method, not accuracy. Baseline in the same run: the naive classical pipeline
 (Otsu threshold of the smoothed nucleus channel, connected components, cells = nuclei expanded by
 the same ``max_expansion_um``); ``f1_ratio_vs_baseline`` = watershed F1 / baseline F1. A
 1024² synthetic slide with exact ground truth is scored too, for context. Prints one JSON object
@@ -40,9 +40,9 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.segmentation import expand_labels
 
-from codexdask.metrics import average_precision, segmentation_scores
 from codexdask.segmenters.watershed import WatershedSegmenter
 from codexdask.synthetic import synthetic_slide
+from codexdask.synthetic.scores import average_precision, segmentation_scores
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "real_data"
 

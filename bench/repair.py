@@ -1,4 +1,4 @@
-"""Speed and memory of ``codexdask.repair.repair_masks`` on the reference's stress case.
+"""Speed and memory of ``codexdask.repair.masks.repair_masks`` on the reference's stress case.
 
 Cases (random concentric cell/nucleus discs painted onto empty pixels only, gapped labels, many
 ties: ``codexdask.synthetic.random_disc_pairs``, seed 42): 1k centres on 1000², 10k on 3000²,
@@ -16,7 +16,7 @@ single-threaded numpy anyway):
   (a cross-check).
 
 On the smallest case the slow per-cell reference of the test suite
-(``tests/slow_repair_reference.py``) runs on the same input; the JSON has its time, the speed-up
+(``tests/helpers/slow_repair.py``) runs on the same input; the JSON has its time, the speed-up
 ratio, and whether both outputs are identical.
 
     python bench/repair.py --quick     # smallest case only
@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 from _common import emit  # noqa: E402
 
-from codexdask.repair import repair_masks  # noqa: E402
+from codexdask.repair.masks import repair_masks  # noqa: E402
 from codexdask.synthetic import random_disc_pairs  # noqa: E402
 
 CASES = ((1_000, 1_000), (10_000, 3_000), (100_000, 10_000))

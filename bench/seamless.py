@@ -3,8 +3,8 @@
 ``speed`` — one synthetic slide (default 6000², the watershed segmenter, 2 single-threaded
 workers, no pickles or mosaics), three runs side by side, each on a fresh ``LocalCluster``:
 
-- ``seamless``: ``full_image`` in compute tiles (``--tile-size``, default the segmenter's 1024);
-- ``one_piece``: ``full_image`` with ``tile_size: none`` (the whole slide is one task);
+- ``seamless``: ``full_image`` in compute blocks (``--block-size``, default the segmenter's 1536);
+- ``one_piece``: ``full_image`` with ``block_size: none`` (the whole slide is one task);
 - ``patches``: ``patches`` mode, 512² patches with 10 % overlap (cells cut at patch edges and the
   overlaps counted twice).
 
@@ -42,8 +42,8 @@ from _common import emit  # noqa: E402
 from memory import log_lines, memory_events, peak_rss_bytes, warm_up  # noqa: E402
 
 from codexdask.config import PatchConfig, SegmentConfig  # noqa: E402
-from codexdask.engine import run  # noqa: E402
-from codexdask.patches import write_patch_store  # noqa: E402
+from codexdask.engine.runner import run  # noqa: E402
+from codexdask.store.patch_store import write_patch_store  # noqa: E402
 from codexdask.synthetic import synthetic_slide  # noqa: E402
 
 BASE = 2048  # side of the synthetic slide tiled to make big slides
@@ -92,7 +92,7 @@ def timed_run(store: Path, out: Path, config: SegmentConfig, workers: int,
         "workers_restarted": len(after - before),
         "worker_paused_events": len(events["paused"]),
         "memory_log_lines": logs,
-        "seamless": result.manifest.get("seamless", {}).get("tiles"),
+        "seamless": result.manifest.get("seamless", {}).get("blocks"),
         "warnings": result.manifest["warnings"],
     }
 
@@ -105,8 +105,8 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
         stores = {mode: slide_store(Path(tmp) / f"{mode}.zarr", size, mode, tiled=False)
                   for mode in ("full_image", "patches")}
         settings = {
-            "seamless": ("full_image", {"tile_size": args.tile_size}),
-            "one_piece": ("full_image", {"tile_size": "none"}),
+            "seamless": ("full_image", {"block_size": args.block_size}),
+            "one_piece": ("full_image", {"block_size": "none"}),
             "patches": ("patches", {}),
         }
         for name, (mode, extra) in settings.items():
@@ -141,7 +141,7 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
             store = slide_store(Path(tmp) / "slide.zarr", size, "full_image", tiled=True,
                                 empty_fraction=args.empty_fraction)
             store_s = time.perf_counter() - start
-            config = SegmentConfig(**QUIET, tile_size=args.tile_size)
+            config = SegmentConfig(**QUIET, block_size=args.block_size)
             report = timed_run(store, Path(tmp) / "out", config, args.workers, limit)
         report.update(size=size, store_s=store_s, slide_bytes=size * size * 4,
                       slide_over_total_limit=size * size * 4 / total,
@@ -168,7 +168,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("what", choices=["speed", "memory"])
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--tile-size", default="auto")
+    parser.add_argument("--block-size", default="auto")
     parser.add_argument("--size", type=int, default=6000, help="speed: slide side")
     parser.add_argument("--sizes", type=int, nargs="*", default=[2048, 8192],
                         help="memory: slide sides before the big one")

@@ -1,7 +1,7 @@
 """Mesmer on PyTorch against TensorFlow 2.8 and deepcell, side by side in one run; watershed too.
 
 The same random-weight Mesmer runs in both environments: built and saved by TensorFlow in the
-reference environment (``tests/reference_env.py``, seed 0) and converted with
+reference environment (``tests/helpers/reference_env.py``, seed 0) and converted with
 ``convert_model`` for PyTorch (without a reference python: a PyTorch random network, and the
 TensorFlow columns are skipped). For each square patch size (256², 512², 1024²; ``--quick``:
 256²) and a batch of synthetic tissue patches (``conftest.tissue_batch``):
@@ -140,7 +140,7 @@ def weights_file(python: str | None, scratch: Path) -> tuple[Path, Path | None]:
 
 def agreement(ours: np.ndarray, theirs: np.ndarray) -> dict[str, Any]:
     """Equal-pixel fraction, worst identical-object fraction, object counts of two batches."""
-    from codexdask.metrics import labelling_agreement
+    from codexdask.synthetic.scores import labelling_agreement
 
     identical = [labelling_agreement(theirs[b, ..., c], ours[b, ..., c])["identical_fraction"]
                  for b in range(len(ours)) for c in range(2)]

@@ -20,7 +20,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from codexdask._version import __version__
+from codexdask.errors import (
     ClusterError,
     CodexDaskError,
     ConfigError,
@@ -33,40 +34,43 @@ from .errors import (
     StoreError,
 )
 
-__version__ = "0.1.0"
-
 #: Public name -> the module that defines it.
 _LAZY = {
     "PatchConfig": "codexdask.config",
     "SegmentConfig": "codexdask.config",
-    "Slide": "codexdask.slide",
-    "open_slide": "codexdask.slide",
-    "PatchStore": "codexdask.patches",
-    "open_patch_store": "codexdask.patches",
-    "patch_slide": "codexdask.patches",
-    "write_patch_store": "codexdask.patches",
-    "RunResult": "codexdask.engine",
-    "run": "codexdask.engine",
+    "Slide": "codexdask.store.slide",
+    "open_slide": "codexdask.store.slide",
+    "PatchStore": "codexdask.store.patch_store",
+    "open_patch_store": "codexdask.store.patch_store",
+    "patch_slide": "codexdask.store.patch_store",
+    "write_patch_store": "codexdask.store.patch_store",
+    "RunResult": "codexdask.engine.runner",
+    "run": "codexdask.engine.runner",
     "Segmenter": "codexdask.segmenters",
     "get_segmenter": "codexdask.segmenters",
     "register_segmenter": "codexdask.segmenters",
-    "repair_masks": "codexdask.repair",
-    "repair_masks_batch": "codexdask.repair",
-    "get_boundary": "codexdask.boundaries",
+    "repair_masks": "codexdask.repair.masks",
+    "repair_masks_batch": "codexdask.repair.masks",
+    "get_boundary": "codexdask.repair.boundaries",
     "load_manifest": "codexdask.outputs",
     "load_seg_res": "codexdask.outputs",
     "open_result_store": "codexdask.outputs",
 }
 
 if TYPE_CHECKING:
-    from .boundaries import get_boundary
-    from .config import PatchConfig, SegmentConfig
-    from .engine import RunResult, run
-    from .outputs import load_manifest, load_seg_res, open_result_store
-    from .patches import PatchStore, open_patch_store, patch_slide, write_patch_store
-    from .repair import repair_masks, repair_masks_batch
-    from .segmenters import Segmenter, get_segmenter, register_segmenter
-    from .slide import Slide, open_slide
+    from codexdask.config import PatchConfig, SegmentConfig
+    from codexdask.engine.runner import RunResult, run
+    from codexdask.outputs import load_manifest, load_seg_res, open_result_store
+    from codexdask.repair.boundaries import get_boundary
+    from codexdask.repair.masks import repair_masks, repair_masks_batch
+    from codexdask.segmenters import Segmenter, get_segmenter, register_segmenter
+    from codexdask.store.patch_store import (
+        PatchStore,
+        open_patch_store,
+        patch_slide,
+        write_patch_store,
+    )
+    from codexdask.store.slide import Slide, open_slide
 
 __all__ = [
     "ClusterError",

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import (
+from codexdask.config import (
     PRECISIONS,
     SPLIT_DIRECTIONS,
     SPLIT_MODES,
@@ -24,9 +24,9 @@ from .config import (
     load_yaml,
     make_config,
 )
-from .errors import CodexDaskError
-from .layout import DEFAULT_IMAGE_MPP, PICKLE_COMPRESSIONS
-from .repair import TIE_BREAKS
+from codexdask.errors import CodexDaskError
+from codexdask.layout import DEFAULT_IMAGE_MPP, PICKLE_COMPRESSIONS
+from codexdask.repair.masks import TIE_BREAKS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser(
         "convert-model", help="convert deepcell's Mesmer model to PyTorch weights (.safetensors)"
     )
-    from .mesmer import convert as converter  # numpy only; PyTorch is imported when it runs
+    from codexdask.mesmer import convert as converter
 
     converter.add_arguments(convert)
     return parser
@@ -97,9 +97,10 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="Mesmer network precision on PyTorch (default fp32, lossless)")
     parser.add_argument("--tie-break", choices=TIE_BREAKS, help="repair tie-break rule")
-    parser.add_argument("--tile-size",
-                        help="compute tile side for logical patches: auto (default), N or none")
-    parser.add_argument("--halo", help="context around each tile in pixels: auto (default) or N")
+    parser.add_argument("--block-size",
+                        help="compute block side for logical patches: auto (default), N or none")
+    parser.add_argument("--halo", help="context around each block in pixels: auto (default) or N")
+    parser.add_argument("--tile-size", help=argparse.SUPPRESS)  # renamed: refused with a hint
     parser.add_argument("--pickle-compression", choices=PICKLE_COMPRESSIONS, help="default none")
     parser.add_argument("--pickle-compression-level", type=int, help="compressor level")
     parser.add_argument("--no-pickles", dest="save_pickles", action="store_const", const=False,
@@ -134,7 +135,7 @@ def segment_config(args: argparse.Namespace) -> SegmentConfig:
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
-    from .patches import patch_slide
+    from codexdask.store.patch_store import patch_slide
 
     flags = _flags(args)
     overwrite = bool(flags.pop("overwrite"))
@@ -145,7 +146,7 @@ def cmd_patch(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .engine import run
+    from codexdask.engine.runner import run
 
     result = run(args.store, args.out, segment_config(args), progress=True)
     print(result.summary())
@@ -153,7 +154,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from codexdask.demo import run_demo
 
     report = run_demo(
         Path(args.out), size=args.size, patch_size=args.patch_size, seed=args.seed,
@@ -164,7 +165,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import doctor_report, format_doctor
+    from codexdask.doctor import doctor_report, format_doctor
 
     report = doctor_report(args.model_path)
     print(json.dumps(report, indent=2) if args.json else format_doctor(report))
@@ -172,7 +173,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_convert_model(args: argparse.Namespace) -> int:
-    from .mesmer import convert
+    from codexdask.mesmer import convert
 
     return convert.command(args)
 

@@ -20,25 +20,31 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
-from .boundaries import get_boundary
-from .config import PatchConfig, SegmentConfig
-from .engine import RunResult, run
-from .errors import StateError
-from .layout import (
+from codexdask.config import PatchConfig, SegmentConfig
+from codexdask.engine.runner import RunResult, run
+from codexdask.engine.tasks import segmentation_results, separate_batch
+from codexdask.errors import StateError
+from codexdask.layout import (
     DEFAULT_IMAGE_MPP,
     MATCHED_PICKLE,
     METADATA_FILE,
     ORIGINAL_PICKLE,
     RESULT_STORE,
+    SEED_PATCH_STORE,
     pickle_suffix,
 )
-from .outputs import iter_seg_res, open_result_store, write_metadata_csv, write_pickle_stream
-from .patches import open_patch_store, patch_slide
-from .repair import TieBreakName
-from .repair import repair_masks_batch as _repair_masks_batch
-from .segmenters import get_segmenter
-from .selection import informative_indices, split_batches
-from .tasks import segmentation_results, separate_batch
+from codexdask.outputs import (
+    iter_seg_res,
+    open_result_store,
+    write_metadata_csv,
+    write_pickle_stream,
+)
+from codexdask.repair.boundaries import get_boundary
+from codexdask.repair.masks import TieBreakName
+from codexdask.repair.masks import repair_masks_batch as _repair_masks_batch
+from codexdask.segmenters import get_segmenter
+from codexdask.store.patch_store import open_patch_store, patch_slide
+from codexdask.store.selection import informative_indices, split_batches
 
 __all__ = [
     "CodexPatches",
@@ -47,7 +53,7 @@ __all__ = [
     "repair_masks_batch",
     "run_cell_segmentation",
     "segment",
-    "segment_config",
+    "config_from_seed",
     "separate_batch",
 ]
 
@@ -85,7 +91,7 @@ class CodexPatches:
         ``channels.wholecell_channel``, ``patching.*``, ``patch_qc.*``, ``data.image_mpp`` and
         ``data.antibodies_file`` are honoured.
         """
-        store = patch_slide(slide, Path(out_dir) / "patches.zarr", patch_config(config),
+        store = patch_slide(slide, Path(out_dir) / SEED_PATCH_STORE, patch_config(config),
                             overwrite=True)
         return cls(store, out_dir, config)
 
@@ -153,7 +159,7 @@ def patch_config(config: Mapping[str, Any]) -> PatchConfig:
     )
 
 
-def segment_config(config: Mapping[str, Any]) -> SegmentConfig:
+def config_from_seed(config: Mapping[str, Any]) -> SegmentConfig:
     """Translate the original pipeline's nested configuration into a :class:`SegmentConfig`."""
     data = dict(config.get("data") or {})
     seg = dict(config.get("segmentation") or {})
@@ -178,8 +184,9 @@ def run_cell_segmentation(codex_patches: CodexPatches, config: Mapping[str, Any]
                           args: Any = None, *, client: Any = None) -> RunResult | None:
     """Segment the informative patches, repair them, and save the results (the seed's entry point).
 
-    Returns the engine's :class:`~codexdask.engine.RunResult`, or ``None`` (with a warning) when no
-    patch is informative, in which case nothing is saved, as in the original pipeline.
+    Returns the engine's :class:`~codexdask.engine.runner.RunResult`, or ``None`` (with a
+    warning) when no patch is informative, in which case nothing is saved, as in the original
+    pipeline.
     """
     metadata = codex_patches.get_patches_metadata()
     informative = informative_indices(metadata)
@@ -188,7 +195,7 @@ def run_cell_segmentation(codex_patches: CodexPatches, config: Mapping[str, Any]
         return None
     codex_patches.valid_patches = codex_patches.get_patches()[informative]
 
-    result = run(codex_patches.store.path, codex_patches.out_dir, segment_config(config),
+    result = run(codex_patches.store.path, codex_patches.out_dir, config_from_seed(config),
                  client=client)
     group = open_result_store(codex_patches.out_dir / RESULT_STORE)
     sizes = codex_patches.store.true_sizes(informative)
@@ -208,7 +215,7 @@ def segment(valid_patches: Any, config: Mapping[str, Any]) -> list[dict[str, np.
     Returns one dict per patch with ``cell``, ``nucleus``, ``cell_boundary`` and
     ``nucleus_boundary``, each ``(H, W)`` uint32.
     """
-    settings = segment_config(config)
+    settings = config_from_seed(config)
     segmenter = get_segmenter(settings.backend, **settings.segmenter_options())
     image_mpp = float(settings.image_mpp or DEFAULT_IMAGE_MPP)
     batch = settings.batch_size if isinstance(settings.batch_size, int) else 4

@@ -10,21 +10,29 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 
-from .errors import ConfigError
-from .layout import pickle_compression
-from .repair import TIE_BREAKS, TieBreakName
+from codexdask.errors import ConfigError
+from codexdask.layout import pickle_compression
 
+#: Environment variable giving Mesmer's weights when no ``model_path`` is configured.
+MODEL_PATH_ENV = "CODEXDASK_MODEL_PATH"
+#: Keys that were renamed: old name -> new name (an old key is refused with the new one named).
+RENAMED_KEYS = {"tile_size": "block_size"}
 SPLIT_MODES = ("patches", "full_image", "halves", "quarters")
 SPLIT_DIRECTIONS = ("vertical", "horizontal")
 #: Mesmer's network precisions on PyTorch: float32, float32 with TF32 tensor cores (CUDA), and
 #: bfloat16 / float16 autocast. fp32 is the lossless default.
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+#: How a cell chooses among equally good nuclei: the lowest nucleus label, or the original
+#: pipeline's CPU iteration order (for bit-for-bit comparisons with it).
+TieBreakName = Literal["lowest-label", "aegle-cpu"]
+TIE_BREAKS: tuple[str, ...] = get_args(TieBreakName)
 
 
 @dataclasses.dataclass
@@ -43,8 +51,8 @@ class PatchConfig:
     split_mode : {"patches", "full_image", "halves", "quarters"}
     split_direction : {"vertical", "horizontal"}
         Which way ``halves`` cuts.
-    patch_size : (int, int)
-        Patch height and width in pixels (``patches`` mode).
+    patch_size : (int, int) or int
+        Patch height and width in pixels (``patches`` mode); an int is a square.
     overlap : float
         Fraction of a patch shared with its neighbour, in [0, 1).
     image_mpp : float or None
@@ -80,7 +88,8 @@ class PatchConfig:
             )
         _check_choice("split_mode", self.split_mode, SPLIT_MODES)
         _check_choice("split_direction", self.split_direction, SPLIT_DIRECTIONS)
-        size = tuple(int(v) for v in self.patch_size)
+        value = self.patch_size
+        size = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
         if len(size) != 2 or min(size) < 1:
             raise ConfigError(
                 f"patch_size must be two positive integers (height width), got {self.patch_size!r}"
@@ -121,13 +130,13 @@ class SegmentConfig:
         the converted weights; the others are faster on GPUs and change a few labels.
     tie_break : {"lowest-label", "aegle-cpu"}
         Repair tie-break rule.
-    tile_size : "auto", int or "none"
-        Side of the compute tiles of logical patches (``full_image``, ``halves``, ``quarters``):
+    block_size : "auto", int or "none"
+        Side of the compute blocks of logical patches (``full_image``, ``halves``, ``quarters``):
         ``"auto"`` takes the segmenter's (watershed 1024 px; Mesmer 1024 µm, 2048 px at
         0.5 µm/px), ``"none"`` segments each logical patch in one piece (memory grows with the
         patch).
     halo : "auto" or int
-        Pixels of context around each tile; ``"auto"`` takes the segmenter's (the space objects
+        Pixels of context around each block; ``"auto"`` takes the segmenter's (the space objects
         need to be seen whole plus the reach of its local operations).
     save_pickles : bool
         Write ``matched_seg_res_batch.pickle`` and ``original_seg_res_batch.pickle``.
@@ -158,7 +167,7 @@ class SegmentConfig:
     tiles_per_call: int | str = "auto"
     precision: str = "fp32"
     tie_break: TieBreakName = "lowest-label"
-    tile_size: int | str = "auto"
+    block_size: int | str = "auto"
     halo: int | str = "auto"
     save_pickles: bool = True
     pickle_compression: str = "none"
@@ -177,11 +186,11 @@ class SegmentConfig:
         self.tiles_per_call = auto_or_positive_int("tiles_per_call", self.tiles_per_call)
         _check_choice("tie_break", self.tie_break, TIE_BREAKS)
         _check_choice("precision", self.precision, PRECISIONS)
-        if self.tile_size != "none":
-            self.tile_size = auto_or_positive_int("tile_size", self.tile_size)
-            if self.tile_size != "auto" and int(self.tile_size) < 64:
-                raise ConfigError(f"tile_size must be at least 64 pixels (or 'auto' or 'none'), "
-                                  f"got {self.tile_size}")
+        if self.block_size != "none":
+            self.block_size = auto_or_positive_int("block_size", self.block_size)
+            if self.block_size != "auto" and int(self.block_size) < 64:
+                raise ConfigError(f"block_size must be at least 64 pixels (or 'auto' or 'none'), "
+                                  f"got {self.block_size}")
         if self.halo != "auto":
             try:
                 self.halo = int(self.halo)
@@ -200,7 +209,8 @@ class SegmentConfig:
     def segmenter_options(self) -> dict[str, Any]:
         """Constructor options of the configured backend (``get_segmenter(backend, **these)``)."""
         if self.backend == "mesmer":
-            return {"model_path": self.model_path, "tiles_per_call": self.tiles_per_call,
+            return {"model_path": model_path_or_environment(self.model_path),
+                    "tiles_per_call": self.tiles_per_call,
                     "precision": self.precision}
         return {}
 
@@ -228,6 +238,13 @@ def make_config(cls: type[C], *sources: Mapping[str, Any] | None) -> C:
     for source in sources:
         for key, value in (source or {}).items():
             key = key.replace("-", "_")
+            if key in RENAMED_KEYS and value is not None:
+                raise ConfigError(
+                    f"{key!r} was renamed {RENAMED_KEYS[key]!r} in codexdask 0.2 (the compute "
+                    "block of logical patches; 'tile' now means Mesmer's 256² network tile "
+                    f"only): use {RENAMED_KEYS[key]!r}, or --{RENAMED_KEYS[key].replace('_', '-')}")
+            if key in RENAMED_KEYS:
+                continue
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1)
                 hint = (f"; did you mean {close[0]!r}?" if close
@@ -241,6 +258,16 @@ def make_config(cls: type[C], *sources: Mapping[str, Any] | None) -> C:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"invalid configuration value: {exc}") from exc
+
+
+def model_path_or_environment(model_path: str | os.PathLike[str] | None) -> str | None:
+    """The configured weights, else ``$CODEXDASK_MODEL_PATH``, else ``None`` (deepcell's cache).
+
+    The one place the environment variable is read.
+    """
+    if model_path:
+        return os.fspath(model_path)
+    return os.environ.get(MODEL_PATH_ENV) or None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

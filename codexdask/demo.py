@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from .config import PatchConfig, SegmentConfig
-from .engine import run
-from .layout import RESULT_STORE
-from .metrics import segmentation_scores
-from .outputs import open_result_store
-from .patches import open_patch_store, patch_slide
-from .synthetic import synthetic_slide
+from codexdask.atomic import atomic_path
+from codexdask.config import PatchConfig, SegmentConfig
+from codexdask.engine.runner import run
+from codexdask.layout import DEMO_RUN_DIR, DEMO_SLIDE, DEMO_STORE, DEMO_SUMMARY, RESULT_STORE
+from codexdask.outputs import open_result_store
+from codexdask.store.patch_store import open_patch_store, patch_slide
+from codexdask.synthetic import synthetic_slide
+from codexdask.synthetic.scores import segmentation_scores
 
 
 def run_demo(
@@ -33,31 +34,33 @@ def run_demo(
     """Run the demo into ``out`` and return a short text report (also saved as JSON)."""
     out.mkdir(parents=True, exist_ok=True)
     slide = synthetic_slide(size, size, seed=seed)
-    slide_path = out / "synthetic_slide.ome.tif"
-    tifffile.imwrite(
-        slide_path, slide.image, ome=True, photometric="minisblack", tile=(256, 256),
-        metadata={"axes": "CYX", "Channel": {"Name": list(slide.channel_names)},
-                  "PhysicalSizeX": slide.image_mpp, "PhysicalSizeY": slide.image_mpp},
-    )
+    slide_path = out / DEMO_SLIDE
+    with atomic_path(slide_path) as tmp:
+        tifffile.imwrite(
+            tmp, slide.image, ome=True, photometric="minisblack", tile=(256, 256),
+            metadata={"axes": "CYX", "Channel": {"Name": list(slide.channel_names)},
+                      "PhysicalSizeX": slide.image_mpp, "PhysicalSizeY": slide.image_mpp},
+        )
     store = patch_slide(
         slide_path,
-        out / "synthetic_slide.zarr",
+        out / DEMO_STORE,
         PatchConfig(nucleus=slide.nucleus_channel, wholecell=slide.membrane_channels,
                     patch_size=(patch_size, patch_size)),
         overwrite=True,
     )
     settings = dataclasses.replace(config or SegmentConfig(), overwrite=True, resume=False)
-    result = run(store, out / "segmentation", settings, progress=True)
+    result = run(store, out / DEMO_RUN_DIR, settings, progress=True)
 
     scores = score_against_truth(
-        store, out / "segmentation", slide.cell_labels, slide.nucleus_labels
+        store, out / DEMO_RUN_DIR, slide.cell_labels, slide.nucleus_labels
     )
-    (out / "demo_summary.json").write_text(json.dumps(scores, indent=2))
+    with atomic_path(out / DEMO_SUMMARY) as tmp:
+        tmp.write_text(json.dumps(scores, indent=2))
     return "\n".join([
         result.summary(),
         f"F1 at IoU 0.5 against the synthetic ground truth (mean over informative patches): "
         f"cells {scores['cell_f1']:.3f}, nuclei {scores['nucleus_f1']:.3f}",
-        f"outputs in {out / 'segmentation'}",
+        f"outputs in {out / DEMO_RUN_DIR}",
     ])
 
 

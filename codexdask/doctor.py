@@ -16,8 +16,9 @@ import platform
 import sys
 from typing import Any
 
-from .hardware import host_free_bytes, probe_gpus
-from .mesmer.weights import find_model_source
+from codexdask.config import model_path_or_environment
+from codexdask.hardware import host_free_bytes, probe_gpus
+from codexdask.mesmer.weights import find_model_source
 
 PACKAGES = ("codexdask", "numpy", "dask", "distributed", "zarr", "scikit-image", "numba",
             "torch", "safetensors", "tensorflow", "deepcell", "dask-cuda")
@@ -71,7 +72,7 @@ def doctor_report(model_path: str | None = None, *, tensorflow: bool = True,
         "tensorflow_error": tf_error,
         "torch_gpus": torch_gpus,
         "torch_error": torch_error,
-        "mesmer_weights": find_model_source(model_path).as_dict(),
+        "mesmer_weights": find_model_source(model_path_or_environment(model_path)).as_dict(),
     }
 
 

@@ -65,7 +65,7 @@ class ModelLoadError(CodexDaskError):
 
 
 class SegmenterError(CodexDaskError):
-    """A segmenter is unknown, not installed, returned bad labels, or failed on one tile."""
+    """A segmenter is unknown or not installed, returned bad labels, or failed on some input."""
 
 
 class ClusterError(CodexDaskError):

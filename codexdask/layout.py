@@ -21,18 +21,32 @@ A run's output directory ``OUT/``::
     original_seg_res_batch.pickle[.gz|.bz2|.xz|.zst], matched_seg_res_batch.pickle[...]
     mosaics/slide.ome.zarr  and  mosaics/{exp_id}.{mask}.segmentations.ome.tiff
     overlays/patch_NNNN.png
-    tiles/                  work folder of logical patches segmented tile by tile (TILES_DIR)
+    blocks/                 work folder of logical patches segmented block by block (BLOCKS_DIR):
+                            owned.zarr, stitched.zarr, tables/, ids/, tallies/, bands/
     run_manifest.json       written last: its presence marks a complete run
 """
 
 from __future__ import annotations
 
-from .errors import ConfigError
+from codexdask.errors import ConfigError
 
 __all__ = [
+    "CELL",
+    "CELL_BOUNDARY",
+    "CELL_MATCHED_BOUNDARY",
+    "CELL_MATCHED_MASK",
+    "CELL_OUTSIDE_NUCLEUS_MASK",
+    "NUCLEUS",
+    "NUCLEUS_BOUNDARY",
+    "NUCLEUS_MATCHED_BOUNDARY",
+    "NUCLEUS_MATCHED_MASK",
     "COMPRESSION_ALIASES",
     "COUNT_COLUMNS",
     "DEFAULT_IMAGE_MPP",
+    "DEMO_RUN_DIR",
+    "DEMO_SLIDE",
+    "DEMO_STORE",
+    "DEMO_SUMMARY",
     "DONE_ARRAY",
     "FLAG_COLUMNS",
     "GEOMETRY_COLUMNS",
@@ -40,6 +54,7 @@ __all__ = [
     "MASK_NAMES",
     "MATCHED_KEYS",
     "MATCHED_PICKLE",
+    "MAX_LABEL",
     "METADATA_FILE",
     "MOSAICS_DIR",
     "MOSAIC_LABELS",
@@ -60,8 +75,18 @@ __all__ = [
     "RESULT_STORE",
     "RESULT_STORE_KIND",
     "RUN_OUTPUTS",
+    "SEED_PATCH_STORE",
     "STATS_ARRAY",
-    "TILES_DIR",
+    "BLOCKS_DIR",
+    "OWNED_ZARR",
+    "STITCHED_ZARR",
+    "WORK_BANDS_DIR",
+    "WORK_FILE_DIRS",
+    "WORK_IDS_DIR",
+    "WORK_TABLES_DIR",
+    "WORK_TALLIES_DIR",
+    "band_file_name",
+    "block_file_name",
     "TIMING_COLUMNS",
     "mosaic_tiff_name",
     "overlay_name",
@@ -107,18 +132,25 @@ RESULT_STORE = "masks.zarr"
 #: Completion flags ``(N,)`` bool and per-patch statistics ``(N, len(RESULT_STAT_COLUMNS))``.
 DONE_ARRAY = "done"
 STATS_ARRAY = "stats"
-#: Masks of the segmentation as the segmenter returned it, with their inner boundaries.
-ORIGINAL_KEYS = ("cell", "nucleus", "cell_boundary", "nucleus_boundary")
-#: Masks of the repair (cell <-> nucleus matching).
-MATCHED_KEYS = (
-    "cell_matched_mask",
-    "nucleus_matched_mask",
-    "cell_outside_nucleus_mask",
-    "cell_matched_boundary",
-    "nucleus_matched_boundary",
-)
+#: Masks of the segmentation as the segmenter returned it, with their inner boundaries (the
+#: keys of an ``original_seg_res_batch`` entry and arrays of the result store).
+CELL = "cell"
+NUCLEUS = "nucleus"
+CELL_BOUNDARY = "cell_boundary"
+NUCLEUS_BOUNDARY = "nucleus_boundary"
+ORIGINAL_KEYS = (CELL, NUCLEUS, CELL_BOUNDARY, NUCLEUS_BOUNDARY)
+#: Masks of the repair (cell <-> nucleus matching), likewise.
+CELL_MATCHED_MASK = "cell_matched_mask"
+NUCLEUS_MATCHED_MASK = "nucleus_matched_mask"
+CELL_OUTSIDE_NUCLEUS_MASK = "cell_outside_nucleus_mask"
+CELL_MATCHED_BOUNDARY = "cell_matched_boundary"
+NUCLEUS_MATCHED_BOUNDARY = "nucleus_matched_boundary"
+MATCHED_KEYS = (CELL_MATCHED_MASK, NUCLEUS_MATCHED_MASK, CELL_OUTSIDE_NUCLEUS_MASK,
+                CELL_MATCHED_BOUNDARY, NUCLEUS_MATCHED_BOUNDARY)
 #: Every mask array of the result store, ``(N, H, W)`` uint32 each.
 MASK_NAMES = ORIGINAL_KEYS + MATCHED_KEYS
+#: The largest label a mask can hold (masks are uint32).
+MAX_LABEL = 2**32 - 1
 
 #: Counts of the repair (labels > 0).
 COUNT_COLUMNS = ("n_cells", "n_nuclei", "n_matched", "n_repaired")
@@ -139,14 +171,22 @@ MOSAICS_DIR = "mosaics"
 MOSAIC_ZARR = "slide.ome.zarr"
 #: Label images of the OME-Zarr mosaic (NGFF name -> mask name in the result store).
 MOSAIC_LABELS = {
-    "cells": "cell",
-    "nuclei": "nucleus",
-    "cells_matched": "cell_matched_mask",
-    "nuclei_matched": "nucleus_matched_mask",
+    "cells": CELL,
+    "nuclei": NUCLEUS,
+    "cells_matched": CELL_MATCHED_MASK,
+    "nuclei_matched": NUCLEUS_MATCHED_MASK,
 }
 OVERLAYS_DIR = "overlays"
 #: Written last: a directory without it holds no complete run.
 MANIFEST = "run_manifest.json"
+
+#: What ``codexdask demo --out DIR`` writes besides the run in ``DIR/segmentation``.
+DEMO_SLIDE = "synthetic_slide.ome.tif"
+DEMO_STORE = "synthetic_slide.zarr"
+DEMO_RUN_DIR = "segmentation"
+DEMO_SUMMARY = "demo_summary.json"
+#: The patch store ``CodexPatches.from_slide`` writes into its ``out_dir``.
+SEED_PATCH_STORE = "patches.zarr"
 
 # -- pickle compression --------------------------------------------------------------------------
 
@@ -158,13 +198,24 @@ COMPRESSION_ALIASES = {
     "xz": "xz", "lzma": "xz", "zstd": "zstd", "zst": "zstd", "zstandard": "zstd",
 }
 
-#: Work folder of a run of logical patches: each tile's objects until the patch is stitched
-#: (removed when the run completes; ``--resume`` keeps the tiles done).
-TILES_DIR = "tiles"
+#: Work folder of a run of logical patches: each block's objects until the patch is stitched
+#: (removed when the run completes; ``--resume`` keeps the blocks done).
+BLOCKS_DIR = "blocks"
+#: In the work folder: each block's owned objects (``cell``, ``nucleus``, ``done``) and each
+#: core's stitched labels with the repair's margin (``cell``, ``nucleus``).
+OWNED_ZARR = "owned.zarr"
+STITCHED_ZARR = "stitched.zarr"
+#: In the work folder: one file per block of first pixels (``tables``), global ids (``ids``) and
+#: repair tallies (``tallies``), and one file per matching band (``bands``).
+WORK_TABLES_DIR = "tables"
+WORK_IDS_DIR = "ids"
+WORK_TALLIES_DIR = "tallies"
+WORK_BANDS_DIR = "bands"
+WORK_FILE_DIRS = (WORK_TABLES_DIR, WORK_IDS_DIR, WORK_TALLIES_DIR, WORK_BANDS_DIR)
 
 #: Every file and folder a run writes into its output directory (``--overwrite`` removes these).
 RUN_OUTPUTS = (
-    RESULT_STORE, MANIFEST, METADATA_FILE, MOSAICS_DIR, OVERLAYS_DIR, TILES_DIR,
+    RESULT_STORE, MANIFEST, METADATA_FILE, MOSAICS_DIR, OVERLAYS_DIR, BLOCKS_DIR,
     *(name + suffix for name in (MATCHED_PICKLE, ORIGINAL_PICKLE)
       for suffix in PICKLE_SUFFIXES.values()),
 )
@@ -217,6 +268,22 @@ def pickle_suffix(compression: str | None) -> str:
 def mosaic_tiff_name(exp_id: str, mask: str) -> str:
     """File name of the pyramidal OME-TIFF of one label mosaic, ``{exp_id}.{mask}...``."""
     return f"{exp_id}.{mask}.segmentations.ome.tiff"
+
+
+def block_file_name(block_id: int) -> str:
+    """File name of a block's table, ids or tally in the work folder.
+
+    Examples
+    --------
+    >>> block_file_name(12)
+    'block_0000012.npz'
+    """
+    return f"block_{int(block_id):07d}.npz"
+
+
+def band_file_name(patch_index: int, band: int) -> str:
+    """File name of a matching band's result in the work folder's :data:`WORK_BANDS_DIR`."""
+    return f"patch_{int(patch_index):05d}_band_{int(band):05d}.npz"
 
 
 def overlay_name(patch_id: int) -> str:

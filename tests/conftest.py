@@ -27,11 +27,11 @@ from scipy import ndimage as ndi
 #: Modules that import deepcell (the reference suite) or PyTorch (the main suite) at the top are
 #: collected only where their package is.
 collect_ignore = (
-    ([] if importlib.util.find_spec("deepcell") else ["test_mesmer_deepcell_parity.py"])
+    ([] if importlib.util.find_spec("deepcell") else ["mesmer/test_mesmer_deepcell_parity.py"])
     + ([] if importlib.util.find_spec("torch") else ["test_gpu_check.py",
-                                                      "test_mesmer_faithfulness.py",
-                                                      "test_mesmer_network.py",
-                                                      "test_mesmer_torch.py"])
+                                                      "segmenters/test_mesmer_faithfulness.py",
+                                                      "mesmer/test_mesmer_network.py",
+                                                      "segmenters/test_mesmer_torch.py"])
 )
 
 

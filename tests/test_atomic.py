@@ -1,4 +1,4 @@
-"""Atomic writes and stale temporaries (codexdask.outputs.atomic)."""
+"""Atomic writes and stale temporaries (codexdask.atomic)."""
 
 
 import logging
@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
+from codexdask.atomic import remove_stale_temporaries, replace_path, temporary_path
 from codexdask.errors import OutputExistsError
 from codexdask.outputs import atomic_path
-from codexdask.outputs.atomic import remove_stale_temporaries, replace_path, temporary_path
 
 
 def test_atomic_path_renames_on_success_and_cleans_up_on_failure(tmp_path):
@@ -52,7 +52,7 @@ def test_stale_temporaries_go_live_ones_stay(tmp_path, caplog):
     other = temporary_path(tmp_path / "other.csv", pid=dead.pid)
     for path in (stale, live, other):
         path.write_text("x")
-    with caplog.at_level(logging.WARNING, logger="codexdask.outputs.atomic"):
+    with caplog.at_level(logging.WARNING, logger="codexdask.atomic"):
         assert remove_stale_temporaries(final) == [stale]
     assert not stale.exists() and live.exists() and other.exists()
     assert f"left by process {dead.pid} which is no longer running" in caplog.text

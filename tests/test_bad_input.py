@@ -37,15 +37,15 @@ import pytest
 import tifffile
 import zarr
 from distributed import Client, LocalCluster
-from test_engine import make_store
+from helpers.patch_stores import make_store
 
-from codexdask import cluster
 from codexdask.cli import main
 from codexdask.config import PatchConfig, SegmentConfig
-from codexdask.engine import run
+from codexdask.engine import cluster
+from codexdask.engine.runner import run
 from codexdask.errors import ClusterError, CodexDaskError, InputError, ModelLoadError
 from codexdask.layout import MANIFEST, METADATA_FILE, RESULT_STORE
-from codexdask.patches import write_patch_store
+from codexdask.store.patch_store import write_patch_store
 from codexdask.synthetic import synthetic_slide
 
 SUMMARY_FILES = (MANIFEST, "patches_metadata.csv", "matched_seg_res_batch.pickle",

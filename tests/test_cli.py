@@ -58,6 +58,7 @@ def test_config_file_is_read_and_flags_override(tmp_path):
     (["segment", "missing.zarr", "--out", "o"], "codexdask patch"),
     (["patch", "missing.tif", "--out", "x.zarr"], "missing.tif"),
     (["segment", "s.zarr", "--out", "o", "--image-mpp", "0"], "image_mpp must be > 0"),
+    (["segment", "s.zarr", "--out", "o", "--tile-size", "512"], "renamed 'block_size'"),
 ])
 def test_user_errors_exit_2_with_one_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -105,7 +106,7 @@ def test_convert_model_then_doctor_then_segment(tmp_path, capsys, monkeypatch):
     """``codexdask convert-model`` on a Keras H5 export (no TensorFlow needed), then the file is
     what ``doctor`` reports and what ``segment --backend mesmer --model-path`` runs on."""
     pytest.importorskip("torch")
-    from test_convert import write_keras_h5
+    from helpers.keras_h5 import write_keras_h5
 
     from codexdask.mesmer import convert, network
 

@@ -8,7 +8,7 @@ import pytest
 import tifffile
 import zstandard
 from distributed import Client, LocalCluster
-from test_engine import EMPTY_PATCHES, make_store
+from helpers.patch_stores import EMPTY_PATCHES, make_store
 
 from codexdask.compat import (
     CodexPatches,
@@ -19,7 +19,7 @@ from codexdask.compat import (
     run_cell_segmentation,
     segment,
 )
-from codexdask.engine import run_serial
+from codexdask.engine.runner import run_serial
 from codexdask.synthetic import synthetic_slide
 
 # The reference's nested configuration; keys outside the segmentation phase are ignored.

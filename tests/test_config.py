@@ -1,11 +1,13 @@
 import pytest
 
 from codexdask.config import (
+    MODEL_PATH_ENV,
     PatchConfig,
     SegmentConfig,
     config_keys,
     load_yaml,
     make_config,
+    model_path_or_environment,
 )
 from codexdask.errors import ConfigError
 
@@ -30,6 +32,23 @@ def test_dashes_in_keys_are_accepted():
 def test_unknown_key_suggests_closest():
     with pytest.raises(ConfigError, match="did you mean 'image_mpp'"):
         make_config(SegmentConfig, {"image_mp": 0.5})
+
+
+def test_renamed_key_names_the_new_one():
+    with pytest.raises(ConfigError, match="'tile_size' was renamed 'block_size'.*--block-size"):
+        make_config(SegmentConfig, {"tile_size": 512})
+    # an unset command-line flag of the old name is not an error
+    assert make_config(SegmentConfig, {"tile_size": None, "block_size": 512}).block_size == 512
+
+
+def test_model_path_falls_back_to_the_environment(monkeypatch):
+    monkeypatch.setenv(MODEL_PATH_ENV, "/weights/from/env.safetensors")
+    assert model_path_or_environment(None) == "/weights/from/env.safetensors"
+    assert model_path_or_environment("given.safetensors") == "given.safetensors"
+    options = SegmentConfig(backend="mesmer").segmenter_options()
+    assert options["model_path"] == "/weights/from/env.safetensors"
+    monkeypatch.delenv(MODEL_PATH_ENV)
+    assert model_path_or_environment(None) is None
 
 
 @pytest.mark.parametrize("value", [0, -0.5])
@@ -84,3 +103,10 @@ def test_yaml_errors(tmp_path):
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_yaml(bad)
+
+
+def test_patch_size_as_one_int_is_a_square():
+    config = make_config(PatchConfig, {"nucleus": "DAPI", "wholecell": "CD45", "patch_size": 256})
+    assert config.patch_size == (256, 256)
+    with pytest.raises(ConfigError, match="patch_size must be two positive integers"):
+        make_config(PatchConfig, {"nucleus": "DAPI", "wholecell": "CD45", "patch_size": 0})

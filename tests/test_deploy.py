@@ -223,7 +223,7 @@ def test_run_slurm_main_segments_a_store_on_an_adaptive_cluster(
     from distributed import LocalCluster
 
     from codexdask.config import PatchConfig
-    from codexdask.patches import write_patch_store
+    from codexdask.store.patch_store import write_patch_store
     from codexdask.synthetic import synthetic_slide
 
     slide = synthetic_slide(96, 192, seed=1, empty_fraction=0.0)

@@ -35,6 +35,14 @@ def test_report_keys_and_text(tmp_path, monkeypatch):
     assert "numpy" in text and "mesmer weights MISSING" in text and "gpus" in text
 
 
+def test_report_follows_the_model_path_environment_variable(tmp_path, monkeypatch):
+    missing = tmp_path / "from-env.safetensors"
+    monkeypatch.setenv("CODEXDASK_MODEL_PATH", str(missing))
+    weights = doctor_report(tensorflow=False, torch=False)["mesmer_weights"]
+    assert (weights["source"], weights["path"], weights["ok"]) == ("model_path", str(missing),
+                                                                   False)
+
+
 def test_report_points_at_a_configured_model_path(tmp_path):
     (tmp_path / "saved_model.pb").write_bytes(b"")
     weights = doctor_report(str(tmp_path), tensorflow=False, torch=False)["mesmer_weights"]

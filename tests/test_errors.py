@@ -9,11 +9,11 @@ from codexdask import errors
 from codexdask.compat import CodexPatches
 from codexdask.config import PatchConfig
 from codexdask.errors import CodexDaskError, ConfigError, InputError, StateError
-from codexdask.patches import write_patch_store
-from codexdask.repair import repair_masks
+from codexdask.repair.masks import repair_masks
 from codexdask.segmenters import get_segmenter
 from codexdask.segmenters.mesmer import MesmerSegmenter
-from codexdask.selection import split_batches
+from codexdask.store.patch_store import write_patch_store
+from codexdask.store.selection import split_batches
 
 
 @pytest.mark.parametrize("mistake", [

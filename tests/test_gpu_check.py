@@ -41,8 +41,8 @@ def test_engine_check_names_a_missing_package(tmp_path, monkeypatch):
 @pytest.mark.timeout(900)
 def test_run_engine_on_cpu(tmp_path):
     """The engine part without ``--gpus``: a 320² slide in 256-px tiles on one CPU worker."""
-    result = gpu_check.run_engine(tmp_path, gpus=False, size=320, tile_size=256, n_workers=1)
-    assert result["tiles"]["total"] == 4 and result["tiles"]["computed"] == 4
+    result = gpu_check.run_engine(tmp_path, gpus=False, size=320, block_size=256, n_workers=1)
+    assert result["blocks"]["total"] == 4 and result["blocks"]["computed"] == 4
     assert result["inference_s"] > 0 and result["postprocess_s"] > 0
     assert 0 < result["gpu_busy_fraction"] <= 1
     assert result["cells"] > 0 and result["graph_s"] <= result["wall_s"]

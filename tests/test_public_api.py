@@ -12,8 +12,8 @@ def test_every_public_name_resolves_to_its_home():
     for name in codexdask.__all__:
         value = getattr(codexdask, name)
         assert value is not None, name
-    assert codexdask.run.__module__ == "codexdask.engine"
-    assert codexdask.repair_masks.__module__ == "codexdask.repair"
+    assert codexdask.run.__module__ == "codexdask.engine.runner"
+    assert codexdask.repair_masks.__module__ == "codexdask.repair.masks"
     assert set(codexdask.__all__) <= set(dir(codexdask))
 
 

@@ -26,8 +26,8 @@ import math
 
 import numpy as np
 
-from ..errors import InputError
-from .geometry import Box, check_window, padded_source_index, span
+from codexdask.errors import InputError
+from codexdask.mesmer.indexing import Box, check_window, padded_source_index, span
 
 #: Grey levels of skimage's CLAHE (``NR_OF_GRAY``).
 GREY_LEVELS = 2**14

@@ -40,9 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
-from ..errors import CodexDaskError, ModelLoadError
-from . import graph
+from codexdask._version import __version__
+from codexdask.errors import CodexDaskError, ModelLoadError
+from codexdask.mesmer import graph
+from codexdask.mesmer.graph import probe_tiles
 
 #: Environment variable naming the python of a TensorFlow environment.
 TENSORFLOW_PYTHON_ENV = "CODEXDASK_TENSORFLOW_PYTHON"
@@ -54,24 +55,6 @@ _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 #: Runs the script named by the first argument as __main__ without putting its folder on sys.path.
 _RUN_SCRIPT = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], " \
               "run_name='__main__')"
-
-
-def probe_tiles() -> np.ndarray:
-    """The fixed self-check input: ``(2, 256, 256, 2)`` float32 in [0, 1].
-
-    Tile 0 is uniform noise; tile 1 is tissue-like: Gaussian nuclei on channel 0 and rings
-    around them on channel 1, plus a little noise. Same values on every machine and numpy version.
-    """
-    rng = np.random.default_rng(20261130)
-    height, width, _ = graph.INPUT_SHAPE
-    noise = rng.random((height, width, 2), dtype=np.float32)
-    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
-    centres = rng.random((60, 2), dtype=np.float32) * np.float32(height)
-    dist = np.min([np.hypot(rows - r, cols - c) for r, c in centres], axis=0)
-    nuclei = np.exp(-(dist / 4) ** 2)
-    rings = np.exp(-((dist - 9) / 2) ** 2)
-    tissue = np.stack([nuclei, rings], axis=-1) * 0.9 + 0.1 * noise[::-1]
-    return np.stack([noise, tissue]).astype(np.float32)
 
 
 def convert_model(src: str | os.PathLike[str], out: str | os.PathLike[str], *,
@@ -142,7 +125,7 @@ def convert_model(src: str | os.PathLike[str], out: str | os.PathLike[str], *,
             diffs = {name: float(np.abs(maps[..., i] - reference[..., i]).max())
                      for i, name in enumerate(graph.MAP_NAMES)}
             check = {"ran": True, "max_abs_diff": diffs, "tolerance": tolerance,
-                     "probe": "codexdask.mesmer.convert.probe_tiles() (2 tiles 256x256)",
+                     "probe": "codexdask.mesmer.graph.probe_tiles() (2 tiles 256x256)",
                      "torch": "float32 on CPU", **info}
             worst = max(diffs.values())
             if not worst <= tolerance:
@@ -291,7 +274,7 @@ def run_tensorflow_export(src: Path, scratch: Path, probe: np.ndarray, python: s
     if not with_weights:
         args.append("--outputs-only")
     if python == "":
-        from . import tf_export
+        from codexdask.mesmer import tf_export
         try:
             tf_export.main(args)
         except Exception as exc:  # TensorFlow raises many kinds; all mean "cannot read it"
@@ -394,7 +377,7 @@ def _torch_network() -> tuple[Any, Any]:
     try:
         import torch
 
-        from . import network
+        from codexdask.mesmer import network
     except ImportError as exc:
         raise ModelLoadError(f"converting needs PyTorch ({exc}): run convert-model in the main "
                              "environment; TensorFlow is reached through --tensorflow-python"

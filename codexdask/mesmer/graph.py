@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelLoadError
+from codexdask.errors import ModelLoadError
 
 #: Identifies converted weight files; bump ARCHITECTURE_VERSION when the PyTorch module's
 #: parameter names or computation change (files of another version are refused).
@@ -336,3 +336,21 @@ def _normalise(key: str, value: Any) -> Any:
     if isinstance(value, float):
         value = float(np.float32(value))
     return value
+
+
+def probe_tiles() -> np.ndarray:
+    """The fixed self-check input: ``(2, 256, 256, 2)`` float32 in [0, 1].
+
+    Tile 0 is uniform noise; tile 1 is tissue-like: Gaussian nuclei on channel 0 and rings
+    around them on channel 1, plus a little noise. Same values on every machine and numpy version.
+    """
+    rng = np.random.default_rng(20261130)
+    height, width, _ = INPUT_SHAPE
+    noise = rng.random((height, width, 2), dtype=np.float32)
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+    centres = rng.random((60, 2), dtype=np.float32) * np.float32(height)
+    dist = np.min([np.hypot(rows - r, cols - c) for r, c in centres], axis=0)
+    nuclei = np.exp(-(dist / 4) ** 2)
+    rings = np.exp(-((dist - 9) / 2) ** 2)
+    tissue = np.stack([nuclei, rings], axis=-1) * 0.9 + 0.1 * noise[::-1]
+    return np.stack([noise, tissue]).astype(np.float32)

@@ -38,23 +38,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, InputError, ModelLoadError
-from .graph import (
+from codexdask.config import PRECISIONS
+from codexdask.errors import ConfigError, InputError, ModelLoadError
+from codexdask.mesmer.graph import (
     ARCHITECTURE,
     ARCHITECTURE_VERSION,
     HEAD_CLASSES,
     MAP_NAMES,
     RESNET_STAGES,
     mesmer_layers,
+    probe_tiles,
 )
 
 __all__ = ["ARCHITECTURE", "ARCHITECTURE_VERSION", "MAP_NAMES", "PRECISIONS", "MesmerNet",
            "clear_cache", "count_values", "load_network", "precision_mode", "predict_maps",
            "random_network", "read_weights", "resolve_device", "tiles_per_pass",
            "to_channels_last"]
-#: Accepted ``precision`` values: float32, float32 with TF32 tensor cores (CUDA only), and
-#: bfloat16 / float16 autocast.
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 #: Spatial sides must be multiples of this (five stride-2 reductions, then four x2 upsamplings).
 SIDE_MULTIPLE = 32
 #: Channels of the widest activation per output pixel (the heads' 1x1 convs to 128 channels at
@@ -245,7 +244,6 @@ def random_network(seed: int = 0, device: str | torch.device | None = "cpu") -> 
     distance = ReLU(z); interior logit = z, the other two logits 0) — the recipe the test suite
     uses for TensorFlow models — so the maps vary over the tile instead of being nearly flat.
     """
-    from .convert import probe_tiles
 
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)

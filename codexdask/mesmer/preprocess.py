@@ -12,8 +12,8 @@ Window functions (one code path: the whole-image functions call them with the wh
 the window). Mesmer's preprocessing of a pixel depends on global statistics of the image and
 on the CLAHE contextual regions around the pixel, so a window is computed from:
 
-1. :class:`~codexdask.mesmer.statistics.MesmerStatistics` of the whole image (clip value and
-   clipped range per channel; see :mod:`codexdask.mesmer.statistics`);
+1. :class:`~codexdask.mesmer.normalisation.MesmerStatistics` of the whole image (clip value and
+   clipped range per channel; see :mod:`codexdask.mesmer.normalisation`);
 2. the global minimum and maximum of the un-normalised CLAHE levels, which
    ``equalize_adapthist`` rescales by at its end: one more pass, :func:`clahe_extrema` over a
    partition of the image, merged by :func:`combine_clahe_extrema`;
@@ -37,10 +37,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import InputError
-from .clahe import clahe_required_box, clahe_window, grey_bins, resolve_kernel_size
-from .geometry import Box, check_inside, check_window, image_shape_2d
-from .statistics import DEFAULT_PERCENTILE, MesmerStatistics, whole_image_statistics
+from codexdask.errors import InputError
+from codexdask.mesmer.clahe import clahe_required_box, clahe_window, grey_bins, resolve_kernel_size
+from codexdask.mesmer.indexing import Box, check_inside, check_window, image_shape_2d
+from codexdask.mesmer.normalisation import (
+    DEFAULT_PERCENTILE,
+    MesmerStatistics,
+    whole_image_statistics,
+)
 
 #: Mesmer's CLAHE kernel size (``mesmer_preprocess`` default).
 DEFAULT_KERNEL_SIZE = 128

@@ -38,8 +38,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..errors import InputError
-from .geometry import Box, check_inside, check_window, image_shape_2d
+from codexdask.errors import InputError
+from codexdask.mesmer.indexing import Box, check_inside, check_window, image_shape_2d
 
 #: Mesmer's model resolution in µm per pixel.
 MODEL_MPP = 0.5

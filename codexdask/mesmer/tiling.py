@@ -33,8 +33,15 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..errors import InputError
-from .geometry import Box, check_inside, check_window, image_shape_2d, padded_source_index, span
+from codexdask.errors import InputError
+from codexdask.mesmer.indexing import (
+    Box,
+    check_inside,
+    check_window,
+    image_shape_2d,
+    padded_source_index,
+    span,
+)
 
 #: Tile indices: a sequence of ints or an int array.
 TileIndices = Sequence[int] | np.ndarray

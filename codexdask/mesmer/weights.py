@@ -2,7 +2,8 @@
 
 Sources, in this order (:func:`find_model_source`):
 
-1. ``model_path`` (``--model-path``, the ``model_path:`` key, else ``$CODEXDASK_MODEL_PATH``):
+1. ``model_path`` (``--model-path``, the ``model_path:`` key, else ``$CODEXDASK_MODEL_PATH``, which
+   only :mod:`codexdask.config` reads):
    a converted ``.safetensors`` file (``codexdask convert-model``), run on PyTorch; or a Keras
    SavedModel directory (the one holding ``saved_model.pb``) or deepcell's ``.tar.gz`` archive of
    it, run on TensorFlow;
@@ -32,15 +33,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelLoadError
-from .graph import ARCHITECTURE, ARCHITECTURE_VERSION
+from codexdask.config import MODEL_PATH_ENV
+from codexdask.errors import ModelLoadError
+from codexdask.mesmer.graph import ARCHITECTURE, ARCHITECTURE_VERSION
 
 __all__ = [
     "MODEL_ARCHIVE",
     "MODEL_HASH",
     "MODEL_KEY",
     "MODEL_NAME",
-    "MODEL_PATH_ENV",
     "RUNTIMES",
     "TOKEN_ENV",
     "ModelSource",
@@ -50,6 +51,7 @@ __all__ = [
     "read_safetensors_metadata",
     "runtime_available",
     "weights_key",
+    "weights_sha256",
 ]
 
 logger = logging.getLogger(__name__)
@@ -59,8 +61,6 @@ MODEL_NAME = "MultiplexSegmentation"
 MODEL_ARCHIVE = "MultiplexSegmentation-9.tar.gz"
 MODEL_KEY = "models/" + MODEL_ARCHIVE
 MODEL_HASH = "a1dfbce2594f927b9112f23a0a1739e0"
-#: Environment variable read when no ``model_path`` is given.
-MODEL_PATH_ENV = "CODEXDASK_MODEL_PATH"
 #: deepcell's download token.
 TOKEN_ENV = "DEEPCELL_ACCESS_TOKEN"
 #: The two runtimes and the module each needs.
@@ -139,17 +139,16 @@ def find_model_source(model_path: str | os.PathLike[str] | None = None) -> Model
     Parameters
     ----------
     model_path : path, optional
-        The configured weights (file, directory or archive); else ``$CODEXDASK_MODEL_PATH``,
-        else deepcell's cache and download.
+        The configured weights (file, directory or archive), ``$CODEXDASK_MODEL_PATH`` already
+        applied (:func:`codexdask.config.model_path_or_environment`); else deepcell's cache and
+        download.
 
     Returns
     -------
     ModelSource
     """
-    explicit = model_path or os.environ.get(MODEL_PATH_ENV)
-    if explicit:
-        origin = "model_path" if model_path else f"${MODEL_PATH_ENV}"
-        return _explicit_source(Path(explicit).expanduser(), origin)
+    if model_path:
+        return _explicit_source(Path(model_path).expanduser(), "model_path")
     models = deepcell_models_dir()
     extracted = models / MODEL_NAME
     if _savedmodel_problem(extracted) is None:
@@ -268,8 +267,10 @@ def _converted_problem(metadata: dict[str, Any]) -> str | None:
     return None
 
 
-def locate_model_dir(model_path: str | os.PathLike[str] | None = None) -> Path:
+def locate_model_dir(found: ModelSource | str | os.PathLike[str] | None = None) -> Path:
     """The SavedModel directory to load on TensorFlow, extracting or downloading if needed.
+
+    ``found`` is :func:`find_model_source`'s answer, or the ``model_path`` to ask it about.
 
     Raises
     ------
@@ -278,7 +279,8 @@ def locate_model_dir(model_path: str | os.PathLike[str] | None = None) -> Path:
         converted file (it runs on PyTorch), the archive cannot be extracted, or the download
         fails.
     """
-    found = find_model_source(model_path)
+    if not isinstance(found, ModelSource):
+        found = find_model_source(found)
     if not found.ok:
         raise found.error()
     if found.runtime != "tensorflow":
@@ -298,12 +300,28 @@ def locate_model_dir(model_path: str | os.PathLike[str] | None = None) -> Path:
     return path
 
 
-def weights_key(model_path: str | os.PathLike[str] | None) -> str:
-    """A key naming the weights ``model_path`` leads to (the loaders' per-process cache key)."""
-    path = model_path or os.environ.get(MODEL_PATH_ENV)
-    if path:
-        return str(Path(path).expanduser().resolve())
+def weights_key(found: ModelSource) -> str:
+    """A key naming the weights of ``found`` (the loaders' per-process cache key)."""
+    if found.path:
+        return str(Path(found.path).expanduser().resolve())
     return str(deepcell_models_dir() / MODEL_NAME)
+
+
+def weights_sha256(path: str | os.PathLike[str] | None) -> str | None:
+    """SHA-256 of a weights file, or of a directory's files (relative path and bytes of each,
+    in sorted order); ``None`` for no path."""
+    if path is None:
+        return None
+    root = Path(path).expanduser()
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    digest = hashlib.sha256()
+    for file in files:
+        if root.is_dir():
+            digest.update(file.relative_to(root).as_posix().encode() + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(2**24), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def _no_weights_message(notes: list[str]) -> str:

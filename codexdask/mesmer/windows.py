@@ -22,11 +22,11 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import InputError
-from .geometry import Box, check_window, image_shape_2d, padded_source_index, span
-from .preprocess import PreprocessPlan, preprocess_window
-from .resize import resize_required_box, resize_window
-from .tiling import (
+from codexdask.errors import InputError
+from codexdask.mesmer.indexing import Box, check_window, image_shape_2d, padded_source_index, span
+from codexdask.mesmer.preprocess import PreprocessPlan, preprocess_window
+from codexdask.mesmer.resize import resize_required_box, resize_window
+from codexdask.mesmer.tiling import (
     MODEL_TILE,
     MesmerTileGrid,
     tile_grid,

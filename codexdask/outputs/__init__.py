@@ -3,7 +3,7 @@
 Pure I/O: numpy arrays in and out, no Dask graph. Every function works one patch at a time, so
 memory stays bounded by a few patches (or a few canvas chunks for the mosaics), never by the slide.
 
-- :mod:`~codexdask.outputs.atomic` — files and folders appear complete or not at all;
+- :mod:`~codexdask.atomic` — files and folders appear complete or not at all;
 - :mod:`~codexdask.outputs.result_store` — ``masks.zarr``, one entry per patch;
 - :mod:`~codexdask.outputs.pickles` — the two streamed seg_res pickles;
 - :mod:`~codexdask.outputs.mosaics` — whole-slide OME-Zarr and OME-TIFF label mosaics;
@@ -12,9 +12,9 @@ memory stays bounded by a few patches (or a few canvas chunks for the mosaics), 
 Names of the files, arrays and columns are in :mod:`codexdask.layout`.
 """
 
-from .atomic import atomic_path
-from .mosaics import pyramid_shapes, write_mosaics
-from .pickles import (
+from codexdask.atomic import atomic_path
+from codexdask.outputs.mosaics import pyramid_shapes, write_mosaics
+from codexdask.outputs.pickles import (
     find_seg_res,
     iter_seg_res,
     load_seg_res,
@@ -23,7 +23,7 @@ from .pickles import (
     write_pickle_stream,
     write_seg_res_pickles,
 )
-from .result_store import (
+from codexdask.outputs.result_store import (
     check_output_dir,
     create_result_store,
     open_result_store,
@@ -33,7 +33,7 @@ from .result_store import (
     require_done,
     write_patch_result,
 )
-from .summary import (
+from codexdask.outputs.summary import (
     load_manifest,
     package_versions,
     run_manifest,

@@ -25,18 +25,21 @@ import pandas as pd
 import tifffile
 import zarr
 
-from ..errors import StoreError
-from ..geometry import Box
-from ..layout import (
+from codexdask.atomic import atomic_path
+from codexdask.boxes import Box
+from codexdask.errors import StoreError
+from codexdask.layout import (
+    CELL_MATCHED_MASK,
     DEFAULT_IMAGE_MPP,
     MASK_NAMES,
+    MAX_LABEL,
     MOSAIC_LABELS,
     MOSAIC_ZARR,
     MOSAICS_DIR,
+    NUCLEUS_MATCHED_MASK,
     mosaic_tiff_name,
 )
-from .atomic import atomic_path
-from .result_store import LABEL_COMPRESSOR, require_done
+from codexdask.outputs.result_store import LABEL_COMPRESSOR, require_done
 
 __all__ = [
     "PatchStoreLike",
@@ -53,9 +56,9 @@ CANVAS_CHUNK = 512
 #: Side of the OME-TIFF tiles.
 TIFF_TILE = 512
 _IMAGE_COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE)
-_UINT32_MAX = int(np.iinfo(np.uint32).max)
 #: Label canvases whose IDs advance together: a matched cell and its nucleus keep one ID.
-_MATCHED_PAIR = (("cells_matched", "cell_matched_mask"), ("nuclei_matched", "nucleus_matched_mask"))
+_MATCHED_PAIR = tuple((label, mask) for label, mask in MOSAIC_LABELS.items()
+                      if mask in (CELL_MATCHED_MASK, NUCLEUS_MATCHED_MASK))
 
 
 class PatchStoreLike(Protocol):
@@ -165,7 +168,7 @@ def _paste_labels(canvas: zarr.Array, labels: np.ndarray, y: int, x: int, offset
     h, w = labels.shape
     if h == 0 or w == 0 or not labels.any():
         return
-    if offset - 1 + int(labels.max()) > _UINT32_MAX:
+    if offset - 1 + int(labels.max()) > MAX_LABEL:
         raise StoreError("the slide has more than 2^32 - 1 labels; the uint32 mosaics cannot "
                          "hold them")
     region = np.asarray(canvas[0, y : y + h, x : x + w])

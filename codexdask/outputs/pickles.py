@@ -24,8 +24,9 @@ from typing import Any, BinaryIO
 import numpy as np
 import zarr
 
-from ..errors import ConfigError, InputError, StoreError
-from ..layout import (
+from codexdask.atomic import atomic_path
+from codexdask.errors import ConfigError, InputError, StoreError
+from codexdask.layout import (
     COUNT_COLUMNS,
     MATCHED_KEYS,
     MATCHED_PICKLE,
@@ -37,9 +38,8 @@ from ..layout import (
     pickle_compression,
     pickle_suffix,
 )
-from ..repair import matching_stats_from_counts
-from .atomic import atomic_path
-from .result_store import read_patch_masks, require_done
+from codexdask.outputs.result_store import read_patch_masks, require_done
+from codexdask.repair.counts import matching_stats_from_counts
 
 __all__ = [
     "BLOCK_BYTES",
@@ -259,7 +259,7 @@ def matched_entry(group: zarr.Group, index: int, size: tuple[int, int] | None = 
     -------
     dict
         MATCHED_KEYS -> (h, w) uint32; ``matched_fraction`` float; ``matching_stats`` (nested
-        dict from the counts, :func:`~codexdask.repair.matching_stats_from_counts`);
+        dict from the counts, :func:`~codexdask.repair.masks.matching_stats_from_counts`);
         ``n_cells``, ``n_nuclei``, ``n_matched``, ``n_repaired`` int; ``frac_cells_matched``,
         ``frac_nuclei_matched``, ``match_jaccard`` float.
     """

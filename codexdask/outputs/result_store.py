@@ -12,10 +12,10 @@ A Zarr v2 group holding, for a patch store of ``N`` patches of ``(H, W)`` pixels
 A patch smaller than ``(H, W)`` (a half or quarter of an odd-sized slide) is stored zero-padded at
 the bottom and right; its true size is in the patch metadata.
 
-Logical patches segmented tile by tile (a store of the image layout) keep the same ``(N, H, W)``
-arrays, chunked ``(1, T, T)`` by the compute tile ``T`` instead of one patch per chunk: each
-tile's core is one chunk, so tasks never share a chunk. ``attrs["codexdask"]["tiles"]`` records
-the tile size and halo, which a resumed run must repeat.
+Logical patches segmented block by block (a store of the image layout) keep the same ``(N, H, W)``
+arrays, chunked ``(1, T, T)`` by the compute block ``T`` instead of one patch per chunk: each
+block's core is one chunk, so tasks never share a chunk. ``attrs["codexdask"]["blocks"]`` records
+the block size and halo, which a resumed run must repeat.
 """
 
 from __future__ import annotations
@@ -31,17 +31,19 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from ..errors import InputError, OutputExistsError, StoreError
-from ..layout import (
+from codexdask.errors import InputError, OutputExistsError, StoreError
+from codexdask.layout import (
     DONE_ARRAY,
     MANIFEST,
     MASK_NAMES,
+    MAX_LABEL,
     RESULT_STAT_COLUMNS,
     RESULT_STORE,
     RESULT_STORE_KIND,
     RUN_OUTPUTS,
     STATS_ARRAY,
 )
+from codexdask.seamless.blocks import Blocks
 
 __all__ = [
     "LABEL_COMPRESSOR",
@@ -59,7 +61,6 @@ __all__ = [
 #: on uint32 labels the byte shuffle gave 1.1-1.5x the bit shuffle's ratio and encoded and decoded
 #: 1.1-1.3x faster).
 LABEL_COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=1, shuffle=numcodecs.Blosc.SHUFFLE)
-_UINT32_MAX = int(np.iinfo(np.uint32).max)
 
 
 def _array(group: zarr.Group, name: str) -> zarr.Array:
@@ -75,7 +76,7 @@ def create_result_store(
     *,
     patch_store: str | os.PathLike[str],
     overwrite: bool = False,
-    tiles: Mapping[str, int] | None = None,
+    blocks: Blocks | None = None,
 ) -> zarr.Group:
     """Create an empty result store (``OUT/masks.zarr``).
 
@@ -91,9 +92,9 @@ def create_result_store(
         The patch store the results belong to; recorded as an absolute path.
     overwrite : bool
         Replace an existing store instead of raising :class:`OutputExistsError`.
-    tiles : mapping, optional
-        ``{"tile_size": T, "halo": h}`` for logical patches segmented tile by tile: the mask
-        arrays are chunked ``(1, T, T)``.
+    blocks : Blocks, optional
+        The compute blocks of logical patches (side ``T``): the mask arrays are chunked
+        ``(1, T, T)``.
 
     Returns
     -------
@@ -111,8 +112,7 @@ def create_result_store(
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} already exists; rerun with --resume or --overwrite")
     group = zarr.open_group(str(path), mode="w")
-    chunk = (1, h, w) if tiles is None else (1, min(int(tiles["tile_size"]), h),
-                                             min(int(tiles["tile_size"]), w))
+    chunk = (1, h, w) if blocks is None else (1, min(blocks.size, h), min(blocks.size, w))
     for name in MASK_NAMES:
         group.create_dataset(
             name, shape=(n, h, w), chunks=chunk, dtype=np.uint32, fill_value=0,
@@ -131,7 +131,7 @@ def create_result_store(
         "patch_store": os.path.abspath(os.fspath(patch_store)),
         "mask_names": list(MASK_NAMES),
         "stat_columns": list(RESULT_STAT_COLUMNS),
-        "tiles": None if tiles is None else {k: int(v) for k, v in tiles.items()},
+        "blocks": None if blocks is None else blocks.as_dict(),
     }
     return group
 
@@ -181,7 +181,7 @@ def _as_uint32(name: str, mask: np.ndarray) -> np.ndarray:
         return mask
     if mask.dtype.kind not in "iub":
         raise InputError(f"mask {name!r} must hold integer labels, got dtype {mask.dtype}")
-    if mask.size and (int(mask.min()) < 0 or int(mask.max()) > _UINT32_MAX):
+    if mask.size and (int(mask.min()) < 0 or int(mask.max()) > MAX_LABEL):
         raise InputError(f"mask {name!r} has labels outside the uint32 range")
     return mask.astype(np.uint32)
 
@@ -276,7 +276,8 @@ def require_done(group: zarr.Group, indices: Sequence[int]) -> None:
 
 
 class PatchStoreFacts(Protocol):
-    """What the result store records of its patch store (:class:`codexdask.patches.PatchStore`)."""
+    """What the result store records of its patch store (a
+    :class:`~codexdask.store.patch_store.PatchStore`)."""
 
     @property
     def path(self) -> Path: ...
@@ -310,7 +311,7 @@ def prepare_result_store(
     *,
     resume: bool,
     overwrite: bool,
-    tiles: Mapping[str, int] | None = None,
+    blocks: Blocks | None = None,
 ) -> zarr.Group:
     """Create, resume or replace the result store in ``out_dir`` (after :func:`check_output_dir`).
 
@@ -321,7 +322,7 @@ def prepare_result_store(
     Raises
     ------
     StoreError
-        If ``resume`` finds a run of another patch store, or of other compute tiles.
+        If ``resume`` finds a run of another patch store, or of other compute blocks.
     """
     result_path = out_dir / RESULT_STORE
     (out_dir / MANIFEST).unlink(missing_ok=True)
@@ -347,14 +348,14 @@ def prepare_result_store(
                 f"{result_path} belongs to a run of {attrs.get('patch_store')!r}, not "
                 f"{str(patch_store.path)!r}; resume with the same patch store or use --overwrite"
             )
-        wanted = None if tiles is None else {k: int(v) for k, v in tiles.items()}
-        if attrs.get("tiles") != wanted:
+        wanted = None if blocks is None else blocks.as_dict()
+        if attrs.get("blocks") != wanted:
             raise StoreError(
-                f"{result_path} was computed with compute tiles {attrs.get('tiles')}, this run "
-                f"asks for {wanted}; resume with the same tile_size and halo or use --overwrite"
+                f"{result_path} was computed with compute blocks {attrs.get('blocks')}, this run "
+                f"asks for {wanted}; resume with the same block_size and halo or use --overwrite"
             )
         return group
     return create_result_store(
         result_path, patch_store.n_patches, patch_store.patch_shape, patch_store=store_path,
-        tiles=tiles,
+        blocks=blocks,
     )

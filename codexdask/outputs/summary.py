@@ -18,15 +18,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .. import __version__
-from ..errors import InputError, StoreError
-from ..layout import COUNT_COLUMNS, MANIFEST, RESULT_STAT_COLUMNS
-from .atomic import atomic_path
+from codexdask._version import __version__
+from codexdask.atomic import atomic_path
+from codexdask.errors import InputError, StoreError
+from codexdask.layout import COUNT_COLUMNS, MANIFEST, RESULT_STAT_COLUMNS
 
 if TYPE_CHECKING:
-    from ..config import SegmentConfig
-    from ..patches import PatchStore
-    from ..segmenters.planner import BatchPlan
+    from codexdask.config import SegmentConfig
+    from codexdask.store.patch_store import PatchStore
 
 __all__ = [
     "load_manifest",
@@ -100,29 +99,29 @@ def write_manifest(out_dir: str | os.PathLike[str], manifest: Mapping[str, Any])
 def run_manifest(
     patch_store: PatchStore,
     config: SegmentConfig,
-    plan: BatchPlan,
-    informative: np.ndarray,
-    todo: np.ndarray,
+    plan: Mapping[str, Any],
+    n_informative: int,
+    n_computed: int,
     timings: Mapping[str, float],
-    image_mpp: float,
     warnings: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Everything needed to reproduce and audit a run (the content of ``run_manifest.json``).
 
-    ``informative`` and ``todo`` are the store indices of the informative patches and of those
-    computed by this run; ``warnings`` what the run logged as warnings (e.g. a GPU whose memory
-    could not be measured).
+    ``plan`` is the run's plan as a dict (split mode, blocks, batch sizes, the weights and
+    their SHA-256, ...); ``n_informative`` and ``n_computed`` count the informative patches and
+    those computed by this run; ``warnings`` what the run logged as warnings (e.g. a GPU whose
+    memory could not be measured).
     """
     return {
         "codexdask_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "patch_store": str(patch_store.path.resolve()),
         "config": dataclasses.asdict(config),
-        "image_mpp": image_mpp,
+        "image_mpp": plan["image_mpp"],
         "n_patches": patch_store.n_patches,
-        "n_informative": int(len(informative)),
-        "n_computed": int(len(todo)),
-        "plan": plan.as_dict(),
+        "n_informative": int(n_informative),
+        "n_computed": int(n_computed),
+        "plan": dict(plan),
         "timings": dict(timings),
         "versions": package_versions(),
         "warnings": list(warnings),

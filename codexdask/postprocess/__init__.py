@@ -16,11 +16,17 @@ counterparts for the arguments each docstring lists, and release the GIL.
 
 from __future__ import annotations
 
-from .flood import watershed
-from .labels import erode_edges, fill_holes, label, relabel_sequential, remove_small_objects
-from .maxima import h_maxima, reconstruction
-from .pipeline import STAGES, deep_watershed, warm_up
-from .smoothing import gaussian_filter
+from codexdask.postprocess.flood import watershed
+from codexdask.postprocess.labels import (
+    erode_edges,
+    fill_holes,
+    label,
+    relabel_sequential,
+    remove_small_objects,
+)
+from codexdask.postprocess.maps_to_labels import STAGES, deep_watershed, warm_up
+from codexdask.postprocess.maxima import h_maxima, reconstruction
+from codexdask.postprocess.smoothing import gaussian_filter
 
 __all__ = [
     "STAGES",

@@ -25,11 +25,13 @@ This module reproduces that order exactly, faster:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numba.cpython.unsafe.numbers import leading_zeros
 
-from ..errors import ConfigError, InputError
-from ._jit import jit, jit_inline
+from codexdask.errors import ConfigError, InputError
+from codexdask.postprocess._jit import jit, jit_inline
 
 __all__ = ["watershed"]
 
@@ -127,7 +129,10 @@ def flood(image: np.ndarray, markers: np.ndarray, mask: np.ndarray | None, conne
 
 
 @jit
-def _fill_cells(bits, sign, flip, markers, inside, cells):  # pragma: no cover - compiled
+def _fill_cells(
+    bits: np.ndarray, sign: Any, flip: Any, markers: np.ndarray, inside: np.ndarray,
+    cells: np.ndarray,
+) -> None:  # pragma: no cover - compiled
     """Level keys of the elevations and labels of the masked markers into the padded cells."""
     height, width = markers.shape
     row = width + 2
@@ -143,7 +148,7 @@ def _fill_cells(bits, sign, flip, markers, inside, cells):  # pragma: no cover -
 
 
 @jit
-def _crop(labels, never, out):  # pragma: no cover - compiled
+def _crop(labels: np.ndarray, never: Any, out: np.ndarray) -> None:  # pragma: no cover - compiled
     """The inner pixels of the padded ``(H + 2, W + 2)`` labels into ``out`` (never -> 0)."""
     height, width = out.shape
     for y in range(height):
@@ -153,7 +158,7 @@ def _crop(labels, never, out):  # pragma: no cover - compiled
 
 
 @jit
-def _flood_cells(cells, steps):  # pragma: no cover - compiled
+def _flood_cells(cells: np.ndarray, steps: np.ndarray) -> None:  # pragma: no cover - compiled
     """Flood the padded cells in scikit-image's order (see the module docstring)."""
     never = cells[0, 1]
     n_markers = 0
@@ -214,7 +219,9 @@ def _flood_cells(cells, steps):  # pragma: no cover - compiled
 
 
 @jit
-def _radix_flood(cells, steps, start_keys, start_tags, age):  # pragma: no cover
+def _radix_flood(
+    cells: np.ndarray, steps: np.ndarray, start_keys: np.ndarray, start_tags: np.ndarray, age: Any,
+) -> None:  # pragma: no cover
     """Continue the flood from the queued items in ``(level, age)`` order with a radix heap.
 
     Bucket ``b >= 1`` holds items whose level differs from ``last`` (the level being popped)
@@ -284,7 +291,7 @@ def _radix_flood(cells, steps, start_keys, start_tags, age):  # pragma: no cover
 
 
 @jit
-def _sort_head(values, count):  # pragma: no cover - compiled
+def _sort_head(values: np.ndarray, count: Any) -> None:  # pragma: no cover - compiled
     """Sort ``values[:count]`` in place (insertion sort for the usual handful)."""
     if count > 32:
         values[:count].sort()
@@ -299,14 +306,14 @@ def _sort_head(values, count):  # pragma: no cover - compiled
 
 
 @jit
-def _grown(array, used):  # pragma: no cover - compiled
+def _grown(array: np.ndarray, used: Any) -> Any:  # pragma: no cover - compiled
     grown = np.empty(2 * array.size + 16, array.dtype)
     grown[:used] = array[:used]
     return grown
 
 
 @jit_inline
-def _before(key_a, tag_a, key_b, tag_b):  # pragma: no cover - compiled
+def _before(key_a: Any, tag_a: Any, key_b: Any, tag_b: Any) -> Any:  # pragma: no cover - compiled
     """scikit-image's heap order: lower level first, then lower age (index ignored)."""
     if key_a != key_b:
         return key_a < key_b
@@ -314,7 +321,9 @@ def _before(key_a, tag_a, key_b, tag_b):  # pragma: no cover - compiled
 
 
 @jit_inline
-def _heap_push(keys, tags, n, key, tag):  # pragma: no cover - compiled
+def _heap_push(
+    keys: np.ndarray, tags: np.ndarray, n: Any, key: Any, tag: Any,
+) -> None:  # pragma: no cover - compiled
     """Append to the ``n``-item heap and sift up past strictly later parents."""
     child = n
     while child > 0:
@@ -329,7 +338,7 @@ def _heap_push(keys, tags, n, key, tag):  # pragma: no cover - compiled
 
 
 @jit_inline
-def _heap_pop(keys, tags, n):  # pragma: no cover - compiled
+def _heap_pop(keys: np.ndarray, tags: np.ndarray, n: Any) -> None:  # pragma: no cover - compiled
     """Drop the root of the ``n``-item heap: the last item moves to the root and sifts down as
     in scikit-image (the left child if strictly earlier, then the right child if strictly
     earlier than the current choice)."""

@@ -9,10 +9,12 @@ pixel (``np.unique``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from ..errors import ConfigError, InputError
-from ._jit import jit
+from codexdask.errors import ConfigError, InputError
+from codexdask.postprocess._jit import jit
 
 __all__ = ["erode_edges", "fill_holes", "label", "relabel_sequential", "remove_small_objects"]
 
@@ -216,7 +218,9 @@ def _max_label(labels: np.ndarray) -> int:
 
 
 @jit
-def _label_kernel(image, full, out):  # pragma: no cover - compiled
+def _label_kernel(
+    image: np.ndarray, full: bool, out: np.ndarray,
+) -> None:  # pragma: no cover - compiled
     """Two-pass union-find labelling of equal-valued neighbours into ``out``."""
     height, width = image.shape
     parent = np.empty(1024, np.int64)  # provisional label -> smaller equivalent label
@@ -266,7 +270,7 @@ def _label_kernel(image, full, out):  # pragma: no cover - compiled
 
 
 @jit
-def _find(parent, i):  # pragma: no cover - compiled
+def _find(parent: np.ndarray, i: Any) -> Any:  # pragma: no cover - compiled
     while parent[i] != i:
         parent[i] = parent[parent[i]]
         i = parent[i]
@@ -274,7 +278,7 @@ def _find(parent, i):  # pragma: no cover - compiled
 
 
 @jit
-def _union(parent, a, b):  # pragma: no cover - compiled
+def _union(parent: np.ndarray, a: Any, b: Any) -> Any:  # pragma: no cover - compiled
     """Join the sets of ``a`` and ``b`` under the smaller root; return that root."""
     ra = _find(parent, a)
     rb = _find(parent, b)
@@ -286,14 +290,16 @@ def _union(parent, a, b):  # pragma: no cover - compiled
 
 
 @jit
-def _count_pixels(labels, counts):  # pragma: no cover - compiled
+def _count_pixels(labels: np.ndarray, counts: np.ndarray) -> None:  # pragma: no cover - compiled
     flat = labels.reshape(-1)
     for i in range(flat.size):
         counts[flat[i]] += 1
 
 
 @jit
-def _erase_small(labels, counts, min_size, out):  # pragma: no cover - compiled
+def _erase_small(
+    labels: np.ndarray, counts: np.ndarray, min_size: Any, out: np.ndarray,
+) -> None:  # pragma: no cover - compiled
     flat = labels.reshape(-1)
     dest = out.reshape(-1)
     for i in range(flat.size):
@@ -302,7 +308,9 @@ def _erase_small(labels, counts, min_size, out):  # pragma: no cover - compiled
 
 
 @jit
-def _apply_map(labels, mapping, out):  # pragma: no cover - compiled
+def _apply_map(
+    labels: np.ndarray, mapping: np.ndarray, out: np.ndarray,
+) -> None:  # pragma: no cover - compiled
     flat = labels.reshape(-1)
     dest = out.reshape(-1)
     for i in range(flat.size):
@@ -310,7 +318,9 @@ def _apply_map(labels, mapping, out):  # pragma: no cover - compiled
 
 
 @jit
-def _fill_holes_in_place(labels, size, full):  # pragma: no cover - compiled
+def _fill_holes_in_place(
+    labels: np.ndarray, size: Any, full: bool,
+) -> None:  # pragma: no cover - compiled
     """See :func:`fill_holes`; ``full`` selects 8-connected patches."""
     height, width = labels.shape
     n_labels = 0
@@ -349,7 +359,9 @@ def _fill_holes_in_place(labels, size, full):  # pragma: no cover - compiled
 
 
 @jit
-def _quad(euler4, a, b, c, d):  # pragma: no cover - compiled
+def _quad(
+    euler4: np.ndarray, a: Any, b: Any, c: Any, d: Any,
+) -> None:  # pragma: no cover - compiled
     """Add one 2x2 window (a b / c d) to the bit-quad counts of each label in it."""
     for k in range(4):
         lab = a if k == 0 else b if k == 1 else c if k == 2 else d
@@ -368,7 +380,9 @@ def _quad(euler4, a, b, c, d):  # pragma: no cover - compiled
 
 
 @jit
-def _fill_box(labels, lab, y0, y1, x0, x1, size, full):  # pragma: no cover - compiled
+def _fill_box(
+    labels: np.ndarray, lab: Any, y0: Any, y1: Any, x0: Any, x1: Any, size: Any, full: bool,
+) -> None:  # pragma: no cover - compiled
     """Fill the patches of values other than ``lab`` in the box with fewer than ``size`` pixels."""
     box_h = y1 - y0
     box_w = x1 - x0

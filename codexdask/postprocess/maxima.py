@@ -13,11 +13,12 @@ padded seed and mask stack.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, InputError
-from ._jit import jit
+from codexdask.errors import ConfigError, InputError
+from codexdask.postprocess._jit import jit
 
 __all__ = ["h_maxima", "reconstruction"]
 
@@ -184,8 +185,10 @@ def _reconstruction_of(seed: np.ndarray, mask: np.ndarray, footprint: np.ndarray
 
 
 @jit
-def _hybrid_reconstruction(rec, limit, offsets, row, reach_y, reach_x, height,
-                           width):  # pragma: no cover - compiled
+def _hybrid_reconstruction(
+    rec: np.ndarray, limit: Any, offsets: np.ndarray, row: Any, reach_y: Any, reach_x: Any,
+    height: Any, width: Any,
+) -> None:  # pragma: no cover - compiled
     """Vincent's hybrid reconstruction by dilation, in place on the flat padded ``rec``.
 
     Values spread from ``p`` to ``p + offset``. "Forward" offsets point to later pixels in
@@ -255,7 +258,7 @@ def _hybrid_reconstruction(rec, limit, offsets, row, reach_y, reach_x, height,
 
 
 @jit
-def _grown_queue(queue, head, count):  # pragma: no cover - compiled
+def _grown_queue(queue: np.ndarray, head: Any, count: Any) -> Any:  # pragma: no cover - compiled
     """The circular ``queue``'s ``count`` items from ``head``, in a twice larger array (sizes
     stay powers of two, so positions wrap with a bit mask)."""
     grown = np.empty(2 * queue.size, queue.dtype)

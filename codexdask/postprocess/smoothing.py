@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..errors import InputError
-from ._jit import jit
+from codexdask.errors import InputError
+from codexdask.postprocess._jit import jit
 
 __all__ = ["gaussian_filter"]
 
@@ -87,7 +87,9 @@ def _compiled_matches_scipy(sigma: float, dtype: np.dtype) -> bool:
 
 
 @jit
-def _filter_axis0(image, weights, out):  # pragma: no cover - compiled
+def _filter_axis0(
+    image: np.ndarray, weights: np.ndarray, out: np.ndarray,
+) -> None:  # pragma: no cover - compiled
     """Correlate the columns of ``image`` with the symmetric ``weights`` (reflected ends)."""
     height, width = image.shape
     radius = weights.size // 2
@@ -107,7 +109,9 @@ def _filter_axis0(image, weights, out):  # pragma: no cover - compiled
 
 
 @jit
-def _filter_axis1(image, weights, out):  # pragma: no cover - compiled
+def _filter_axis1(
+    image: np.ndarray, weights: np.ndarray, out: np.ndarray,
+) -> None:  # pragma: no cover - compiled
     """Correlate the rows of ``image`` with the symmetric ``weights`` (reflected ends)."""
     height, width = image.shape
     radius = weights.size // 2

@@ -6,18 +6,19 @@ names and pixel size (a :class:`~codexdask.readers.common.SlideFile`).
 - :mod:`~codexdask.readers.npy` — ``.npy`` files;
 - :mod:`~codexdask.readers.common` — lazy arrays, axis handling and read errors they share.
 
-Users open slides with :func:`codexdask.slide.open_slide`, which adds antibody names and checks.
+Users open slides with :func:`codexdask.store.slide.open_slide`, which adds antibody names and
+checks.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import SlideError
-from .common import READ_ERRORS, SlideFile
-from .ngff import open_zarr
-from .npy import open_npy
-from .tiff import TIFF_SUFFIXES, open_tiff
+from codexdask.errors import SlideError
+from codexdask.readers.common import READ_ERRORS, SlideFile
+from codexdask.readers.ngff import open_zarr
+from codexdask.readers.npy import open_npy
+from codexdask.readers.tiff import TIFF_SUFFIXES, open_tiff
 
 __all__ = ["READ_ERRORS", "SlideFile", "read_slide_file"]
 

@@ -17,7 +17,7 @@ import numpy as np
 import tifffile
 import zarr
 
-from ..errors import SlideError
+from codexdask.errors import SlideError
 
 __all__ = [
     "OPEN_ERRORS",
@@ -180,7 +180,7 @@ class _RawFile:
 
 
 def guess_axes(shape: tuple[int, ...]) -> str:
-    """Axis letters of an array without axes metadata (see :mod:`codexdask.slide`).
+    """Axis letters of an array without axes metadata (see :mod:`codexdask.store.slide`).
 
     Examples
     --------

@@ -9,8 +9,8 @@ from typing import Any
 import dask.array as da
 import zarr
 
-from ..errors import SlideError
-from .common import (
+from codexdask.errors import SlideError
+from codexdask.readers.common import (
     OPEN_ERRORS,
     SlideFile,
     check_pixel_dtype,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SlideError
-from . import common
-from .common import SlideFile, unreadable
+from codexdask.errors import SlideError
+from codexdask.readers import common
+from codexdask.readers.common import SlideFile, unreadable
 
 __all__ = ["open_npy"]
 

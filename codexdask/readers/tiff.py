@@ -20,8 +20,8 @@ import numpy as np
 import tifffile
 import zarr
 
-from ..errors import SlideError
-from .common import (
+from codexdask.errors import SlideError
+from codexdask.readers.common import (
     OPEN_ERRORS,
     SlideFile,
     check_pixel_dtype,

@@ -1,11 +1,11 @@
 """Boundaries and repair of one core of a stitched patch, from the core plus a small margin.
 
-The repair of a logical patch must equal :func:`codexdask.repair.repair_masks` of its stitched
+The repair of a logical patch must equal :func:`codexdask.repair.masks.repair_masks` of its stitched
 whole-cell and nucleus labels. It runs in two passes over the cores:
 
 1. :func:`tally_core` — the inner boundaries of the core (they need the labels one pixel around
-   it) and the core's :class:`~codexdask.matching.RepairTally`; the tallies of all cores are
-   combined and matched once (:func:`codexdask.matching.match_tally`).
+   it) and the core's :class:`~codexdask.repair.matching.RepairTally`; the tallies of all cores are
+   combined and matched once (:func:`codexdask.repair.matching.match_tally`).
 2. :func:`repair_core` — the repaired masks of the core from the labels two pixels around it
    (the trimmed nuclei's boundary depends on the trimmed nuclei one pixel outside the core,
    which depend on the cell boundary there).
@@ -17,9 +17,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from codexdask.boundaries import boundary_pixels
-from codexdask.geometry import Box
-from codexdask.matching import Matching, RepairTally, assemble_region, region_runs, tally_region
+from codexdask.boxes import Box
+from codexdask.layout import (
+    CELL_BOUNDARY,
+    CELL_MATCHED_BOUNDARY,
+    CELL_MATCHED_MASK,
+    NUCLEUS_BOUNDARY,
+    NUCLEUS_MATCHED_BOUNDARY,
+    NUCLEUS_MATCHED_MASK,
+)
+from codexdask.repair.boundaries import boundary_pixels
+from codexdask.repair.matching import (
+    Matching,
+    RepairTally,
+    assemble_region,
+    region_runs,
+    tally_region,
+)
 
 __all__ = ["TALLY_MARGIN", "REPAIR_MARGIN", "repair_core", "tally_core"]
 
@@ -66,8 +80,8 @@ def tally_core(
     runs = region_runs(cell_core, nucleus_core, cell_edge, origin=(core.top, core.left),
                        image_width=patch_width)
     boundaries = {
-        "cell_boundary": (cell_core * cell_edge).astype(np.uint32),
-        "nucleus_boundary": (nucleus_core * nucleus_edge).astype(np.uint32),
+        CELL_BOUNDARY: (cell_core * cell_edge).astype(np.uint32),
+        NUCLEUS_BOUNDARY: (nucleus_core * nucleus_edge).astype(np.uint32),
     }
     return boundaries, tally_region(runs, with_order=with_order)
 
@@ -100,8 +114,8 @@ def repair_core(
     cell_ring = np.ascontiguousarray(cell[inner])
     runs = region_runs(cell_ring, np.ascontiguousarray(nucleus[inner]), cell_edge)
     masks = assemble_region(runs, matching)
-    masks["cell_matched_boundary"] = masks["cell_matched_mask"] * cell_edge
-    trimmed = masks["nucleus_matched_mask"]
-    masks["nucleus_matched_boundary"] = trimmed * boundary_pixels(trimmed)
+    masks[CELL_MATCHED_BOUNDARY] = masks[CELL_MATCHED_MASK] * cell_edge
+    trimmed = masks[NUCLEUS_MATCHED_MASK]
+    masks[NUCLEUS_MATCHED_BOUNDARY] = trimmed * boundary_pixels(trimmed)
     back = core.slices(ring)
     return {name: np.ascontiguousarray(mask[back]) for name, mask in masks.items()}

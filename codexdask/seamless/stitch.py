@@ -1,18 +1,18 @@
-"""Stitching by single ownership: each object is taken whole from the one tile that owns it.
+"""Stitching by single ownership: each object is taken whole from the one block that owns it.
 
-Per tile (:func:`owned_objects`): an object of the window's labels is *owned* when the centre of
-its bounding box lies in the tile's core; it is *complete* when it does not reach an edge of the
+Per block (:func:`owned_objects`): an object of the window's labels is *owned* when the centre of
+its bounding box lies in the block's core; it is *complete* when it does not reach an edge of the
 window that is not an edge of the patch. Owned complete objects are kept, relabelled 1..k in
 raster order of their first pixel; owned incomplete objects are larger than the halo allows and
-are dropped and counted (never cut silently). An object seen whole by two tiles has the same
+are dropped and counted (never cut silently). An object seen whole by two blocks has the same
 bounding box in both, so exactly one core holds its centre.
 
-Across tiles (:func:`number_objects`): every kept object gets a global id, its rank in the raster
+Across blocks (:func:`number_objects`): every kept object gets a global id, its rank in the raster
 order of first pixels over the whole patch, which is how a one-shot labelling would be ordered.
 
-Per output region (:func:`compose`): the kept objects of the tiles whose windows overlap the
+Per output region (:func:`compose`): the kept objects of the blocks whose windows overlap the
 region are pasted with their global ids. Where two kept objects claim one pixel (possible only
-when tiles disagree about a segmentation, never for exact tiles) the lower id wins and the pixels
+when blocks disagree about a segmentation, never for exact blocks) the lower id wins and the pixels
 are counted.
 """
 
@@ -25,15 +25,15 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
 
+from codexdask.boxes import Box
 from codexdask.errors import InputError
-from codexdask.geometry import Box
 
 __all__ = ["OwnedObjects", "compose", "number_objects", "owned_objects"]
 
 
 @dataclasses.dataclass(frozen=True)
 class OwnedObjects:
-    """The objects one tile keeps.
+    """The objects one block keeps.
 
     Attributes
     ----------
@@ -42,7 +42,7 @@ class OwnedObjects:
     first_pixels : ndarray of int64, shape (k,)
         Row-major position in the patch of each kept object's first pixel (ascending).
     n_dropped : int
-        Objects this tile owned but could not see whole.
+        Objects this block owned but could not see whole.
     """
 
     labels: npt.NDArray[np.uint32]
@@ -53,14 +53,14 @@ class OwnedObjects:
 def owned_objects(
     labels: np.ndarray, window: Box, core: Box, patch_shape: tuple[int, int]
 ) -> OwnedObjects:
-    """Keep the objects of ``labels`` that tile ``core`` owns and sees whole.
+    """Keep the objects of ``labels`` that block ``core`` owns and sees whole.
 
     Parameters
     ----------
     labels : ndarray, shape (h, w)
         Non-negative integer labels of the window ``window`` (0 = background; any ids).
     window, core : Box
-        The tile's window and core in patch coordinates (``core`` inside ``window``).
+        The block's window and core in patch coordinates (``core`` inside ``window``).
     patch_shape : (int, int)
         Height and width of the logical patch.
 
@@ -110,17 +110,17 @@ def owned_objects(
 
 
 def number_objects(first_pixels: Sequence[np.ndarray]) -> list[npt.NDArray[np.uint32]]:
-    """Global ids of every tile's kept objects: ranks in the raster order of first pixels.
+    """Global ids of every block's kept objects: ranks in the raster order of first pixels.
 
     Parameters
     ----------
     first_pixels : sequence of ndarray of int64
-        One array per tile, in tile order: :attr:`OwnedObjects.first_pixels`.
+        One array per block, in block order: :attr:`OwnedObjects.first_pixels`.
 
     Returns
     -------
     list of ndarray of uint32
-        One lookup table per tile, ``table[local id] = global id`` (``table[0] = 0``).
+        One lookup table per block, ``table[local id] = global id`` (``table[0] = 0``).
 
     Raises
     ------
@@ -133,7 +133,7 @@ def number_objects(first_pixels: Sequence[np.ndarray]) -> list[npt.NDArray[np.ui
         raise InputError(f"{total} objects exceed the uint32 label range; use smaller patches")
     positions = np.concatenate([np.asarray(p, np.int64) for p in first_pixels]) if counts else \
         np.zeros(0, np.int64)
-    # Stable: equal first pixels (only when tiles disagree) are ordered by tile.
+    # Stable: equal first pixels (only when blocks disagree) are ordered by block.
     ranks = np.empty(total, dtype=np.uint32)
     ranks[np.argsort(positions, kind="stable")] = np.arange(1, total + 1, dtype=np.uint32)
     tables, start = [], 0
@@ -146,14 +146,14 @@ def number_objects(first_pixels: Sequence[np.ndarray]) -> list[npt.NDArray[np.ui
 def compose(
     region: Box, pieces: Sequence[tuple[Box, np.ndarray, np.ndarray]]
 ) -> tuple[npt.NDArray[np.uint32], int]:
-    """Paste the kept objects of several tiles into one region with their global ids.
+    """Paste the kept objects of several blocks into one region with their global ids.
 
     Parameters
     ----------
     region : Box
         The output region in patch coordinates.
     pieces : sequence of (window, labels, table)
-        Per tile: its window, its :attr:`OwnedObjects.labels` and its :func:`number_objects`
+        Per block: its window, its :attr:`OwnedObjects.labels` and its :func:`number_objects`
         table.
 
     Returns

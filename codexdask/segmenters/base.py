@@ -17,21 +17,20 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import difflib
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import InputError, SegmenterError
-from ..geometry import Box
-from ..statistics import ImageStatistics
+from codexdask.boxes import Box
+from codexdask.errors import InputError, SegmenterError
+from codexdask.statistics.passes import ImageStatistics
 
 #: Default halo of a segmenter, in microns (64 pixels at 0.5 µm/px).
 DEFAULT_HALO_UM = 32.0
-#: Default side of a compute tile, in pixels.
-DEFAULT_TILE_SIZE = 1024
+#: Default side of a compute block, in pixels.
+DEFAULT_BLOCK_SIZE = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +47,32 @@ class MemoryEstimate:
 
     device_bytes: int
     host_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Weights:
+    """The weights a run used: what ``run_manifest.json`` records of a model-based segmenter.
+
+    Attributes
+    ----------
+    path : str or None
+        The file, SavedModel directory or archive (``None`` while a download is pending).
+    sha256 : str or None
+        SHA-256 of the file (of a directory: of its files' relative paths and bytes, in sorted
+        order); ``None`` without a path.
+    source : str
+        Where they were found: ``"model_path"``, ``"deepcell-cache"``, ...
+    runtime : str
+        ``"torch"`` or ``"tensorflow"``.
+    precision : str
+        The network precision the run asks for.
+    """
+
+    path: str | None
+    sha256: str | None
+    source: str
+    runtime: str
+    precision: str
 
 
 class Segmenter(abc.ABC):
@@ -90,15 +115,19 @@ class Segmenter(abc.ABC):
 
     # -- windows of a logical patch (``docs/semantics.md``, seamless logical patches) ----------
 
+    def weights(self) -> Weights | None:
+        """The weights this segmenter runs, located once (``None``: it has none, the default)."""
+        return None
+
     def statistics(self, image_mpp: float) -> ImageStatistics | None:
         """Image-wide statistics this segmenter computes per image, gathered over a whole
         logical patch before its windows are segmented; ``None`` (the default) declares the
-        segmenter tile-local: a window is segmented as an image of its own."""
+        segmenter block-local: a window is segmented as an image of its own."""
         return None
 
-    def tile_size(self, image_mpp: float) -> int:
-        """Default side of the compute tiles of a logical patch, in pixels."""
-        return DEFAULT_TILE_SIZE
+    def block_size(self, image_mpp: float) -> int:
+        """Default side of the compute blocks of a logical patch, in pixels."""
+        return DEFAULT_BLOCK_SIZE
 
     def halo(self, image_mpp: float) -> int:
         """Default halo in pixels: room for whole objects and the reach of local operations.
@@ -116,7 +145,7 @@ class Segmenter(abc.ABC):
     ) -> list[Any]:
         """The accelerator stage for windows of one logical patch.
 
-        The default segments each window as an image of its own (tile-local segmenters).
+        The default segments each window as an image of its own (block-local segmenters).
         """
         return [self.infer(w.raw[w.window.slices(w.read_box)][np.newaxis], image_mpp)
                 for w in windows]
@@ -189,48 +218,6 @@ class CallableSegmenter(Segmenter):
         return labels.astype(np.uint32, copy=False)
 
 
-_REGISTRY: dict[str, Callable[..., Segmenter]] = {}
-
-
-def register_segmenter(name: str, factory: Callable[..., Any]) -> None:
-    """Register ``factory`` under ``name``.
-
-    ``factory(**options)`` must return a :class:`Segmenter`. A plain function
-    ``fn(batch, image_mpp) -> labels`` is accepted too and wrapped in :class:`CallableSegmenter`.
-    """
-    if isinstance(factory, type) and issubclass(factory, Segmenter):
-        _REGISTRY[name] = factory
-    else:
-        function = cast(Callable[[np.ndarray, float], np.ndarray], factory)
-        _REGISTRY[name] = lambda **options: CallableSegmenter(function, name=name)
-
-
-def available_segmenters() -> list[str]:
-    """Names accepted by :func:`get_segmenter`."""
-    _load_builtin()
-    return sorted(_REGISTRY)
-
-
-def get_segmenter(name: str, **options: Any) -> Segmenter:
-    """Return the segmenter registered as ``name``, built with ``options``.
-
-    Raises
-    ------
-    SegmenterError
-        If no segmenter of that name is registered.
-    """
-    _load_builtin()
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, _REGISTRY, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise SegmenterError(
-            f"unknown segmenter backend {name!r}{hint}; choose one of "
-            f"{', '.join(sorted(_REGISTRY))} or register your own with "
-            "codexdask.segmenters.register_segmenter"
-        )
-    return _REGISTRY[name](**options)
-
-
 def check_batch(batch: np.ndarray) -> np.ndarray:
     """Check that ``batch`` is a numeric ``(B, H, W, 2)`` array with finite values.
 
@@ -250,8 +237,3 @@ def check_batch(batch: np.ndarray) -> np.ndarray:
     if np.issubdtype(batch.dtype, np.floating) and not np.isfinite(batch).all():
         raise InputError("patch pixels contain NaN or inf; clean or fill them before segmenting")
     return batch
-
-
-def _load_builtin() -> None:
-    # Imported here so that the registry is filled without importing TensorFlow.
-    from . import mesmer, watershed  # noqa: F401

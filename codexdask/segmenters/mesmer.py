@@ -9,7 +9,7 @@ runtimes, which the weights choose (:mod:`.mesmer_runtime`): a converted ``.safe
 runs on PyTorch, a Keras SavedModel on TensorFlow.
 
 Every image goes through the window functions: a whole image (``infer``, ``patches`` mode) is one
-window; a logical patch larger than a compute tile (``full_image`` ...) is cut into windows whose
+window; a logical patch larger than a compute block (``full_image`` ...) is cut into windows whose
 image-wide statistics come from the whole patch (:meth:`MesmerSegmenter.statistics`,
 :mod:`.mesmer_stats`), whose network tiles lie on the patch's global tile grid and whose CLAHE
 regions on its global region grid, so a window's maps are the whole patch's maps there.
@@ -21,7 +21,7 @@ pixels whose probability lies within rounding of a threshold; pin ``tiles_per_ca
 (deepcell's default) for deepcell's exact labels. On PyTorch (fp32) the maps differ from
 TensorFlow's by ~1e-6, which moves a pixel whose probability sits on a threshold: over the Mesmer
 matrix against deepcell's labels, 0-4 pixels differ per batch (worst 3 of 360,000) with equal
-object counts (``tests/test_mesmer_faithfulness.py``).
+object counts (``tests/segmenters/test_mesmer_faithfulness.py``).
 
 One deviation: deepcell 0.12.10 fails with a shape error on an image shorter than 256 px on one
 axis and longer on the other (e.g. 300x200). Here the short axis of the preprocessed image is
@@ -40,25 +40,25 @@ from typing import Any, cast
 
 import numpy as np
 
-from .. import hardware
-from ..config import fixed_or_none
-from ..errors import ConfigError, StateError
-from ..geometry import Box
-from ..mesmer.preprocess import (
+from codexdask import hardware
+from codexdask.boxes import Box
+from codexdask.config import fixed_or_none, model_path_or_environment
+from codexdask.errors import ConfigError, StateError
+from codexdask.mesmer.preprocess import (
     DEFAULT_KERNEL_SIZE,
     PreprocessGeometry,
     mesmer_preprocess,
     preprocess_geometry,
 )
-from ..mesmer.resize import (
+from codexdask.mesmer.resize import (
     MODEL_MPP,
     resize_image,
     resize_labels_required_box,
     resized_shape,
 )
-from ..mesmer.tiling import MODEL_TILE, MesmerTileGrid
-from ..mesmer.weights import find_model_source, weights_key
-from ..mesmer.windows import (
+from codexdask.mesmer.tiling import MODEL_TILE, MesmerTileGrid
+from codexdask.mesmer.weights import ModelSource, find_model_source, weights_key, weights_sha256
+from codexdask.mesmer.windows import (
     MesmerWindow,
     network_grid,
     plan_window,
@@ -66,10 +66,9 @@ from ..mesmer.windows import (
     window_inputs,
     window_tiles,
 )
-from ..statistics import DEFAULT_PERCENTILE
-from . import planner
-from .base import MemoryEstimate, Segmenter, WindowInput, check_batch, register_segmenter
-from .mesmer_maps import (
+from codexdask.segmenters import planner
+from codexdask.segmenters.base import MemoryEstimate, Segmenter, Weights, WindowInput, check_batch
+from codexdask.segmenters.mesmer_maps import (
     MAP_NAMES,
     NUCLEAR_DEFAULTS,
     WHOLE_CELL_DEFAULTS,
@@ -78,7 +77,7 @@ from .mesmer_maps import (
     postprocess_window,
     watershed_kwargs,
 )
-from .mesmer_runtime import (
+from codexdask.segmenters.mesmer_runtime import (
     PRECISIONS,
     TensorFlowRuntime,
     TorchRuntime,
@@ -86,7 +85,8 @@ from .mesmer_runtime import (
     model_load_count,
     run_tiles,
 )
-from .mesmer_stats import MesmerImageStatistics
+from codexdask.segmenters.mesmer_stats import MesmerImageStatistics
+from codexdask.statistics.exact import DEFAULT_PERCENTILE
 
 __all__ = ["MAP_NAMES", "MesmerMaps", "MesmerSegmenter", "WindowMaps", "load_mesmer_model",
            "model_load_count", "resized_shape"]
@@ -115,9 +115,9 @@ HOST_BYTES_PER_TILE = 3 * 2**19
 HOST_BYTES_PER_MODEL_PIXEL = 200
 #: Host bytes per pixel of the original patch: input copy and uint32 labels.
 HOST_BYTES_PER_INPUT_PIXEL = 24
-#: Side of a compute tile of a logical patch, in microns (2048 pixels at Mesmer's 0.5 µm/px).
-COMPUTE_TILE_UM = 1024.0
-#: Halo of a compute tile, in microns (96 pixels at 0.5 µm/px); see :meth:`MesmerSegmenter.halo`.
+#: Side of a compute block of a logical patch, in microns (2048 pixels at Mesmer's 0.5 µm/px).
+BLOCK_UM = 1024.0
+#: Halo of a compute block, in microns (96 pixels at 0.5 µm/px); see :meth:`MesmerSegmenter.halo`.
 HALO_UM = 48.0
 
 
@@ -138,7 +138,8 @@ class MesmerSegmenter(Segmenter):
     model_path : str or path, optional
         The weights: a converted ``.safetensors`` file (PyTorch) or a Keras SavedModel directory
         or deepcell's archive (TensorFlow); default ``$CODEXDASK_MODEL_PATH``, then deepcell's
-        cache (:func:`codexdask.mesmer.weights.find_model_source`).
+        cache. They are located once (:meth:`source`, in the driver) and the answer travels
+        with the segmenter to the workers.
     tiles_per_call : "auto" or int
         256² tiles per network call. ``"auto"`` sizes it from free accelerator memory (or host
         memory on CPU) once per process. On TensorFlow pin it to 4 to get deepcell's default
@@ -182,7 +183,7 @@ class MesmerSegmenter(Segmenter):
         pad_mode: str = "constant",
         device: str | None = None,
     ):
-        self.model_path = None if model_path is None else os.fspath(model_path)
+        self.model_path = model_path_or_environment(model_path)
         fixed = fixed_or_none("tiles_per_call", tiles_per_call)
         self.tiles_per_call: int | str = "auto" if fixed is None else fixed
         if precision not in PRECISIONS:
@@ -201,7 +202,7 @@ class MesmerSegmenter(Segmenter):
             raise ConfigError(f"pad_mode must be 'constant' or 'reflect', got {pad_mode!r}")
         self.pad_mode = pad_mode
         self.device = device
-        self._runtime: str | None = None
+        self._source: ModelSource | None = None
 
     def __repr__(self) -> str:
         return (f"MesmerSegmenter(model_path={self.model_path!r}, "
@@ -213,9 +214,22 @@ class MesmerSegmenter(Segmenter):
     def runtime(self) -> str:
         """``"torch"`` or ``"tensorflow"``: what the weights select (``"torch"`` while none are
         found, the main environment's runtime)."""
-        if self._runtime is None:
-            self._runtime = find_model_source(self.model_path).runtime or "torch"
-        return self._runtime
+        return self.source().runtime or "torch"
+
+    def source(self) -> ModelSource:
+        """Where the weights are (:func:`~codexdask.mesmer.weights.find_model_source`), looked up
+        once per segmenter: files only, nothing loaded or downloaded."""
+        if self._source is None:
+            self._source = find_model_source(self.model_path)
+        return self._source
+
+    def weights(self) -> Weights:
+        """The weights this segmenter runs, with their SHA-256 (for ``run_manifest.json``)."""
+        source = self.source()
+        if not source.ok:
+            raise source.error()
+        return Weights(path=source.path, sha256=weights_sha256(source.path),
+                       source=str(source.source), runtime=self.runtime, precision=self.precision)
 
     @property
     def device_bytes_per_tile(self) -> int:
@@ -226,7 +240,7 @@ class MesmerSegmenter(Segmenter):
     def check(self) -> None:
         """Refuse missing weights, a runtime that is not installed, or a precision the runtime
         lacks, in the driver (files only: nothing is loaded or downloaded)."""
-        source = find_model_source(self.model_path)
+        source = self.source()
         if not source.ok:
             raise source.error()
         if not source.runtime_ok:
@@ -311,20 +325,20 @@ class MesmerSegmenter(Segmenter):
         _check_mpp(image_mpp)
         return self._statistics(image_mpp)
 
-    def tile_size(self, image_mpp: float) -> int:
-        """Compute-tile side: :data:`COMPUTE_TILE_UM` µm (2048 px at 0.5 µm/px), in raw pixels.
+    def block_size(self, image_mpp: float) -> int:
+        """Compute-block side: :data:`BLOCK_UM` µm (2048 px at 0.5 µm/px), in raw pixels.
 
         A window recomputes the network tiles and CLAHE regions its neighbours also need. With
         the default halo on a 12000² slide at 0.5 µm/px, windows run 1.42x the one-piece
         network tiles and post-process 1.17x its pixels (cores of 1024: 2.0x and 1.38x; 4096:
         1.17x and 1.07x), and a 2240² window peaks at ~0.65 GB of host memory in ``infer``.
         """
-        return max(MODEL_TILE, math.ceil(COMPUTE_TILE_UM / image_mpp))
+        return max(MODEL_TILE, math.ceil(BLOCK_UM / image_mpp))
 
     def halo(self, image_mpp: float) -> int:
         """Halo: :data:`HALO_UM` µm (96 px at 0.5 µm/px), in raw pixels.
 
-        The tile owning an object holds its bounding-box centre, so the object reaches at most
+        The block owning an object holds its bounding-box centre, so the object reaches at most
         half its extent past the core; deep watershed's reach beyond it (the interior
         smoothing's 8-px radius, the h-maxima and the flood, bounded by the neighbouring cells
         in Mesmer's maps) is a small margin more. On Mesmer-like maps with cells up to 93 px
@@ -426,8 +440,8 @@ class MesmerSegmenter(Segmenter):
     def _predict(self, tiles: np.ndarray) -> tuple[np.ndarray, int]:
         """``(n, 256, 256, 4)`` float32 maps of ``(n, 256, 256, 2)`` tiles, and the tiles per
         call used (halved after out-of-memory errors)."""
-        runtime = load_runtime(self.model_path, self.precision, self.device)
-        key = (weights_key(self.model_path), self.precision)
+        runtime = load_runtime(self.source(), self.precision, self.device)
+        key = (weights_key(self.source()), self.precision)
         first = self._tiles_to_try(key)
         outputs, used = planner.run_with_backoff(
             lambda n: run_tiles(runtime, tiles, n), first, what="the Mesmer network")
@@ -455,7 +469,7 @@ _AUTO_TILES: dict[tuple[str, str], int] = {}
 def load_mesmer_model(model_path: str | os.PathLike[str] | None = None) -> Any:
     """The loaded network of the weights at ``model_path``, once per process: a Keras model for
     TensorFlow weights (``Mesmer(model)`` accepts it), a ``MesmerNet`` for converted ones."""
-    runtime = load_runtime(model_path)
+    runtime = load_runtime(find_model_source(model_path_or_environment(model_path)))
     if isinstance(runtime, TensorFlowRuntime):
         return runtime.model
     return cast(TorchRuntime, runtime).net
@@ -463,7 +477,7 @@ def load_mesmer_model(model_path: str | os.PathLike[str] | None = None) -> Any:
 
 def clear_model_cache() -> None:
     """Forget the weights and automatic tile batches of this process."""
-    from .mesmer_runtime import clear_runtime_cache
+    from codexdask.segmenters.mesmer_runtime import clear_runtime_cache
 
     clear_runtime_cache()
     _AUTO_TILES.clear()
@@ -480,5 +494,3 @@ def _check_mpp(image_mpp: float) -> None:
     if not (isinstance(image_mpp, (int, float)) and math.isfinite(image_mpp) and image_mpp > 0):
         raise ConfigError(f"image_mpp must be a positive pixel size in µm, got {image_mpp!r}")
 
-
-register_segmenter("mesmer", MesmerSegmenter)

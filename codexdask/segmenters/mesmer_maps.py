@@ -3,7 +3,7 @@
 :class:`WindowMaps` are the four maps of one window at model resolution (0.5 µm/px), with where
 they lie; :class:`MesmerMaps` collects those of a batch of whole images.
 :func:`postprocess_window` is Mesmer's post-processing of one window: deep watershed of the
-whole-cell and the nuclear maps (``codexdask.postprocess.deep_watershed``, equal to
+whole-cell and the nuclear maps (``codexdask.postprocess.maps_to_labels``, equal to
 deepcell_toolbox's) with ``Mesmer.predict``'s defaults, then the labels resized back to the
 window's raw pixels as ``Application._resize_output`` does.
 """
@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..geometry import Box
-from ..mesmer.resize import resize_labels_window
-from ..postprocess import deep_watershed
+from codexdask.boxes import Box
+from codexdask.errors import ConfigError
+from codexdask.mesmer.graph import MAP_NAMES
+from codexdask.mesmer.resize import resize_labels_window
+from codexdask.postprocess import deep_watershed
 
 __all__ = ["MAP_NAMES", "NUCLEAR_DEFAULTS", "WHOLE_CELL_DEFAULTS", "MesmerMaps", "WindowMaps",
            "postprocess_window", "watershed_kwargs"]
@@ -33,9 +34,6 @@ WHOLE_CELL_DEFAULTS: dict[str, Any] = {
 NUCLEAR_DEFAULTS: dict[str, Any] = {**WHOLE_CELL_DEFAULTS, "maxima_threshold": 0.1}
 #: deepcell's older ``deep_watershed`` keywords, which ``deep_watershed`` still accepts.
 _OLD_KEYWORDS = ("min_distance", "distance_threshold", "detection_threshold", "exclude_border")
-#: The four maps, in channel order of the network's output.
-MAP_NAMES = ("whole_cell_inner_distance", "whole_cell_interior", "nuclear_inner_distance",
-             "nuclear_interior")
 
 
 @dataclasses.dataclass(frozen=True)

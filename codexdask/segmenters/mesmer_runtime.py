@@ -30,9 +30,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..config import PRECISIONS
-from ..errors import ConfigError, ModelLoadError, SegmenterError
-from ..mesmer.weights import MODEL_ARCHIVE, find_model_source, locate_model_dir, weights_key
+from codexdask.config import PRECISIONS
+from codexdask.errors import ConfigError, ModelLoadError, SegmenterError
+from codexdask.mesmer.weights import MODEL_ARCHIVE, ModelSource, locate_model_dir, weights_key
 
 __all__ = ["PRECISIONS", "NetworkRuntime", "TensorFlowRuntime", "TorchRuntime",
            "clear_runtime_cache", "load_runtime", "model_load_count", "run_tiles",
@@ -75,7 +75,7 @@ class TorchRuntime:
     name = "torch"
 
     def __init__(self, path: Path, precision: str = "fp32", device: str | None = None):
-        from ..mesmer import network
+        from codexdask.mesmer import network
 
         self._network = network
         self.net = network.load_network(path, device)
@@ -131,9 +131,12 @@ class TensorFlowRuntime:
         return np.concatenate([r.numpy() for r in results], axis=-1)
 
 
-def load_runtime(model_path: str | os.PathLike[str] | None, precision: str = "fp32",
+def load_runtime(source: ModelSource, precision: str = "fp32",
                  device: str | None = None) -> NetworkRuntime:
-    """The runtime the weights at ``model_path`` select, loaded once per process.
+    """The runtime the weights of ``source`` select, loaded once per process.
+
+    ``source`` is :func:`~codexdask.mesmer.weights.find_model_source`'s answer, located once
+    in the driver and shipped with the segmenter.
 
     Raises
     ------
@@ -147,11 +150,10 @@ def load_runtime(model_path: str | os.PathLike[str] | None, precision: str = "fp
     global _LOAD_COUNT
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
-    source = find_model_source(model_path)
     if not source.ok:
         raise source.error()
     runtime = str(source.runtime)
-    key = (runtime, weights_key(model_path), precision, str(device))
+    key = (runtime, weights_key(source), precision, str(device))
     with _LOCK:
         if key in _RUNTIMES:
             return _RUNTIMES[key]
@@ -164,7 +166,7 @@ def load_runtime(model_path: str | os.PathLike[str] | None, precision: str = "fp
             if precision != "fp32":
                 raise ConfigError(f"precision {precision!r} needs converted weights on PyTorch; "
                                   "a Keras SavedModel runs on TensorFlow in fp32 only")
-            loaded = TensorFlowRuntime(locate_model_dir(model_path))
+            loaded = TensorFlowRuntime(locate_model_dir(source))
         _RUNTIMES[key] = loaded
         _LOAD_COUNT += 1
         logger.info("loaded Mesmer weights from %s on %s (%s)", source.path, loaded.name,
@@ -218,7 +220,7 @@ def clear_runtime_cache() -> None:
     with _LOCK:
         _RUNTIMES.clear()
     try:
-        from ..mesmer import network
+        from codexdask.mesmer import network
     except ImportError:  # no PyTorch here
         return
     network.clear_cache()

@@ -3,15 +3,15 @@
 Mesmer computes three things per image before any pixel can be preprocessed: the minimum and
 maximum of the raw image (the clip range of its resize, when ``image_mpp`` != 0.5), the clip
 value and clipped range of each channel of the resized image (the 99.9th percentile of its
-non-zero pixels, :mod:`codexdask.mesmer.statistics`), and the range of the un-normalised CLAHE
+non-zero pixels, :mod:`codexdask.mesmer.normalisation`), and the range of the un-normalised CLAHE
 levels (:func:`codexdask.mesmer.preprocess.clahe_extrema`). :class:`MesmerImageStatistics`
 gathers them in that order, each pass over boxes of the image at model resolution (boxes in
 resized coordinates; their raw pixels come from :func:`~codexdask.mesmer.resize.
 resize_required_box`), so every window of the patch is preprocessed as the whole patch would be.
 
 Passes: one for the raw range (resizing only), one to four for the percentile (one for pixels of
-up to 16 bits; see :mod:`codexdask.statistics`), one for the CLAHE range (skipped when CLAHE is
-off or every channel is constant).
+up to 16 bits; see :mod:`codexdask.statistics.exact`), one for the CLAHE range (skipped when CLAHE
+is off or every channel is constant).
 """
 
 from __future__ import annotations
@@ -22,24 +22,19 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import StateError
-from ..geometry import Box
-from ..mesmer.preprocess import (
+from codexdask.boxes import Box
+from codexdask.errors import StateError
+from codexdask.mesmer.normalisation import MesmerStatistics, finalize_statistics
+from codexdask.mesmer.preprocess import (
     DEFAULT_KERNEL_SIZE,
     PreprocessPlan,
     clahe_extrema,
     combine_clahe_extrema,
     preprocess_plan,
 )
-from ..mesmer.resize import MODEL_MPP, resize_required_box, resize_window, resized_shape
-from ..mesmer.statistics import MesmerStatistics, finalize_statistics
-from ..statistics import (
-    DEFAULT_PERCENTILE,
-    ImageStatistics,
-    NonZeroPercentiles,
-    combine_statistics,
-    image_statistics,
-)
+from codexdask.mesmer.resize import MODEL_MPP, resize_required_box, resize_window, resized_shape
+from codexdask.statistics.exact import DEFAULT_PERCENTILE, combine_statistics, image_statistics
+from codexdask.statistics.passes import ImageStatistics, NonZeroPercentiles
 
 __all__ = ["MesmerImageStatistics"]
 

@@ -46,9 +46,9 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..config import fixed_or_none
-from ..errors import ConfigError, SegmenterError
-from .base import Segmenter, TiledSegmenter
+from codexdask.config import fixed_or_none
+from codexdask.errors import ConfigError, SegmenterError
+from codexdask.segmenters.base import Segmenter, TiledSegmenter
 
 logger = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def plan_batches(
         )
         if fit < 1:
             notes.append("warning: one window needs more than the host budget; use a smaller "
-                         "tile_size" if windows else
+                         "block_size" if windows else
                          "warning: one patch needs more than the host budget; use smaller patches")
     return BatchPlan(
         patches_per_task=int(patches),

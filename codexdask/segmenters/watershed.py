@@ -6,7 +6,7 @@ whole-cell + nucleus labels out) and needs only NumPy, SciPy and scikit-image, s
 the tests run anywhere. Sizes are physical (µm) and converted to pixels with ``image_mpp``.
 
 Image-wide levels (:mod:`.watershed_stats`) are computed first, over the whole image or, for a
-logical patch segmented tile by tile, over the whole patch: each channel's scale (the 99.9th
+logical patch segmented block by block, over the whole patch: each channel's scale (the 99.9th
 percentile of its positive pixels), Otsu's threshold of the normalised nucleus values (never
 below ``min_nucleus_contrast``) with the median of the values below it, and 0.3 × Otsu's
 threshold of the normalised whole-cell values. Everything else is local, so a window with a halo
@@ -43,11 +43,11 @@ from skimage.feature import peak_local_max
 from skimage.filters import threshold_local
 from skimage.segmentation import relabel_sequential
 
-from ..errors import ConfigError
-from ..postprocess import gaussian_filter, watershed
-from ..statistics import gather_statistics
-from .base import MemoryEstimate, Segmenter, WindowInput, check_batch, register_segmenter
-from .watershed_stats import WatershedLevels, WatershedStatistics, normalise
+from codexdask.errors import ConfigError
+from codexdask.postprocess import gaussian_filter, watershed
+from codexdask.segmenters.base import MemoryEstimate, Segmenter, WindowInput, check_batch
+from codexdask.segmenters.watershed_stats import WatershedLevels, WatershedStatistics, normalise
+from codexdask.statistics.passes import gather_statistics
 
 #: (top, bottom, left, right): whether each edge of an image cuts its logical patch.
 Edges = tuple[bool, bool, bool, bool]
@@ -58,8 +58,8 @@ NO_CUT: Edges = (False, False, False, False)
 # and 2048² synthetic patches; add the input (up to 16 bytes/pixel for float64) and the float32
 # maps (8), then a 1.5x margin.
 _HOST_BYTES_PER_PIXEL = 160
-#: Default side of the compute tiles of a logical patch, in pixels.
-TILE_SIZE = 1536
+#: Default side of the compute blocks of a logical patch, in pixels.
+BLOCK_SIZE = 1536
 # Dim nuclei must exceed this fraction of the global threshold (and their local mean).
 _LOCAL_FLOOR = 0.5
 # Weight of the distance to the nucleus (0 at the nucleus, 1 at max_expansion_um) in the cell
@@ -221,15 +221,15 @@ class WatershedSegmenter(Segmenter):
         return [self.normalise(w.raw[np.newaxis], [levels], image_mpp, [cut_edges(w)])
                 for w in windows]
 
-    def tile_size(self, image_mpp: float) -> int:
-        """Compute-tile side: :data:`TILE_SIZE` px.
+    def block_size(self, image_mpp: float) -> int:
+        """Compute-block side: :data:`BLOCK_SIZE` px.
 
         Windows of 1536² cores and the default 64-px halo post-process 1.17x the patch's pixels
         (1024²: 1.27x); on a 6000² slide with 2 workers the seamless run took about 0.9x the time
-        of 1024² tiles. A window then needs about 450 MB of host memory
-        (:meth:`memory_per_patch`); give workers with less a smaller ``tile_size``.
+        of 1024² blocks. A window then needs about 450 MB of host memory
+        (:meth:`memory_per_patch`); give workers with less a smaller ``block_size``.
         """
-        return TILE_SIZE
+        return BLOCK_SIZE
 
     def memory_per_patch(self, shape: tuple[int, int], image_mpp: float) -> MemoryEstimate:
         """Host bytes one ``shape`` patch needs (no accelerator memory)."""
@@ -364,5 +364,3 @@ def _remove_small_labels(labels: np.ndarray, min_area: float, cut: Edges) -> np.
     small[_touching_cut_edges(labels, cut)] = False
     return np.where(small[labels], 0, labels) if small.any() else labels
 
-
-register_segmenter("watershed", WatershedSegmenter)

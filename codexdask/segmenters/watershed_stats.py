@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from codexdask.geometry import Box
-from codexdask.statistics import ImageStatistics, NonZeroPercentiles, small_int_counts
+from codexdask.boxes import Box
+from codexdask.statistics.exact import small_int_counts
+from codexdask.statistics.passes import ImageStatistics, NonZeroPercentiles
 
 __all__ = ["NORMALISED_BINS", "WatershedLevels", "WatershedStatistics", "normalise"]
 

@@ -20,8 +20,8 @@ Three generators, all deterministic for a given ``seed`` (a :class:`numpy.random
 
 from __future__ import annotations
 
-from .pairs import dense_tiling_pairs, random_disc_pairs
-from .tissue import (
+from codexdask.synthetic.pairs import dense_tiling_pairs, random_disc_pairs
+from codexdask.synthetic.tissue import (
     CHANNEL_NAMES,
     MEMBRANE_CHANNELS,
     NUCLEUS_CHANNEL,

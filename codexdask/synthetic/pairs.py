@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
-from .grid import (
+from codexdask.errors import InputError
+from codexdask.synthetic.lattice import (
     ROW_BLOCK,
     block_coords,
     check_shape,

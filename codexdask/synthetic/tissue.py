@@ -8,10 +8,10 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..boundaries import boundary_pixels
-from ..channels import wholecell_channel
-from ..errors import InputError
-from .grid import check_shape, ellipse_members, jittered_seeds, voronoi
+from codexdask.errors import InputError
+from codexdask.repair.boundaries import boundary_pixels
+from codexdask.store.channels import wholecell_channel
+from codexdask.synthetic.lattice import check_shape, ellipse_members, jittered_seeds, voronoi
 
 __all__ = ["CHANNEL_NAMES", "MEMBRANE_CHANNELS", "NUCLEUS_CHANNEL", "SyntheticSlide",
            "synthetic_slide"]

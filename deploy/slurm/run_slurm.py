@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dask_jobqueue import SLURMCluster
         from distributed import Client
 
-        from codexdask.engine import run
+        from codexdask import run
 
         security = cluster_security(settings)
         with dask.config.set(settings), SLURMCluster(security=security) as cluster:

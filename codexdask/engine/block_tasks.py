@@ -1,0 +1,426 @@
+"""The tasks of a seamless run: each reads and writes Zarr by path and returns small results.
+
+A logical patch goes through five kinds of task (``docs/architecture.md``, seamless patches):
+
+1. :func:`infer_blocks` (on a GPU worker when there is one) and :func:`store_blocks` (CPU): a
+   few windows are segmented, each block's owned objects are written to the run's work folder
+   (:mod:`codexdask.engine.work_folder`: the block's window, a table of first pixels, then the
+   block's ``done`` flag);
+2. :func:`number_patch`: the global ids of every block's objects (raster order of first pixel),
+   one file per block in the work folder;
+3. :func:`compose_core`: per core, the stitched labels and their boundaries (to the result
+   store), the repair tally and the stitched labels with the repair's margin (to the work
+   folder);
+4. :func:`plan_bands` and a chain of :func:`match_patch_band`: the greedy matching band by band
+   (one band per block row, :mod:`codexdask.repair.bands`), each band reading the tallies of a
+   few block rows and writing its labels' matching to the work folder;
+5. :func:`repair_stored_core`: per core, the repaired masks from the bands its region touches;
+   :func:`finish_patch` writes the patch's statistics and marks it done.
+
+Every task may run twice (a worker lost, a resumed run) and then writes the same bytes again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from codexdask.engine.plan import RunPlan
+from codexdask.engine.work_folder import (
+    COMPARTMENTS,
+    RunPaths,
+    band_file,
+    block_file,
+    blocks_done,
+    load_arrays,
+    load_band,
+    load_tally,
+    owned_group,
+    read_raw,
+    save_arrays,
+    save_tally,
+    stitched_group,
+)
+from codexdask.layout import (
+    CELL,
+    DONE_ARRAY,
+    NUCLEUS,
+    REPAIR_STAT_COLUMNS,
+    STATS_ARRAY,
+    WORK_IDS_DIR,
+    WORK_TABLES_DIR,
+    WORK_TALLIES_DIR,
+)
+from codexdask.outputs.result_store import open_result_store
+from codexdask.repair.bands import (
+    BandCarry,
+    BandPlan,
+    Bands,
+    band_plan,
+    match_band,
+    region_matching,
+)
+from codexdask.repair.matching import check_tie_break
+from codexdask.seamless.blocks import LogicalPatch
+from codexdask.seamless.regions import REPAIR_MARGIN, TALLY_MARGIN, repair_core, tally_core
+from codexdask.seamless.stitch import compose, number_objects, owned_objects
+from codexdask.segmenters.base import Segmenter, WindowInput
+
+__all__ = ["BlockReport", "BlocksSummary", "bands_of", "compose_core", "finish_patch",
+           "infer_blocks", "match_patch_band", "number_patch", "plan_bands", "repair_bands",
+           "repair_stored_core", "store_blocks", "summarise_blocks", "total"]
+
+@dataclasses.dataclass(frozen=True)
+class BlockReport:
+    """What storing one block found.
+
+    Attributes
+    ----------
+    block : int
+        Block index in its patch.
+    objects : (int, int)
+        Objects kept (whole-cell, nucleus).
+    dropped : (int, int)
+        Objects the block owned but could not see whole (larger than the halo allows).
+    pixels : int
+        Pixels of the block's core.
+    infer_s, postprocess_s : float
+        Seconds of the block's share of its task's inference and of its post-processing.
+    """
+
+    block: int
+    objects: tuple[int, int]
+    dropped: tuple[int, int]
+    pixels: int
+    infer_s: float
+    postprocess_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class BlocksSummary:
+    """Sums over stored blocks (see :class:`BlockReport`).
+
+    Attributes
+    ----------
+    blocks : int
+    dropped : (int, int)
+    infer_s, postprocess_s : float
+    """
+
+    blocks: int
+    dropped: tuple[int, int]
+    infer_s: float
+    postprocess_s: float
+
+
+def summarise_blocks(*parts: Sequence[BlockReport] | BlocksSummary) -> BlocksSummary:
+    """Add up :func:`store_blocks` results and summaries of them (a step of a tree of tasks:
+    each block's result can then be released as soon as it is added, not kept to the end)."""
+    rows: list[tuple[float, ...]] = [(0, 0, 0, 0.0, 0.0)]
+    for part in parts:
+        if isinstance(part, BlocksSummary):
+            rows.append((part.blocks, *part.dropped, part.infer_s, part.postprocess_s))
+        else:
+            rows += [(1, *r.dropped, r.infer_s, r.postprocess_s) for r in part]
+    blocks, cells, nuclei, infer_s, postprocess_s = (sum(column) for column in zip(*rows))
+    return BlocksSummary(int(blocks), (int(cells), int(nuclei)), infer_s, postprocess_s)
+
+
+def total(*values: float) -> float:
+    """The sum of ``values`` (a step of a tree of tasks adding up seconds)."""
+    return float(sum(values))
+
+
+def bands_of(patch: LogicalPatch) -> Bands:
+    """The matching bands of ``patch``: one per row of its blocks."""
+    return Bands.of(patch.shape[0], patch.grid.block_size, patch.grid.halo)
+
+
+# --------------------------------------------------------------------------------------------
+# 1. blocks
+
+
+def infer_blocks(
+    segmenter: Segmenter,
+    plan: RunPlan,
+    paths: RunPaths,
+    patch: LogicalPatch,
+    blocks: Sequence[int],
+    statistics: Any,
+) -> tuple[Any, float]:
+    """Read the windows of ``blocks`` and run the segmenter's accelerator stage on them.
+
+    Returns ``(maps, seconds)``; ``maps`` is ``None`` when every block is already stored.
+    """
+    if blocks_done(paths, patch, blocks).all():
+        return None, 0.0
+    inputs = []
+    for block in blocks:
+        window = patch.grid.window(block)
+        read_box = segmenter.read_box(window, patch.shape, plan.image_mpp)
+        inputs.append(WindowInput(read_raw(paths, patch, read_box), read_box, window,
+                                  patch.shape))
+    start = time.perf_counter()
+    maps = segmenter.infer_windows(inputs, plan.image_mpp, statistics)
+    return maps, time.perf_counter() - start
+
+
+def store_blocks(
+    segmenter: Segmenter,
+    inferred: tuple[Any, float],
+    paths: RunPaths,
+    patch: LogicalPatch,
+    blocks: Sequence[int],
+) -> list[BlockReport]:
+    """Post-process the windows of ``blocks`` and store each block's kept objects."""
+    maps, infer_seconds = inferred
+    if maps is None:  # stored by an earlier run
+        return [_stored_report(paths, patch, block) for block in blocks]
+    start = time.perf_counter()
+    labels = segmenter.postprocess_windows(maps)
+    seconds = (time.perf_counter() - start) / len(blocks)
+    owned = owned_group(paths)
+    reports = []
+    for block, window_labels in zip(blocks, labels, strict=True):
+        window, core = patch.grid.window(block), patch.grid.core(block)
+        kept = [owned_objects(window_labels[..., c], window, core, patch.shape) for c in (0, 1)]
+        block_id = patch.block_id(block)
+        height, width = window.shape
+        for name, objects in zip(COMPARTMENTS, kept, strict=True):
+            owned[name][block_id, :height, :width] = objects.labels
+        report = BlockReport(block, (len(kept[0].first_pixels), len(kept[1].first_pixels)),
+                            (kept[0].n_dropped, kept[1].n_dropped), core.shape[0] * core.shape[1],
+                            infer_seconds / len(blocks), seconds)
+        save_arrays(block_file(paths, WORK_TABLES_DIR, block_id), {
+            "first_cell": kept[0].first_pixels, "first_nucleus": kept[1].first_pixels,
+            "report": np.array([*report.objects, *report.dropped, report.pixels,
+                                report.infer_s, report.postprocess_s], dtype=np.float64)})
+        owned[DONE_ARRAY][block_id] = True  # last: the block is complete
+        reports.append(report)
+    return reports
+
+
+def _stored_report(paths: RunPaths, patch: LogicalPatch, block: int) -> BlockReport:
+    (report,) = load_arrays(block_file(paths, WORK_TABLES_DIR, patch.block_id(block)), ["report"])
+    cells, nuclei, dropped_cells, dropped_nuclei, pixels, infer_s, post_s = report.tolist()
+    return BlockReport(block, (int(cells), int(nuclei)), (int(dropped_cells), int(dropped_nuclei)),
+                      int(pixels), infer_s, post_s)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. numbering
+
+
+def number_patch(paths: RunPaths, patch: LogicalPatch, stored: Any) -> int:
+    """Write the global ids of every block's objects to the work folder (``ids/``).
+
+    Each block's file holds ``cell`` and ``nucleus``: local id -> id in the patch (uint32, entry
+    0 is 0), so a stitching task loads the tables of its few neighbours only. ``stored`` is the
+    :class:`BlocksSummary` of the patch's blocks this task waits for (unused otherwise).
+
+    Returns
+    -------
+    int
+        The number of blocks numbered.
+    """
+    cells, nuclei = (number_objects(first) for first in _first_pixels(paths, patch))
+    for block in patch.grid:
+        save_arrays(block_file(paths, WORK_IDS_DIR, patch.block_id(block)),
+              {CELL: cells[block], NUCLEUS: nuclei[block]})
+    return patch.grid.n_blocks
+
+
+def _load_ids(paths: RunPaths, patch: LogicalPatch, block: int) -> list[np.ndarray]:
+    return load_arrays(block_file(paths, WORK_IDS_DIR, patch.block_id(block)), COMPARTMENTS)
+
+
+def _first_pixels(paths: RunPaths, patch: LogicalPatch) -> list[list[np.ndarray]]:
+    """``firsts[c][block]``: the stored first pixels of each block's owned objects, compartment
+    ``c`` (0 cell, 1 nucleus)."""
+    firsts: list[list[np.ndarray]] = [[], []]
+    for block in patch.grid:
+        cells, nuclei = load_arrays(block_file(paths, WORK_TABLES_DIR, patch.block_id(block)),
+                                    ["first_cell", "first_nucleus"])
+        firsts[0].append(cells)
+        firsts[1].append(nuclei)
+    return firsts
+
+
+def plan_bands(paths: RunPaths, patch: LogicalPatch, stored: Any) -> BandPlan:
+    """The labels of every matching band, from the blocks' first pixels (as numbered by
+    :func:`number_patch`; ``stored`` as there)."""
+    cell_rows, nucleus_rows = (np.sort(np.concatenate(f)) // patch.shape[1]
+                               for f in _first_pixels(paths, patch))
+    return band_plan(bands_of(patch), cell_rows, nucleus_rows)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. stitching and tallies
+
+
+def compose_core(
+    plan: RunPlan, paths: RunPaths, patch: LogicalPatch, block: int, numbered: Any
+) -> Composed:
+    """Stitch the labels of one core, write them and their boundaries, and tally the core.
+
+    ``numbered`` is the :func:`number_patch` result this task waits for (unused otherwise).
+
+    The core's :class:`~codexdask.repair.matching.RepairTally` goes to the work folder
+    (``tallies/``), and so do its stitched labels with the margin :func:`repair_stored_core` needs
+    (``stitched.zarr``): the repair then reads one chunk per compartment instead of the result
+    store's chunks around the core.
+
+    Returns
+    -------
+    conflicts : (int, int)
+        Pixels claimed by two objects, per compartment.
+    seconds : float
+    """
+    start = time.perf_counter()
+    grid = patch.grid
+    core = grid.core(block)
+    around = core.grow(REPAIR_MARGIN, patch.shape)
+    owned = owned_group(paths)
+    neighbours = grid.blocks_touching(around)
+    ids = {neighbour: _load_ids(paths, patch, neighbour) for neighbour in neighbours}
+    stitched, conflicts = [], []
+    for c, name in enumerate(COMPARTMENTS):
+        pieces = []
+        for neighbour in neighbours:
+            window = grid.window(neighbour)
+            part = window.intersection(around)
+            # only the part: a view into the whole window would keep all nine windows alive
+            labels = owned[name][(patch.block_id(neighbour),) + part.slices(window)]
+            pieces.append((part, np.asarray(labels), ids[neighbour][c]))
+        labels, clashes = compose(around, pieces)
+        stitched.append(labels)
+        conflicts.append(clashes)
+    tallied = core.grow(TALLY_MARGIN, patch.shape)
+    cell, nucleus = (labels[tallied.slices(around)] for labels in stitched)
+    edges, tally = tally_core(cell, nucleus, tallied, core, patch.shape[1],
+                              with_order=check_tie_break(plan.tie_break))
+    group = open_result_store(paths.result)
+    inner = core.slices(around)
+    masks = {CELL: stitched[0][inner], NUCLEUS: stitched[1][inner], **edges}
+    for name, mask in masks.items():
+        group[name][(patch.index,) + core.slices()] = mask
+    height, width = around.shape
+    kept = stitched_group(paths)
+    for name, labels in zip(COMPARTMENTS, stitched, strict=True):
+        kept[name][patch.block_id(block), :height, :width] = labels
+    save_tally(block_file(paths, WORK_TALLIES_DIR, patch.block_id(block)), tally)
+    return (conflicts[0], conflicts[1]), time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------------------------
+# 4. the greedy pass, band by band
+
+
+Composed = tuple[tuple[int, int], float]
+"""What :func:`compose_core` returns: conflicts per compartment, seconds."""
+
+Banded = tuple[BandCarry, tuple[int, int], float]
+"""What :func:`match_patch_band` returns: the carry, conflicts and seconds of the bands so far."""
+
+
+def match_patch_band(
+    plan: RunPlan,
+    paths: RunPaths,
+    patch: LogicalPatch,
+    band: int,
+    banding: BandPlan,
+    previous: Banded | None,
+    composed: Sequence[Sequence[Composed]],
+) -> Banded:
+    """The greedy matching of the cells of one band (block row), from the tallies of the block
+    rows ``bands_of(patch).tally_rows(band)``; its labels' matching goes to the work folder.
+
+    Parameters
+    ----------
+    previous : Banded or None
+        This task's result for ``band - 1`` (``None`` for band 0).
+    composed : sequence of sequences
+        :func:`compose_core` results of the cores of those block rows, row by row; the conflicts
+        and seconds of the band's own row are added up.
+
+    Returns
+    -------
+    Banded
+    """
+    start = time.perf_counter()
+    rows = bands_of(patch).tally_rows(band)
+    n_cols = patch.grid.n_cols
+    tallies = (load_tally(block_file(paths, WORK_TALLIES_DIR, patch.block_id(row * n_cols + col)))
+               for row in rows for col in range(n_cols))  # loaded and cut one by one
+    carry, conflicts, seconds = previous if previous is not None else (BandCarry(), (0, 0), 0.0)
+    result, carry = match_band(banding, band, tallies, carry,
+                               aegle_order=check_tie_break(plan.tie_break))
+    save_arrays(band_file(paths, patch, band),
+          {field.name: getattr(result, field.name) for field in dataclasses.fields(result)})
+    own = composed[band - rows.start]
+    conflicts = (conflicts[0] + sum(c[0][0] for c in own), conflicts[1] + sum(c[0][1] for c in own))
+    seconds += sum(c[1] for c in own) + time.perf_counter() - start
+    return carry, conflicts, seconds
+
+
+# --------------------------------------------------------------------------------------------
+# 5. repair
+
+
+def repair_stored_core(paths: RunPaths, patch: LogicalPatch, block: int, banded: Any) -> float:
+    """Write the five repaired masks of one core; returns the seconds it took.
+
+    ``banded`` is the :func:`match_patch_band` result of the last band of
+    :func:`repair_bands` (unused: the task waits for it, then reads those bands' matchings).
+    """
+    start = time.perf_counter()
+    core = patch.grid.core(block)
+    around = core.grow(REPAIR_MARGIN, patch.shape)
+    matching = region_matching([load_band(band_file(paths, patch, band))
+                                for band in repair_bands(patch, block)])
+    height, width = around.shape
+    kept = stitched_group(paths)
+    cell, nucleus = (np.asarray(kept[name][patch.block_id(block), :height, :width])
+                     for name in COMPARTMENTS)
+    group = open_result_store(paths.result)
+    for name, mask in repair_core(cell, nucleus, around, core, matching).items():
+        group[name][(patch.index,) + core.slices()] = mask
+    return time.perf_counter() - start
+
+
+def repair_bands(patch: LogicalPatch, block: int) -> range:
+    """The bands whose matchings :func:`repair_stored_core` of ``block`` reads."""
+    around = patch.grid.core(block).grow(REPAIR_MARGIN, patch.shape)
+    return bands_of(patch).bands_of(around.top, around.bottom)
+
+
+def finish_patch(
+    paths: RunPaths,
+    patch: LogicalPatch,
+    banded: Banded,
+    blocks: BlocksSummary,
+    repair_seconds: float,
+) -> dict[str, Any]:
+    """Write the patch's statistics row, then mark it done; a summary of the patch.
+
+    The row holds the repair's metrics and the seconds of each stage summed over the blocks.
+    ``banded`` is the last band's :func:`match_patch_band` result, ``repair_seconds`` the sum of
+    the :func:`repair_stored_core` results.
+    """
+    carry, conflicts, compose_seconds = banded
+    metrics = carry.metrics()
+    timings = [blocks.infer_s, blocks.postprocess_s, compose_seconds + repair_seconds]
+    row = np.array([metrics[name] for name in REPAIR_STAT_COLUMNS] + timings, dtype=np.float64)
+    group = open_result_store(paths.result)
+    group[STATS_ARRAY][patch.index] = row
+    group[DONE_ARRAY][patch.index] = True
+    return {
+        "patch": patch.index,
+        "blocks": patch.grid.n_blocks,
+        "dropped": list(blocks.dropped),
+        "conflicts": list(conflicts),
+    }

@@ -1,0 +1,104 @@
+"""A store of patches as one lazy Dask array graph, computed once.
+
+::
+
+    patch store (N, H, W, 2) ──keep informative──► batches sized by the planner
+      ──► infer            (GPU workers: resources={"GPU": 1} when the cluster has them)
+      ──► postprocess      (CPU)
+      ──► map_blocks: boundaries + repair + write masks and stats to masks.zarr
+
+Only small per-patch statistics come back to the driver; masks go straight from the workers to
+the Zarr result store, so memory is bounded by a batch, not by the slide. Every completed patch
+is flagged in the store, which makes ``resume`` recompute only what is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+from dask import delayed
+from distributed import Client
+
+from codexdask.config import TieBreakName
+from codexdask.engine.plan import RunPlan
+from codexdask.engine.tasks import infer_batch, postprocess_batch, repair_and_store
+from codexdask.layout import RESULT_STAT_COLUMNS
+from codexdask.segmenters import Segmenter
+from codexdask.store.patch_store import PatchStore
+from codexdask.store.selection import split_batches
+
+__all__ = ["build_graph", "submit"]
+
+
+def build_graph(
+    patch_store: PatchStore, plan: RunPlan, segmenter: Segmenter, result_path: str
+) -> da.Array:
+    """The lazy segmentation graph for the patches ``plan.todo``.
+
+    Each patch is segmented and repaired at its true size (``PatchStore.true_sizes``) and its
+    masks are stored zero-padded to the store's patch shape.
+
+    Returns
+    -------
+    dask.array.Array
+        ``(len(todo), len(RESULT_STAT_COLUMNS))`` float64 statistics; computing it writes the masks.
+    """
+    todo = np.asarray(plan.todo, dtype=np.int64)
+    shape = patch_store.patch_shape
+    true_sizes = patch_store.true_sizes(todo)
+    batches = split_batches(np.arange(len(todo)), plan.batch.patches_per_task)
+    counts = tuple(len(batch) for batch in batches)
+    selected = da.from_zarr(patch_store.patches)[todo].rechunk({0: counts})
+
+    labels, timings = [], []
+    for block, rows in zip(selected.to_delayed().ravel(), batches):
+        with dask.annotate(resources={"GPU": 1}) if plan.pin_gpu else contextlib.nullcontext():
+            inferred = delayed(infer_batch, pure=True)(
+                segmenter, block, true_sizes[rows], plan.image_mpp
+            )
+        out = delayed(postprocess_batch, pure=True, nout=2)(segmenter, inferred, len(rows), shape)
+        labels.append(da.from_delayed(out[0], (len(rows), *shape, 2), np.uint32))
+        timings.append(da.from_delayed(out[1], (len(rows), 2), np.float64)[:, None, None, :])
+    # One row per patch: its index in the store and its true height and width.
+    where = np.column_stack([todo, true_sizes]).reshape(-1, 1, 1, 3)
+    stats = da.map_blocks(
+        _repair_block,
+        da.concatenate(labels),
+        da.concatenate(timings),
+        da.from_array(where, chunks=(counts, 1, 1, 3)),
+        result_path=result_path,
+        tie_break=plan.tie_break,
+        chunks=(counts, 1, 1, len(RESULT_STAT_COLUMNS)),
+        dtype=np.float64,
+        meta=np.empty((0, 0, 0, 0), np.float64),
+    )
+    return stats[:, 0, 0, :]
+
+
+def submit(client: Client, stats: da.Array) -> Any:
+    """Send the graph to the scheduler once and return the future of its statistics.
+
+    Dask's array optimisation merges the graph's layers into one and drops layer annotations
+    (dask 2026.1), which would let inference run on any worker; the tasks here are coarse (one
+    per batch), so the graph is submitted unoptimised and keeps ``resources={"GPU": 1}``.
+    """
+    return client.compute(stats, optimize_graph=False)
+
+
+def _repair_block(
+    labels: np.ndarray,
+    timings: np.ndarray,
+    where: np.ndarray,
+    *,
+    result_path: str,
+    tie_break: TieBreakName,
+) -> np.ndarray:
+    rows = repair_and_store(
+        labels, timings[:, 0, 0, :], where[:, 0, 0, 0], where[:, 0, 0, 1:],
+        result_path=result_path, tie_break=tie_break,
+    )
+    return rows[:, None, None, :]

@@ -1,0 +1,1 @@
+"""Exact image-wide statistics of pixel values, from chunks, in passes over boxes."""

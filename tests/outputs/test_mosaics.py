@@ -1,0 +1,221 @@
+"""Whole-slide OME-Zarr and OME-TIFF mosaics (codexdask.outputs.mosaics)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import zarr
+from helpers.result_stores import stats_for
+
+from codexdask.errors import StoreError
+from codexdask.layout import MASK_NAMES
+from codexdask.outputs import create_result_store, pyramid_shapes, write_mosaics, write_patch_result
+from codexdask.store.patch_store import PatchStore
+
+
+def test_pyramid_shapes_follow_the_reference_rule():
+    assert pyramid_shapes(1200, 1200) == [(1200, 1200), (600, 600), (300, 300)]
+    assert pyramid_shapes(1000, 3000) == [(1000, 3000), (500, 1500)]
+    assert pyramid_shapes(1025, 513) == [(1025, 513), (513, 257)]
+    assert pyramid_shapes(511, 5000) == [(511, 5000)]
+
+
+def fake_patch_store(tmp_path, boxes, informative, patch_shape, padded_shape, seed=0):
+    """A patch store built in memory: zarr patches (N, H, W, 2) uint16, metadata, attrs."""
+    n = len(boxes)
+    rng = np.random.default_rng(seed)
+    patches = zarr.open_array(str(tmp_path / "patches.zarr"), mode="w",
+                              shape=(n, *patch_shape, 2), chunks=(1, *patch_shape, 2),
+                              dtype=np.uint16)
+    patches[:] = rng.integers(1, 1000, size=(n, *patch_shape, 2), dtype=np.uint16)
+    metadata = pd.DataFrame(boxes, columns=["y_start", "x_start", "height", "width"])
+    metadata["is_informative"] = informative
+    attrs = {"padded_shape": list(padded_shape), "slide_shape": list(padded_shape),
+             "image_mpp": 0.5, "nucleus_channel": "DAPI", "wholecell_channels": ["CD45"]}
+    return PatchStore(path=tmp_path, patches=patches, metadata=metadata, attrs=attrs)
+
+
+def reference_mosaic(patch_store, masks, keys):
+    """In-memory version of the mosaics' running-offset merge for ``keys`` sharing one offset."""
+    canvas = {k: np.zeros(tuple(patch_store.attrs["padded_shape"]), np.uint32) for k in keys}
+    offset = 1
+    for i, (y, x, h, w, flag) in enumerate(patch_store.metadata.itertuples(index=False)):
+        if not flag:
+            continue
+        crops = {k: masks[i][k][:h, :w] for k in keys}
+        for k in keys:
+            region = canvas[k][y : y + h, x : x + w]
+            write = (region == 0) & (crops[k] > 0)
+            region[write] = crops[k][write] + offset - 1
+        offset += max(int(c.max()) for c in crops.values())
+    return canvas
+
+
+@pytest.fixture
+def small_mosaic(tmp_path):
+    """4 patches of 4x6 on an 8x10 canvas; patch 1 overlaps patch 0 (columns 4-5), patch 2 is
+    not informative, patch 3 has a true height of 3 (its row 3 carries a label to be cropped)."""
+    boxes = [(0, 0, 4, 6), (0, 4, 4, 6), (4, 0, 3, 6), (4, 4, 3, 6)]
+    patch_store = fake_patch_store(tmp_path, boxes, [True, True, False, True], (4, 6), (8, 10))
+    group = create_result_store(tmp_path / "masks.zarr", 4, (4, 6), patch_store="x")
+    z = np.zeros((4, 6), np.uint32)
+    masks = [{name: z.copy() for name in MASK_NAMES} for _ in range(4)]
+    # patch 0: cells 1, 2; nuclei 1..3; matched pairs 1 and 2, nucleus 2 vanished (max 1 < 2)
+    masks[0]["cell"][0:2, 0:3] = 1
+    masks[0]["cell"][2:4, 3:6] = 2
+    masks[0]["nucleus"][0, 0], masks[0]["nucleus"][3, 4], masks[0]["nucleus"][3, 5] = 1, 2, 3
+    masks[0]["cell_matched_mask"][0:2, 0:3] = 1
+    masks[0]["cell_matched_mask"][2:4, 3:6] = 2
+    masks[0]["nucleus_matched_mask"][0, 0] = 1
+    # patch 1 (placed at x=4): cell 1 covers its columns 0-1 = canvas columns 4-5
+    masks[1]["cell"][0:4, 0:2] = 1
+    masks[1]["cell"][1:3, 4:6] = 2
+    masks[1]["nucleus"][1, 1] = 1
+    masks[1]["cell_matched_mask"][0:4, 0:2] = 1
+    masks[1]["nucleus_matched_mask"][1, 1] = 1
+    # patch 2 is not informative: its (stale) labels must not appear
+    masks[2]["cell"][:] = 7
+    # patch 3: label 1 inside, label 9 in the cropped-away row 3
+    masks[3]["cell"][0, 0], masks[3]["cell"][3, 0] = 1, 9
+    masks[3]["cell_matched_mask"][0, 0:2] = 1
+    masks[3]["nucleus_matched_mask"][0, 1] = 1
+    for i in range(4):
+        write_patch_result(group, i, masks[i], stats_for(1, 1, 1, 1.0))
+    return patch_store, group, masks
+
+
+def test_mosaic_labels_offsets_overlap_and_placement(tmp_path, small_mosaic):
+    patch_store, group, masks = small_mosaic
+    paths = write_mosaics(group, patch_store, tmp_path / "out", exp_id="run1")
+    root = zarr.open_group(str(paths["ome_zarr"]), mode="r")
+    cells = root["labels/cells/0"][0]
+    nuclei = root["labels/nuclei/0"][0]
+    cells_m = root["labels/cells_matched/0"][0]
+    nuclei_m = root["labels/nuclei_matched/0"][0]
+    # placement and the running offset: patch 0 labels 1, 2; patch 1 shifted by 2; patch 3 by 4
+    assert cells[0, 0] == 1 and cells[3, 3] == 2
+    assert cells[0, 4] == 3 and cells[1, 8] == 4  # patch 1 labels 1, 2 -> 3, 4
+    assert cells[2, 4] == 2  # overlap: patch 0 came first and wins
+    assert cells[4, 4] == 5  # patch 3 label 1 -> 1 + (5 - 1); label 9 was cropped
+    assert cells[7].max() == 0 and not np.isin(9 + 4, cells)
+    assert cells[4:7, 0:4].max() == 0  # non-informative patch 2 carries no labels
+    # IDs unique across patches: each label value lives in one patch's box only
+    assert sorted(np.unique(cells)) == [0, 1, 2, 3, 4, 5]
+    # nuclei: independent offsets (patch 0 had 3 nuclei)
+    assert nuclei[0, 0] == 1 and nuclei[1, 5] == 4
+    # matched pairs share offsets: patch 0 max(cell 2, nucleus 1) = 2 -> patch 1 pair is 3
+    assert cells_m[1, 5] == 3 and nuclei_m[1, 5] == 3
+    assert cells_m[4, 5] == 4 and nuclei_m[4, 5] == 4  # patch 3 pair: 1 + (4 - 1)
+    for value in np.unique(nuclei_m[nuclei_m > 0]):
+        assert set(np.unique(cells_m[nuclei_m == value])) == {value}  # nucleus inside its cell
+    # the whole canvases equal an in-memory merge
+    for label, key in (("cells", "cell"), ("nuclei", "nucleus")):
+        np.testing.assert_array_equal(root[f"labels/{label}/0"][0],
+                                      reference_mosaic(patch_store, masks, [key])[key])
+    shared = reference_mosaic(patch_store, masks, ["cell_matched_mask", "nucleus_matched_mask"])
+    np.testing.assert_array_equal(cells_m, shared["cell_matched_mask"])
+    np.testing.assert_array_equal(nuclei_m, shared["nucleus_matched_mask"])
+    # the image: every patch (informative or not) at its place, channels first
+    image = root["0"][:]
+    assert image.shape == (2, 8, 10) and image.dtype == np.uint16
+    # (the random test patches disagree on their overlap; check the columns only one covers)
+    for i, (y, x, h, _, _) in enumerate(patch_store.metadata.itertuples(index=False)):
+        local = slice(0, 4) if x == 0 else slice(2, 6)
+        np.testing.assert_array_equal(image[:, y : y + h, x + local.start : x + local.stop],
+                                      np.moveaxis(patch_store.patches[i, :h, local], -1, 0))
+    assert image[:, 7].max() == 0  # below the true height of patches 2 and 3
+
+
+def test_mosaic_ome_zarr_metadata(tmp_path, small_mosaic):
+    patch_store, group, _ = small_mosaic
+    paths = write_mosaics(group, patch_store, tmp_path, image_mpp=0.25)
+    assert paths["ome_zarr"] == tmp_path / "mosaics" / "slide.ome.zarr"
+    root = zarr.open_group(str(paths["ome_zarr"]), mode="r")
+    (ms,) = root.attrs["multiscales"]
+    assert ms["version"] == "0.4"
+    assert [a["name"] for a in ms["axes"]] == ["c", "y", "x"]
+    assert [d["path"] for d in ms["datasets"]] == ["0"]
+    assert ms["datasets"][0]["coordinateTransformations"] == [
+        {"type": "scale", "scale": [1.0, 0.25, 0.25]}]
+    assert [c["label"] for c in root.attrs["omero"]["channels"]] == ["DAPI", "CD45"]
+    labels = root["labels"]
+    assert labels.attrs["labels"] == ["cells", "nuclei", "cells_matched", "nuclei_matched"]
+    for name in labels.attrs["labels"]:
+        label = labels[name]
+        assert label.attrs["image-label"]["source"] == {"image": "../../"}
+        assert label.attrs["image-label"]["version"] == "0.4"
+        (lms,) = label.attrs["multiscales"]
+        assert len(lms["datasets"]) == len(ms["datasets"])
+        array = label[lms["datasets"][0]["path"]]
+        assert array.dtype == np.uint32 and array.shape == (1, 8, 10)
+        assert array._dimension_separator == "/"
+
+
+def test_mosaic_ome_tiffs(tmp_path, small_mosaic):
+    patch_store, group, _ = small_mosaic
+    paths = write_mosaics(group, patch_store, tmp_path, exp_id="run1")
+    root = zarr.open_group(str(paths["ome_zarr"]), mode="r")
+    for label, name in (("cells", "cell"), ("nuclei", "nucleus"),
+                        ("cells_matched", "cell_matched_mask"),
+                        ("nuclei_matched", "nucleus_matched_mask")):
+        path = paths[name]
+        assert path == tmp_path / "mosaics" / f"run1.{name}.segmentations.ome.tiff"
+        with tifffile.TiffFile(path) as tif:
+            assert tif.is_ome and tif.is_bigtiff
+            series = tif.series[0]
+            assert len(series.levels) == 1
+            data = series.asarray()
+            assert data.dtype == np.uint32
+            np.testing.assert_array_equal(data.reshape(8, 10), root[f"labels/{label}/0"][0])
+            assert 'PhysicalSizeX="0.5"' in tif.ome_metadata
+            assert f'Name="{name}"' in tif.ome_metadata
+            assert tif.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+            assert tif.pages[0].is_tiled
+
+
+def test_mosaic_pyramid_levels(tmp_path):
+    """1200 x 1200 canvas -> 600 -> 300, in both formats; levels are 2x strides of level 0."""
+    boxes = [(0, 0, 600, 600), (0, 600, 600, 600), (600, 0, 600, 600), (600, 600, 600, 600)]
+    patch_store = fake_patch_store(tmp_path, boxes, [True, False, True, True], (600, 600),
+                                   (1200, 1200))
+    group = create_result_store(tmp_path / "masks.zarr", 4, (600, 600), patch_store="x")
+    rng = np.random.default_rng(1)
+    for i in (0, 2, 3):
+        masks = {name: np.zeros((600, 600), np.uint32) for name in MASK_NAMES}
+        for k in range(1, 6):
+            y, x = rng.integers(0, 560, size=2)
+            for name in ("cell", "cell_matched_mask"):
+                masks[name][y : y + 40, x : x + 40] = k
+            for name in ("nucleus", "nucleus_matched_mask"):
+                masks[name][y + 10 : y + 30, x + 10 : x + 30] = k
+        write_patch_result(group, i, masks, stats_for(5, 5, 5, 1.0))
+    paths = write_mosaics(group, patch_store, tmp_path)
+    root = zarr.open_group(str(paths["ome_zarr"]), mode="r")
+    assert [d["path"] for d in root.attrs["multiscales"][0]["datasets"]] == ["0", "1", "2"]
+    assert [root[str(k)].shape for k in range(3)] == [(2, 1200, 1200), (2, 600, 600),
+                                                      (2, 300, 300)]
+    np.testing.assert_array_equal(root["2"][:], root["0"][:, ::4, ::4])
+    cells0 = root["labels/cells/0"][0]
+    assert cells0.max() == 15  # 3 informative patches x 5 labels, unique IDs
+    for k in (1, 2):
+        np.testing.assert_array_equal(root[f"labels/cells/{k}"][0], cells0[:: 2**k, :: 2**k])
+    with tifffile.TiffFile(paths["cell"]) as tif:
+        levels = tif.series[0].levels
+        assert [lvl.shape[-2:] for lvl in levels] == [(1200, 1200), (600, 600), (300, 300)]
+        assert all(lvl.dtype == np.uint32 for lvl in levels)
+        for k, lvl in enumerate(levels):
+            np.testing.assert_array_equal(lvl.asarray().reshape(lvl.shape[-2:]),
+                                          cells0[:: 2**k, :: 2**k])
+
+
+def test_mosaics_need_finished_patches_and_replace_old_ones(tmp_path, small_mosaic):
+    patch_store, group, _ = small_mosaic
+    write_mosaics(group, patch_store, tmp_path)
+    (tmp_path / "mosaics" / "stale.txt").write_text("old")
+    write_mosaics(group, patch_store, tmp_path)
+    assert not (tmp_path / "mosaics" / "stale.txt").exists()
+    group["done"][3] = False
+    with pytest.raises(StoreError, match="resume"):
+        write_mosaics(group, patch_store, tmp_path / "again")
+    assert not (tmp_path / "again" / "mosaics").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
