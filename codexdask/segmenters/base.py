@@ -1,4 +1,4 @@
-"""The segmenter contract and the registry of segmenters.
+"""The segmenter contract (the registry is :mod:`codexdask.segmenters.registry`).
 
 A segmenter turns a batch of 2-channel patches into cell and nucleus labels in two stages, so the
 engine can put the first on GPU workers and the second on CPU workers:
@@ -113,11 +113,11 @@ class Segmenter(abc.ABC):
         height, width = shape
         return MemoryEstimate(device_bytes=0, host_bytes=64 * height * width)
 
-    # -- windows of a logical patch (``docs/semantics.md``, seamless logical patches) ----------
-
     def weights(self) -> Weights | None:
         """The weights this segmenter runs, located once (``None``: it has none, the default)."""
         return None
+
+    # -- windows of a logical patch (``docs/semantics.md``, seamless logical patches) ----------
 
     def statistics(self, image_mpp: float) -> ImageStatistics | None:
         """Image-wide statistics this segmenter computes per image, gathered over a whole
