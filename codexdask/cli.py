@@ -19,6 +19,7 @@ from codexdask.config import (
     PRECISIONS,
     SPLIT_DIRECTIONS,
     SPLIT_MODES,
+    TIE_BREAKS,
     PatchConfig,
     SegmentConfig,
     load_yaml,
@@ -26,7 +27,6 @@ from codexdask.config import (
 )
 from codexdask.errors import CodexDaskError
 from codexdask.layout import DEFAULT_IMAGE_MPP, PICKLE_COMPRESSIONS
-from codexdask.repair.masks import TIE_BREAKS
 
 
 def build_parser() -> argparse.ArgumentParser:

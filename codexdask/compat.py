@@ -20,7 +20,7 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
-from codexdask.config import PatchConfig, SegmentConfig
+from codexdask.config import PatchConfig, SegmentConfig, TieBreakName
 from codexdask.engine.runner import RunResult, run
 from codexdask.engine.tasks import segmentation_results, separate_batch
 from codexdask.errors import StateError
@@ -40,7 +40,6 @@ from codexdask.outputs import (
     write_pickle_stream,
 )
 from codexdask.repair.boundaries import get_boundary
-from codexdask.repair.masks import TieBreakName
 from codexdask.repair.masks import repair_masks_batch as _repair_masks_batch
 from codexdask.segmenters import get_segmenter
 from codexdask.store.patch_store import open_patch_store, patch_slide

@@ -238,12 +238,13 @@ def make_config(cls: type[C], *sources: Mapping[str, Any] | None) -> C:
     for source in sources:
         for key, value in (source or {}).items():
             key = key.replace("-", "_")
-            if key in RENAMED_KEYS and value is not None:
-                raise ConfigError(
-                    f"{key!r} was renamed {RENAMED_KEYS[key]!r} in codexdask 0.2 (the compute "
-                    "block of logical patches; 'tile' now means Mesmer's 256² network tile "
-                    f"only): use {RENAMED_KEYS[key]!r}, or --{RENAMED_KEYS[key].replace('_', '-')}")
-            if key in RENAMED_KEYS:
+            if key in RENAMED_KEYS:  # an unset flag of the old name is no error
+                new = RENAMED_KEYS[key]
+                if value is not None:
+                    raise ConfigError(
+                        f"{key!r} was renamed {new!r} in codexdask 0.2 (the compute block of "
+                        "logical patches; 'tile' now means Mesmer's 256² network tile only): use "
+                        f"{new!r}, or --{new.replace('_', '-')}")
                 continue
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1)

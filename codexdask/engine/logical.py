@@ -51,7 +51,7 @@ from codexdask.engine.work_folder import RunPaths, blocks_done, create_work_fold
 from codexdask.errors import StateError
 from codexdask.layout import BLOCKS_DIR, DONE_ARRAY, RESULT_STORE
 from codexdask.outputs.result_store import open_result_store
-from codexdask.seamless.blocks import Blocks, LogicalPatch
+from codexdask.seamless.blocks import Blocks, LogicalPatch, largest_window
 from codexdask.segmenters import Segmenter
 from codexdask.statistics.passes import ImageStatistics
 from codexdask.store.patch_store import PatchStore
@@ -127,9 +127,8 @@ def run_logical_patches(
                          "image layout)")
     paths = RunPaths(str(patch_store.path.resolve()), str(out_dir / RESULT_STORE),
                      str(out_dir / BLOCKS_DIR))
-    window = max((p.grid.window_shape for p in plan.patches), key=lambda s: s[0] * s[1])
-    create_work_folder(paths.work, sum(p.grid.n_blocks for p in plan.patches), window,
-                       plan.blocks.size)
+    create_work_folder(paths.work, sum(p.grid.n_blocks for p in plan.patches),
+                       largest_window(plan.patches), plan.blocks.size)
     per_task = plan.batch.patches_per_task
     gpu = {"resources": {"GPU": 1}} if plan.pin_gpu else {}
     stored, finished, n_blocks_now, pixels_now = [], [], 0, 0

@@ -23,7 +23,7 @@ from codexdask.engine import cluster
 from codexdask.errors import ClusterError
 from codexdask.layout import DONE_ARRAY, RESULT_STORE
 from codexdask.outputs.result_store import open_result_store
-from codexdask.seamless.blocks import Blocks, LogicalPatch, logical_patches
+from codexdask.seamless.blocks import Blocks, LogicalPatch, largest_window, logical_patches
 from codexdask.segmenters import Segmenter
 from codexdask.segmenters.base import Weights
 from codexdask.segmenters.planner import BatchPlan, GpuFeed, plan_batches
@@ -97,8 +97,7 @@ class RunPlan:
             "image_mpp": self.image_mpp,
             "tie_break": self.tie_break,
             "batch": self.batch.as_dict(),
-            "blocks": None if self.blocks is None else {
-                **self.blocks.as_dict(), "n_blocks": sum(p.grid.n_blocks for p in self.chosen)},
+            "blocks": None if self.blocks is None else self.blocks.as_dict(),
             "chunk": list(self.chunk),
             "pin_gpu": self.pin_gpu,
             "gpu_feed": None if self.gpu_feed is None else self.gpu_feed.as_dict(),
@@ -149,11 +148,8 @@ def build_plan(
         shape, units, chunk = patch_store.patch_shape, len(todo), patch_store.patch_shape
     else:
         chosen = [patches[int(i)] for i in todo]
-        shape = max((p.grid.window_shape for p in chosen), key=lambda s: s[0] * s[1],
-                    default=(1, 1))
-        units = sum(p.grid.n_blocks for p in chosen)
-        height, width = patch_store.patch_shape
-        chunk = (min(blocks.size, height), min(blocks.size, width))
+        shape, units = largest_window(chosen), sum(p.grid.n_blocks for p in chosen)
+        chunk = blocks.chunk(patch_store.patch_shape)
     batch, notes = plan_batches_on(client, segmenter, shape, image_mpp, config, units,
                                    windows=blocks is not None)
     pin_gpu = segmenter.wants_gpu and bool(cluster.gpu_workers(client))

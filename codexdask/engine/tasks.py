@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from codexdask.config import TieBreakName
 from codexdask.errors import SegmenterError
 from codexdask.layout import (
     CELL,
@@ -28,7 +29,7 @@ from codexdask.layout import (
 )
 from codexdask.outputs import open_result_store, write_patch_result
 from codexdask.repair.boundaries import get_boundary
-from codexdask.repair.masks import TieBreakName, repair_masks
+from codexdask.repair.masks import repair_masks
 from codexdask.segmenters import Segmenter
 
 #: What ``infer_batch`` hands to ``postprocess_batch``: for each group of patches of one true

@@ -112,7 +112,7 @@ def create_result_store(
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} already exists; rerun with --resume or --overwrite")
     group = zarr.open_group(str(path), mode="w")
-    chunk = (1, h, w) if blocks is None else (1, min(blocks.size, h), min(blocks.size, w))
+    chunk = (1, h, w) if blocks is None else (1, *blocks.chunk((h, w)))
     for name in MASK_NAMES:
         group.create_dataset(
             name, shape=(n, h, w), chunks=chunk, dtype=np.uint32, fill_value=0,

@@ -15,7 +15,8 @@ from collections.abc import Iterator, Sequence
 from codexdask.boxes import Box
 from codexdask.errors import ConfigError
 
-__all__ = ["BlockGrid", "Blocks", "LogicalPatch", "block_grid", "logical_patches"]
+__all__ = ["BlockGrid", "Blocks", "LogicalPatch", "block_grid", "largest_window",
+           "logical_patches"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +129,10 @@ class Blocks:
         """The blocks of an ``(H, W)`` patch."""
         return block_grid(shape, self.size, self.halo)
 
+    def chunk(self, shape: tuple[int, int]) -> tuple[int, int]:
+        """The result store's chunk of an ``(H, W)`` patch: one block's core, at most the patch."""
+        return (min(self.size, int(shape[0])), min(self.size, int(shape[1])))
+
     def as_dict(self) -> dict[str, int]:
         """``{"block_size": size, "halo": halo}`` (manifest and result-store attributes)."""
         return {"block_size": int(self.size), "halo": int(self.halo)}
@@ -162,6 +167,12 @@ class LogicalPatch:
     def block_id(self, block: int) -> int:
         """Run-wide id of the patch's block ``block``."""
         return self.first_block + block
+
+
+def largest_window(patches: Sequence[LogicalPatch]) -> tuple[int, int]:
+    """The largest window shape of ``patches`` (every window fits in it; ``(1, 1)`` for none)."""
+    return max((p.grid.window_shape for p in patches), key=lambda s: s[0] * s[1],
+               default=(1, 1))
 
 
 def logical_patches(boxes: Sequence[Box], blocks: Blocks) -> tuple[LogicalPatch, ...]:

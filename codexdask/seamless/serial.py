@@ -15,8 +15,7 @@ import numpy as np
 
 from codexdask.boxes import Box
 from codexdask.layout import CELL, NUCLEUS, REPAIR_STAT_COLUMNS
-from codexdask.repair.masks import check_tie_break
-from codexdask.repair.matching import combine_tallies, match_tally
+from codexdask.repair.matching import check_tie_break, combine_tallies, match_tally
 from codexdask.seamless.blocks import BlockGrid, Blocks, block_grid
 from codexdask.seamless.regions import REPAIR_MARGIN, TALLY_MARGIN, repair_core, tally_core
 from codexdask.seamless.stitch import compose, number_objects, owned_objects
