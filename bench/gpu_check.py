@@ -15,7 +15,7 @@ Needs only numpy and PyTorch (with CUDA) and this checkout; dask, zarr and scipy
   tiles; ``layouts``: channels-last against contiguous weights at 64 tiles;
   ``cudnn_benchmark``: the same with ``torch.backends.cudnn.benchmark = True``.
 - ``c_engine``: :func:`engine_check` — the Dask engine with ``--gpus`` on a 4096² synthetic
-  ``full_image`` store (PyTorch runtime, random weights): GPU busy fraction (inference seconds /
+  ``full_image`` store (PyTorch runtime, random weights): GPU busy fraction (network seconds /
   wall) and where time went (inference, post-processing, repair). Needs dask-cuda and
   codexdask's other dependencies; skipped otherwise, with the reason.
 
@@ -238,10 +238,10 @@ def run_engine(work: Path, *, gpus: bool, size: int, block_size: int | str = "au
     The weights are :func:`codexdask.mesmer.network.random_network` written as a converted file;
     pickles, mosaics and overlays are off. Times come from the run: ``inference_s``,
     ``postprocess_s`` and ``repair_s`` are the seconds of those tasks summed over the blocks (the
-    result store's statistics row), ``graph_s`` the wall time of the segmentation graph.
-    ``gpu_busy_fraction`` = ``inference_s / graph_s``: inference tasks hold the GPU one at a time,
-    so it is the share of the wall time an inference task held it (an upper bound of the GPU's
-    busy time: a task also reads its windows and preprocesses them on the CPU).
+    result store's statistics row: inference = preparation + the pinned network task),
+    ``graph_s`` the wall time of the segmentation graph, ``stages`` the manifest's seconds per
+    stage. ``gpu_busy_fraction`` = network seconds / ``graph_s`` (one network task holds a GPU
+    at a time); ``pinned_busy_fraction`` likewise for the whole pinned task.
     """
     from codexdask.config import PatchConfig, SegmentConfig
     from codexdask.engine.runner import run
@@ -275,7 +275,10 @@ def run_engine(work: Path, *, gpus: bool, size: int, block_size: int | str = "au
         "wall_s": wall, "graph_s": graph_s,
         "inference_s": stats["infer_s"], "postprocess_s": stats["postprocess_s"],
         "repair_s": stats["repair_s"],
-        "gpu_busy_fraction": stats["infer_s"] / graph_s if graph_s > 0 else None,
+        "stages": manifest["stages"],
+        "gpu_busy_fraction": manifest["stages"]["gpu_busy_fraction"]
+        or (manifest["stages"]["network_s"] / graph_s if graph_s > 0 else None),
+        "pinned_busy_fraction": manifest["stages"]["pinned_busy_fraction"],
         "megapixels_per_s": size * size / 1e6 / graph_s if graph_s > 0 else None,
         "cells": int(stats["n_cells"]), "nuclei": int(stats["n_nuclei"]),
         "warnings": manifest["warnings"],

@@ -22,7 +22,11 @@ nuclear with Mesmer's keywords; with TensorFlow, deepcell and ``../shared/real_d
 maps of a random-weight Mesmer (``tests/conftest.py``) on the TissueNet 512² and MIBI 1024²
 images (``--no-real`` skips them).
 
-Usage: ``python bench/postprocess.py [--sizes 512 1024 2048 4096] [--repeats 3] [--no-real]``.
+``--scales 1 3 --noise 0.08`` adds maps of cells three times larger (nine times fewer) with
+noisier distance maps: many regional maxima and wide plateaus.
+
+Usage: ``python bench/postprocess.py [--sizes 512 1024 2048 4096] [--repeats 3] [--no-real]
+[--scales 1 3] [--noise 0.02]``.
 The last line of stdout is one JSON object.
 """
 
@@ -52,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from _common import emit  # noqa: E402
-from reference.mesmer_like import (  # noqa: E402
+from helpers.mesmer_like import (  # noqa: E402
     MESMER_NUCLEAR,
     MESMER_WHOLE_CELL,
     mesmer_like_maps,
@@ -121,7 +125,9 @@ def _status_kb(field: str) -> int:
 def _load_maps(case: dict[str, Any]) -> list[np.ndarray]:
     if case["source"] == "synthetic":
         return list(mesmer_like_maps(case["size"], case["size"], seed=case["seed"],
-                                     compartment=case["compartment"]))
+                                     compartment=case["compartment"],
+                                     scale=case.get("scale", 1.0),
+                                     noise=case.get("noise", 0.02)))
     with np.load(case["path"]) as data:
         return [data["maxima"], data["interior"]]
 
@@ -228,6 +234,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-real", action="store_true", help="skip the random-Mesmer maps")
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                        help="objects' radii times these (density divided by the square)")
+    parser.add_argument("--noise", type=float, default=0.02, help="noise sd of the maps")
     parser.add_argument("--worker", choices=["codexdask", "deepcell"], help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
@@ -237,8 +246,10 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory() as tmp:
-        cases = [{"source": "synthetic", "size": size, "compartment": compartment, "seed": 0}
-                 for size in args.sizes for compartment in ("whole-cell", "nuclear")]
+        cases = [{"source": "synthetic", "size": size, "compartment": compartment, "seed": 0,
+                  "scale": scale, "noise": args.noise}
+                 for size in args.sizes for scale in args.scales
+                 for compartment in ("whole-cell", "nuclear")]
         if not args.no_real:
             cases += _real_cases(Path(tmp))
         rows = []

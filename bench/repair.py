@@ -132,7 +132,7 @@ def run_one(n_centres: int, size: int, mode: str, repeats: int, slow: bool) -> d
         "rss_extra_bytes_per_pixel": round(rss_extra / pixels, 2),
     }
     if slow:
-        from slow_repair_reference import slow_repair_masks
+        from helpers.slow_repair import slow_repair_masks
 
         t0 = time.perf_counter()
         reference = slow_repair_masks(cell, nucleus, tie_break=mode)

@@ -2,10 +2,10 @@
 
 A logical patch goes through five kinds of task (``docs/architecture.md``, seamless patches):
 
-1. :func:`infer_blocks` (on a GPU worker when there is one) and :func:`store_blocks` (CPU): a
-   few windows are segmented, each block's owned objects are written to the run's work folder
-   (:mod:`codexdask.engine.work_folder`: the block's window, a table of first pixels, then the
-   block's ``done`` flag);
+1. :func:`prepare_blocks` (CPU), :func:`network_blocks` (on a GPU worker when there is one)
+   and :func:`store_blocks` (CPU): a few windows are segmented, each block's owned objects are
+   written to the run's work folder (:mod:`codexdask.engine.work_folder`: the block's window, a
+   table of first pixels, then the block's ``done`` flag);
 2. :func:`number_patch`: the global ids of every block's objects (raster order of first pixel),
    one file per block in the work folder;
 3. :func:`compose_core`: per core, the stitched labels and their boundaries (to the result
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from codexdask.engine.plan import RunPlan
+from codexdask.engine.stages import StageSeconds
 from codexdask.engine.work_folder import (
     COMPARTMENTS,
     RunPaths,
@@ -71,8 +72,8 @@ from codexdask.seamless.stitch import compose, number_objects, owned_objects
 from codexdask.segmenters.base import Segmenter, WindowInput
 
 __all__ = ["BlockReport", "BlocksSummary", "bands_of", "compose_core", "finish_patch",
-           "infer_blocks", "match_patch_band", "number_patch", "plan_bands", "repair_bands",
-           "repair_stored_core", "store_blocks", "summarise_blocks", "total"]
+           "match_patch_band", "network_blocks", "number_patch", "plan_bands", "prepare_blocks",
+           "repair_bands", "repair_stored_core", "store_blocks", "summarise_blocks", "total"]
 
 @dataclasses.dataclass(frozen=True)
 class BlockReport:
@@ -88,16 +89,15 @@ class BlockReport:
         Objects the block owned but could not see whole (larger than the halo allows).
     pixels : int
         Pixels of the block's core.
-    infer_s, postprocess_s : float
-        Seconds of the block's share of its task's inference and of its post-processing.
+    stages : StageSeconds
+        The block's share of the seconds of its tasks.
     """
 
     block: int
     objects: tuple[int, int]
     dropped: tuple[int, int]
     pixels: int
-    infer_s: float
-    postprocess_s: float
+    stages: StageSeconds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,26 +108,27 @@ class BlocksSummary:
     ----------
     blocks : int
     dropped : (int, int)
-    infer_s, postprocess_s : float
+    stages : StageSeconds
     """
 
     blocks: int
     dropped: tuple[int, int]
-    infer_s: float
-    postprocess_s: float
+    stages: StageSeconds
 
 
 def summarise_blocks(*parts: Sequence[BlockReport] | BlocksSummary) -> BlocksSummary:
     """Add up :func:`store_blocks` results and summaries of them (a step of a tree of tasks:
     each block's result can then be released as soon as it is added, not kept to the end)."""
-    rows: list[tuple[float, ...]] = [(0, 0, 0, 0.0, 0.0)]
+    summary = BlocksSummary(0, (0, 0), StageSeconds())
     for part in parts:
-        if isinstance(part, BlocksSummary):
-            rows.append((part.blocks, *part.dropped, part.infer_s, part.postprocess_s))
-        else:
-            rows += [(1, *r.dropped, r.infer_s, r.postprocess_s) for r in part]
-    blocks, cells, nuclei, infer_s, postprocess_s = (sum(column) for column in zip(*rows))
-    return BlocksSummary(int(blocks), (int(cells), int(nuclei)), infer_s, postprocess_s)
+        items = [part] if isinstance(part, BlocksSummary) else [
+            BlocksSummary(1, r.dropped, r.stages) for r in part]
+        for item in items:
+            summary = BlocksSummary(
+                summary.blocks + item.blocks,
+                (summary.dropped[0] + item.dropped[0], summary.dropped[1] + item.dropped[1]),
+                summary.stages + item.stages)
+    return summary
 
 
 def total(*values: float) -> float:
@@ -144,45 +145,59 @@ def bands_of(patch: LogicalPatch) -> Bands:
 # 1. blocks
 
 
-def infer_blocks(
+def prepare_blocks(
     segmenter: Segmenter,
     plan: RunPlan,
     paths: RunPaths,
     patch: LogicalPatch,
     blocks: Sequence[int],
     statistics: Any,
-) -> tuple[Any, float]:
-    """Read the windows of ``blocks`` and run the segmenter's accelerator stage on them.
+    after: Any = None,
+) -> tuple[Any, StageSeconds]:
+    """Read the windows of ``blocks`` and run the segmenter's CPU stage before the network.
 
-    Returns ``(maps, seconds)``; ``maps`` is ``None`` when every block is already stored.
+    ``after`` is the :func:`store_blocks` result of the group ``plan.in_flight`` places earlier,
+    which this task waits for (unused otherwise). Returns ``(prepared, seconds)``; ``prepared``
+    is ``None`` when every block is already stored.
     """
     if blocks_done(paths, patch, blocks).all():
-        return None, 0.0
+        return None, StageSeconds()
+    start = time.perf_counter()
     inputs = []
     for block in blocks:
         window = patch.grid.window(block)
         read_box = segmenter.read_box(window, patch.shape, plan.image_mpp)
         inputs.append(WindowInput(read_raw(paths, patch, read_box), read_box, window,
                                   patch.shape))
+    prepared = segmenter.prepare_windows(inputs, plan.image_mpp, statistics)
+    return prepared, StageSeconds(prepare=time.perf_counter() - start)
+
+
+def network_blocks(segmenter: Segmenter, prepared: tuple[Any, StageSeconds]
+                   ) -> tuple[Any, StageSeconds]:
+    """The GPU-pinned stage on :func:`prepare_blocks`'s output (nothing for stored blocks)."""
+    item, stages = prepared
+    if item is None:
+        return None, stages
     start = time.perf_counter()
-    maps = segmenter.infer_windows(inputs, plan.image_mpp, statistics)
-    return maps, time.perf_counter() - start
+    out, network_s = segmenter.network(item)
+    return out, stages + StageSeconds(pinned=time.perf_counter() - start, network=network_s)
 
 
 def store_blocks(
     segmenter: Segmenter,
-    inferred: tuple[Any, float],
+    networked: tuple[Any, StageSeconds],
     paths: RunPaths,
     patch: LogicalPatch,
     blocks: Sequence[int],
 ) -> list[BlockReport]:
-    """Post-process the windows of ``blocks`` and store each block's kept objects."""
-    maps, infer_seconds = inferred
-    if maps is None:  # stored by an earlier run
+    """Finish the windows of ``blocks`` (CPU) and store each block's kept objects."""
+    out, stages = networked
+    if out is None:  # stored by an earlier run
         return [_stored_report(paths, patch, block) for block in blocks]
     start = time.perf_counter()
-    labels = segmenter.postprocess_windows(maps)
-    seconds = (time.perf_counter() - start) / len(blocks)
+    labels = segmenter.finish_windows(out)
+    stages = (stages + StageSeconds(finish=time.perf_counter() - start)).share(len(blocks))
     owned = owned_group(paths)
     reports = []
     for block, window_labels in zip(blocks, labels, strict=True):
@@ -194,11 +209,11 @@ def store_blocks(
             owned[name][block_id, :height, :width] = objects.labels
         report = BlockReport(block, (len(kept[0].first_pixels), len(kept[1].first_pixels)),
                             (kept[0].n_dropped, kept[1].n_dropped), core.shape[0] * core.shape[1],
-                            infer_seconds / len(blocks), seconds)
+                            stages)
         save_arrays(block_file(paths, WORK_TABLES_DIR, block_id), {
             "first_cell": kept[0].first_pixels, "first_nucleus": kept[1].first_pixels,
             "report": np.array([*report.objects, *report.dropped, report.pixels,
-                                report.infer_s, report.postprocess_s], dtype=np.float64)})
+                                *stages.as_tuple()], dtype=np.float64)})
         owned[DONE_ARRAY][block_id] = True  # last: the block is complete
         reports.append(report)
     return reports
@@ -206,9 +221,11 @@ def store_blocks(
 
 def _stored_report(paths: RunPaths, patch: LogicalPatch, block: int) -> BlockReport:
     (report,) = load_arrays(block_file(paths, WORK_TABLES_DIR, patch.block_id(block)), ["report"])
-    cells, nuclei, dropped_cells, dropped_nuclei, pixels, infer_s, post_s = report.tolist()
+    cells, nuclei, dropped_cells, dropped_nuclei, pixels, *seconds = report.tolist()
+    if len(seconds) == 2:  # a work folder of codexdask 0.2 (inference, post-processing)
+        seconds = [0.0, seconds[0], 0.0, seconds[1]]
     return BlockReport(block, (int(cells), int(nuclei)), (int(dropped_cells), int(dropped_nuclei)),
-                      int(pixels), infer_s, post_s)
+                      int(pixels), StageSeconds(*seconds))
 
 
 # --------------------------------------------------------------------------------------------
@@ -413,7 +430,7 @@ def finish_patch(
     """
     carry, conflicts, compose_seconds = banded
     metrics = carry.metrics()
-    timings = [blocks.infer_s, blocks.postprocess_s, compose_seconds + repair_seconds]
+    timings = [blocks.stages.infer, blocks.stages.finish, compose_seconds + repair_seconds]
     row = np.array([metrics[name] for name in REPAIR_STAT_COLUMNS] + timings, dtype=np.float64)
     group = open_result_store(paths.result)
     group[STATS_ARRAY][patch.index] = row
@@ -423,4 +440,8 @@ def finish_patch(
         "blocks": patch.grid.n_blocks,
         "dropped": list(blocks.dropped),
         "conflicts": list(conflicts),
+        "stages": dict(zip(("prepare_s", "pinned_s", "network_s", "finish_s"),
+                           blocks.stages.as_tuple(), strict=True)),
+        "stitch_s": compose_seconds,
+        "repair_s": repair_seconds,
     }

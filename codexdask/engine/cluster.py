@@ -137,11 +137,13 @@ def local_gpu_cluster(config: SegmentConfig, segmenter: Segmenter | None = None)
 
 
 def gpu_threads(n_gpus: int, segmenter: Segmenter | None = None) -> int:
-    """Threads per local GPU worker: the node's cores shared among its GPUs, no more than the
-    segmenter's costs call for (:func:`~codexdask.segmenters.planner.plan_gpu_threads`)."""
-    cores = max(1, (os.cpu_count() or 1) // n_gpus)
-    feed = gpu_feed(cores, segmenter)
-    return cores if feed is None else feed.threads
+    """Threads per local GPU worker: the node's cores shared among its GPUs, plus the thread of
+    the pinned network task (it mostly waits for its GPU), no more than the segmenter's costs
+    call for (:func:`~codexdask.segmenters.planner.plan_gpu_threads`); without known costs,
+    the share of the cores."""
+    share = max(1, (os.cpu_count() or 1) // n_gpus)
+    feed = gpu_feed(share + 1, segmenter)
+    return share if feed is None else feed.threads
 
 
 def gpu_feed(threads: int, segmenter: Segmenter | None) -> GpuFeed | None:

@@ -4,9 +4,11 @@ For every informative logical patch still to do, in order:
 
 1. the segmenter's image-wide statistics, gathered in passes over boxes of the patch (each pass
    one task per box and a tree of combine tasks; the driver advances the passes);
-2. one infer task per group of blocks (``resources={"GPU": 1}`` on a GPU cluster; as many blocks
-   as fill a network call, one for a segmenter without network tiles) and one store task after
-   it; blocks already stored by an interrupted run are skipped;
+2. per group of blocks (as many as fill a network call, one for a segmenter without network
+   tiles) a prepare task (CPU), a network task (``resources={"GPU": 1}`` on a GPU cluster) and a
+   store task (CPU: finish, then store); a group's preparation waits for the group
+   ``plan.in_flight`` places earlier to be stored, so preparation runs ahead of the GPUs by a
+   bounded number of groups; blocks already stored by an interrupted run are skipped;
 3. a numbering task, one compose task per core, a chain of match tasks (one per band of block
    rows, each waiting for the cores of the few rows it reads), one repair task per core (waiting
    for the bands its region touches) and a finishing task, chained by their futures.
@@ -19,6 +21,7 @@ objects, 8 bytes each) and the band plan. Progress counts blocks and megapixels 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import logging
@@ -36,10 +39,11 @@ from codexdask.engine.block_tasks import (
     bands_of,
     compose_core,
     finish_patch,
-    infer_blocks,
     match_patch_band,
+    network_blocks,
     number_patch,
     plan_bands,
+    prepare_blocks,
     repair_bands,
     repair_stored_core,
     store_blocks,
@@ -47,6 +51,7 @@ from codexdask.engine.block_tasks import (
     total,
 )
 from codexdask.engine.plan import RunPlan
+from codexdask.engine.stages import StageSeconds
 from codexdask.engine.work_folder import RunPaths, blocks_done, create_work_folder, read_raw
 from codexdask.errors import StateError
 from codexdask.layout import BLOCKS_DIR, DONE_ARRAY, RESULT_STORE
@@ -79,6 +84,9 @@ class SeamlessReport:
         (whole-cell, nucleus).
     patches : tuple of dict
         One summary per patch (:func:`~codexdask.engine.block_tasks.finish_patch`).
+    pixels : int
+        Pixels of the patches computed (the stages' seconds cover them all, blocks stored by
+        an interrupted run included).
     """
 
     blocks: Blocks
@@ -87,6 +95,18 @@ class SeamlessReport:
     dropped: tuple[int, int]
     conflicts: tuple[int, int]
     patches: tuple[dict[str, Any], ...]
+    pixels: int = 0
+
+    def stages(self) -> tuple[StageSeconds, float, float]:
+        """Seconds of the segmentation stages, of stitching and of repair, summed over the
+        patches (those of blocks stored by an earlier run included)."""
+        stages, stitch, repair = StageSeconds(), 0.0, 0.0
+        for summary in self.patches:
+            stages += StageSeconds(*(summary["stages"][k] for k in
+                                     ("prepare_s", "pinned_s", "network_s", "finish_s")))
+            stitch += summary["stitch_s"]
+            repair += summary["repair_s"]
+        return stages, stitch, repair
 
     def as_dict(self) -> dict[str, Any]:
         """The report as ``run_manifest.json`` records it under ``seamless``."""
@@ -132,6 +152,8 @@ def run_logical_patches(
     per_task = plan.batch.patches_per_task
     gpu = {"resources": {"GPU": 1}} if plan.pin_gpu else {}
     stored, finished, n_blocks_now, pixels_now = [], [], 0, 0
+    # the last plan.in_flight groups' store tasks, across patches
+    reports: collections.deque[Any] = collections.deque(maxlen=plan.in_flight)
     for patch in plan.chosen:
         remaining = set(np.flatnonzero(~blocks_done(paths, patch)).tolist())
         stats = gather_statistics_on(client, segmenter, paths, patch, plan.image_mpp) \
@@ -143,10 +165,13 @@ def run_logical_patches(
         for start in range(0, patch.grid.n_blocks, per_task):
             group = list(range(start, min(start + per_task, patch.grid.n_blocks)))
             todo_here = [b for b in group if b in remaining]
-            inferred = client.submit(infer_blocks, segmenter, plan, paths, patch, group, shared,
-                                     pure=False, **gpu)
-            report = client.submit(store_blocks, segmenter, inferred, paths, patch, group,
+            after = reports[0] if len(reports) == plan.in_flight else None
+            prepared = client.submit(prepare_blocks, segmenter, plan, paths, patch, group,
+                                     shared, after, pure=False)
+            networked = client.submit(network_blocks, segmenter, prepared, pure=False, **gpu)
+            report = client.submit(store_blocks, segmenter, networked, paths, patch, group,
                                    pure=False)
+            reports.append(report)
             pending.append(report)
             # added up right after their group, so each block's result is released early
             if len(pending) == COMBINE_FAN_IN or start + per_task >= patch.grid.n_blocks:
@@ -168,7 +193,7 @@ def run_logical_patches(
                           for key in ("dropped", "conflicts"))
     return SeamlessReport(plan.blocks, sum(p.grid.n_blocks for p in plan.chosen), n_blocks_now,
                           (dropped[0], dropped[1]), (conflicts[0], conflicts[1]),
-                          tuple(summaries))
+                          tuple(summaries), sum(p.shape[0] * p.shape[1] for p in plan.chosen))
 
 
 def _chain(client: Client, plan: RunPlan, paths: RunPaths, patch: LogicalPatch,

@@ -3,9 +3,13 @@
 ::
 
     patch store (N, H, W, 2) ──keep informative──► batches sized by the planner
-      ──► infer            (GPU workers: resources={"GPU": 1} when the cluster has them)
-      ──► postprocess      (CPU)
+      ──► prepare          (CPU; Mesmer: resize, normalise, CLAHE, network tiles)
+      ──► network          (GPU workers: resources={"GPU": 1} when the cluster has them)
+      ──► finish           (CPU; Mesmer: untile, deep watershed, resize back)
       ──► map_blocks: boundaries + repair + write masks and stats to masks.zarr
+
+A batch's preparation waits for the batch ``plan.in_flight`` places earlier to be finished, so
+at most that many batches are under way at once however long the store.
 
 Only small per-patch statistics come back to the driver; masks go straight from the workers to
 the Zarr result store, so memory is bounded by a batch, not by the slide. Every completed patch
@@ -25,7 +29,7 @@ from distributed import Client
 
 from codexdask.config import TieBreakName
 from codexdask.engine.plan import RunPlan
-from codexdask.engine.tasks import infer_batch, postprocess_batch, repair_and_store
+from codexdask.engine.tasks import finish_batch, network_batch, prepare_batch, repair_and_store
 from codexdask.layout import RESULT_STAT_COLUMNS
 from codexdask.segmenters import Segmenter
 from codexdask.store.patch_store import PatchStore
@@ -36,7 +40,7 @@ __all__ = ["build_graph", "submit"]
 
 def build_graph(
     patch_store: PatchStore, plan: RunPlan, segmenter: Segmenter, result_path: str
-) -> da.Array:
+) -> tuple[da.Array, da.Array]:
     """The lazy segmentation graph for the patches ``plan.todo``.
 
     Each patch is segmented and repaired at its true size (``PatchStore.true_sizes``) and its
@@ -44,8 +48,11 @@ def build_graph(
 
     Returns
     -------
-    dask.array.Array
+    stats : dask.array.Array
         ``(len(todo), len(RESULT_STAT_COLUMNS))`` float64 statistics; computing it writes the masks.
+    stages : dask.array.Array
+        ``(len(todo), 4)`` float64 seconds per patch in prepare, pinned, network and finish
+        (:class:`~codexdask.engine.stages.StageSeconds`).
     """
     todo = np.asarray(plan.todo, dtype=np.int64)
     shape = patch_store.patch_shape
@@ -55,14 +62,17 @@ def build_graph(
     selected = da.from_zarr(patch_store.patches)[todo].rechunk({0: counts})
 
     labels, timings = [], []
-    for block, rows in zip(selected.to_delayed().ravel(), batches):
+    finished: list[Any] = []  # each batch's timings (a Delayed), for the next batches to wait on
+    for k, (block, rows) in enumerate(zip(selected.to_delayed().ravel(), batches)):
+        after = finished[k - plan.in_flight] if k >= plan.in_flight else None
+        prepared = delayed(prepare_batch, pure=True)(
+            segmenter, block, true_sizes[rows], plan.image_mpp, after)
         with dask.annotate(resources={"GPU": 1}) if plan.pin_gpu else contextlib.nullcontext():
-            inferred = delayed(infer_batch, pure=True)(
-                segmenter, block, true_sizes[rows], plan.image_mpp
-            )
-        out = delayed(postprocess_batch, pure=True, nout=2)(segmenter, inferred, len(rows), shape)
+            networked = delayed(network_batch, pure=True)(segmenter, prepared)
+        out = delayed(finish_batch, pure=True, nout=2)(segmenter, networked, len(rows), shape)
+        finished.append(out[1])
         labels.append(da.from_delayed(out[0], (len(rows), *shape, 2), np.uint32))
-        timings.append(da.from_delayed(out[1], (len(rows), 2), np.float64)[:, None, None, :])
+        timings.append(da.from_delayed(out[1], (len(rows), 4), np.float64)[:, None, None, :])
     # One row per patch: its index in the store and its true height and width.
     where = np.column_stack([todo, true_sizes]).reshape(-1, 1, 1, 3)
     stats = da.map_blocks(
@@ -76,17 +86,17 @@ def build_graph(
         dtype=np.float64,
         meta=np.empty((0, 0, 0, 0), np.float64),
     )
-    return stats[:, 0, 0, :]
+    return stats[:, 0, 0, :], da.concatenate(timings)[:, 0, 0, :]
 
 
-def submit(client: Client, stats: da.Array) -> Any:
-    """Send the graph to the scheduler once and return the future of its statistics.
+def submit(client: Client, graph: tuple[da.Array, da.Array]) -> list[Any]:
+    """Send the graph to the scheduler once and return the futures of its two outputs.
 
     Dask's array optimisation merges the graph's layers into one and drops layer annotations
     (dask 2026.1), which would let inference run on any worker; the tasks here are coarse (one
     per batch), so the graph is submitted unoptimised and keeps ``resources={"GPU": 1}``.
     """
-    return client.compute(stats, optimize_graph=False)
+    return list(client.compute(list(graph), optimize_graph=False))
 
 
 def _repair_block(

@@ -29,7 +29,7 @@ from codexdask.segmenters.base import Weights
 from codexdask.segmenters.planner import BatchPlan, GpuFeed, plan_batches
 from codexdask.store.patch_store import PatchStore
 
-__all__ = ["TASKS_PER_THREAD", "RunPlan", "build_plan", "resolve_blocks"]
+__all__ = ["TASKS_PER_THREAD", "RunPlan", "build_plan", "resolve_blocks", "tasks_in_flight"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,12 @@ class RunPlan:
         Inference tasks carry ``resources={"GPU": 1}``.
     gpu_feed : GpuFeed or None
         Threads of a GPU worker and how busy they keep its GPU.
+    in_flight : int
+        Tasks of segmentation (a batch of patches or a group of blocks) between the start of
+        their preparation and the end of their finish at once: one per worker thread, plus two
+        per GPU worker (one in its network, one prepared and waiting), so the GPU never waits
+        for preparation while host memory holds at most ``in_flight`` batches
+        (:func:`tasks_in_flight`).
     weights : Weights or None
         The weights of a model-based segmenter: path, SHA-256, runtime, precision.
     notes : tuple of str
@@ -82,6 +88,7 @@ class RunPlan:
     chunk: tuple[int, int]
     pin_gpu: bool
     gpu_feed: GpuFeed | None
+    in_flight: int
     weights: Weights | None
     notes: tuple[str, ...] = ()
 
@@ -101,6 +108,7 @@ class RunPlan:
             "chunk": list(self.chunk),
             "pin_gpu": self.pin_gpu,
             "gpu_feed": None if self.gpu_feed is None else self.gpu_feed.as_dict(),
+            "in_flight": self.in_flight,
             "weights": None if self.weights is None else dataclasses.asdict(self.weights),
         }
 
@@ -152,7 +160,8 @@ def build_plan(
         chunk = blocks.chunk(patch_store.patch_shape)
     batch, notes = plan_batches_on(client, segmenter, shape, image_mpp, config, units,
                                    windows=blocks is not None)
-    pin_gpu = segmenter.wants_gpu and bool(cluster.gpu_workers(client))
+    n_gpus = len(cluster.gpu_workers(client))
+    pin_gpu = segmenter.wants_gpu and n_gpus > 0
     feed = (cluster.gpu_feed(cluster.gpu_worker_threads(client), segmenter)
             if pin_gpu else None)
     if feed is not None:
@@ -163,8 +172,25 @@ def build_plan(
         split_mode=patch_store.split_mode, image_mpp=image_mpp, tie_break=config.tie_break,
         informative=tuple(int(i) for i in informative), todo=tuple(int(i) for i in todo),
         batch=batch, blocks=blocks, patches=patches, chunk=(int(chunk[0]), int(chunk[1])),
-        pin_gpu=pin_gpu, gpu_feed=feed, weights=segmenter.weights(), notes=tuple(notes),
+        pin_gpu=pin_gpu, gpu_feed=feed,
+        in_flight=tasks_in_flight(cluster.total_threads(client), n_gpus if pin_gpu else 0),
+        weights=segmenter.weights(), notes=tuple(notes),
     )
+
+
+def tasks_in_flight(threads: int, gpus: int) -> int:
+    """Segmentation tasks a run lets be under way at once (:attr:`RunPlan.in_flight`).
+
+    Each of the cluster's ``threads`` prepares or finishes one; each GPU has one in its network
+    and one prepared, waiting for it. More would only hold memory: a task waits for the one
+    ``in_flight`` places before it to be finished before it starts preparing.
+
+    Examples
+    --------
+    >>> tasks_in_flight(threads=16, gpus=1), tasks_in_flight(threads=2, gpus=0)
+    (18, 2)
+    """
+    return max(1, threads) + 2 * gpus
 
 
 def _done_flags(out_dir: Path, n_patches: int, resume: bool) -> np.ndarray:

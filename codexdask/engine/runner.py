@@ -36,6 +36,7 @@ from codexdask.engine.logical import SeamlessReport, run_logical_patches
 from codexdask.engine.patch_graph import build_graph, submit
 from codexdask.engine.plan import RunPlan, build_plan, resolve_blocks
 from codexdask.engine.progress import show_progress
+from codexdask.engine.stages import StageSeconds, stage_report
 from codexdask.engine.tasks import pad_to, repair_patch
 from codexdask.errors import InputError, StoreError
 from codexdask.layout import (
@@ -44,6 +45,7 @@ from codexdask.layout import (
     METADATA_FILE,
     NUCLEUS_BOUNDARY,
     OVERLAYS_DIR,
+    RESULT_STAT_COLUMNS,
     RESULT_STORE,
     overlay_name,
 )
@@ -162,6 +164,7 @@ def run(
 
     timings: dict[str, float] = {}
     seamless: SeamlessReport | None = None
+    stages: dict[str, Any] | None = None
     with cluster.connect(config, client, segmenter) as dask_client:
         plan = build_plan(dask_client, config, patch_store, segmenter, out_dir)
         notes += plan.notes
@@ -173,18 +176,30 @@ def run(
         if progress:
             print(f"Dask dashboard: {dask_client.dashboard_link}", file=sys.stderr)
         graph_start = time.perf_counter()
+        gpus = len(cluster.gpu_workers(dask_client)) if plan.pin_gpu else 0
         if plan.blocks is not None:
             seamless = run_logical_patches(dask_client, patch_store, segmenter, plan, out_dir,
                                            progress=progress)
             notes += seamless.notes()
+            graph_s = time.perf_counter() - graph_start
+            spent, stitch_s, repair_s = seamless.stages()
+            stages = stage_report(spent, repair_s=repair_s, stitch_s=stitch_s,
+                                  megapixels=seamless.pixels / 1e6, graph_s=graph_s, gpus=gpus)
         elif plan.todo:
-            future = submit(dask_client, build_graph(
+            stats_future, stages_future = submit(dask_client, build_graph(
                 patch_store, plan, segmenter, str(out_dir / RESULT_STORE)))
             if progress:
-                show_progress(future)
-            future.result()
+                show_progress(stats_future)
+            stats = np.asarray(stats_future.result())
+            seconds = np.asarray(stages_future.result()).sum(axis=0)
+            graph_s = time.perf_counter() - graph_start
+            pixels = float(np.prod(patch_store.true_sizes(np.asarray(plan.todo)), axis=1).sum())
+            stages = stage_report(
+                StageSeconds(*seconds.tolist()), stitch_s=None, megapixels=pixels / 1e6,
+                repair_s=float(stats[:, RESULT_STAT_COLUMNS.index("repair_s")].sum()),
+                graph_s=graph_s, gpus=gpus)
         if plan.todo:
-            timings["graph_s"] = time.perf_counter() - graph_start
+            timings["graph_s"] = graph_s
 
     outputs_start = time.perf_counter()
     metadata = finish_outputs(out_dir, group, patch_store, plan, config)
@@ -192,6 +207,8 @@ def run(
     timings["total_s"] = time.perf_counter() - started
     manifest = run_manifest(patch_store, config, plan.as_dict(), len(plan.informative),
                             len(plan.todo), timings, notes)
+    if stages is not None:
+        manifest["stages"] = stages
     if seamless is not None:
         manifest["seamless"] = seamless.as_dict()
     write_manifest(out_dir, manifest)

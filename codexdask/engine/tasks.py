@@ -1,7 +1,7 @@
 """The functions that run inside Dask tasks: numpy in, numpy out, one batch of patches at a time.
 
-The engine (``engine.py``) wires them into a graph; they know nothing about Dask. Each is also
-what a plain serial loop would call, which is how the tests compare the two.
+The engine (:mod:`codexdask.engine.patch_graph`) wires them into a graph; they know nothing about
+Dask. Each is also what a plain serial loop would call, which is how the tests compare the two.
 
 Patches are stored zero-padded to the store's ``(H, W)``; a half or a quarter of an odd-sized slide
 is one pixel smaller. Segmentation and repair see each patch at its true ``(h, w)`` — padding is
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from codexdask.config import TieBreakName
+from codexdask.engine.stages import StageSeconds
 from codexdask.errors import SegmenterError
 from codexdask.layout import (
     CELL,
@@ -32,9 +33,9 @@ from codexdask.repair.boundaries import get_boundary
 from codexdask.repair.masks import repair_masks
 from codexdask.segmenters import Segmenter
 
-#: What ``infer_batch`` hands to ``postprocess_batch``: for each group of patches of one true
-#: size, their rows in the batch, that size ``(h, w)`` and the segmenter's maps.
-InferredGroups = list[tuple[np.ndarray, tuple[int, int], Any]]
+#: What the stage tasks of a batch hand each other: for each group of patches of one true size,
+#: their rows in the batch, that size ``(h, w)`` and the segmenter's output for them.
+Groups = list[tuple[np.ndarray, tuple[int, int], Any]]
 
 
 def size_groups(sizes: np.ndarray) -> list[tuple[np.ndarray, tuple[int, int]]]:
@@ -71,36 +72,50 @@ def pad_to(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def infer_batch(
-    segmenter: Segmenter, batch: np.ndarray, sizes: np.ndarray, image_mpp: float
-) -> tuple[InferredGroups, float]:
-    """Run the accelerator stage on ``batch`` ``(B, H, W, 2)``, each patch at its true size.
+def prepare_batch(
+    segmenter: Segmenter, batch: np.ndarray, sizes: np.ndarray, image_mpp: float,
+    after: Any = None,
+) -> tuple[Groups, StageSeconds]:
+    """The CPU stage before the network on ``batch`` ``(B, H, W, 2)``, each patch at its true
+    size (patches of one size go through one ``prepare`` call: all of them in ``patches`` mode).
 
     Parameters
     ----------
     sizes : numpy.ndarray
-        ``(B, 2)`` true ``(h, w)`` of each patch; patches of one size go through one ``infer``
-        call (all of them in ``patches`` mode).
-
-    Returns
-    -------
-    groups : InferredGroups
-    seconds : float
+        ``(B, 2)`` true ``(h, w)`` of each patch.
+    after : any
+        The output of an earlier batch's last task, which this task waits for (unused
+        otherwise): it bounds how far preparation runs ahead of the GPU.
     """
     start = time.perf_counter()
     batch = np.asarray(batch)
-    groups = [(rows, (h, w), segmenter.infer(batch[rows, :h, :w], image_mpp))
+    groups = [(rows, (h, w), segmenter.prepare(batch[rows, :h, :w], image_mpp))
               for rows, (h, w) in size_groups(sizes)]
-    return groups, time.perf_counter() - start
+    return groups, StageSeconds(prepare=time.perf_counter() - start)
 
 
-def postprocess_batch(
+def network_batch(
+    segmenter: Segmenter, prepared: tuple[Groups, StageSeconds]
+) -> tuple[Groups, StageSeconds]:
+    """The GPU-pinned stage: ``segmenter.network`` on each group :func:`prepare_batch` made."""
+    groups, stages = prepared
+    start = time.perf_counter()
+    outputs, network_s = [], 0.0
+    for rows, size, item in groups:
+        out, seconds = segmenter.network(item)
+        outputs.append((rows, size, out))
+        network_s += seconds
+    pinned = StageSeconds(pinned=time.perf_counter() - start, network=network_s)
+    return outputs, stages + pinned
+
+
+def finish_batch(
     segmenter: Segmenter,
-    inferred: tuple[InferredGroups, float],
+    networked: tuple[Groups, StageSeconds],
     n_patches: int,
     shape: tuple[int, int],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Run the CPU stage on ``infer_batch``'s output; zero-pad each patch's labels to ``shape``.
+    """The CPU stage after the network; each patch's labels zero-padded to ``shape``.
 
     Returns
     -------
@@ -108,14 +123,15 @@ def postprocess_batch(
         ``(B, H, W, 2)`` uint32, channel 0 whole-cell, channel 1 nucleus; zero beyond each
         patch's true size.
     timings : numpy.ndarray
-        ``(B, 2)`` float64 seconds per patch (inference, post-processing), the batch's time shared
-        evenly among its patches.
+        ``(B, 4)`` float64 seconds per patch in each stage (:meth:`StageSeconds.as_tuple`
+        order: prepare, pinned, network, finish), the batch's time shared evenly among its
+        patches.
     """
-    groups, infer_seconds = inferred
+    groups, stages = networked
     start = time.perf_counter()
     labels = np.zeros((n_patches, *shape, 2), dtype=np.uint32)
-    for rows, (h, w), maps in groups:
-        group = np.asarray(segmenter.postprocess(maps))
+    for rows, (h, w), out in groups:
+        group = np.asarray(segmenter.finish(out))
         if group.shape != (len(rows), h, w, 2):
             raise SegmenterError(
                 f"segmenter {segmenter.name!r} returned labels of shape {group.shape} for "
@@ -123,9 +139,8 @@ def postprocess_batch(
                 "whole-cell and channel 1 nucleus"
             )
         labels[rows, :h, :w] = group
-    post_seconds = time.perf_counter() - start
-    timings = np.tile([infer_seconds / n_patches, post_seconds / n_patches], (n_patches, 1))
-    return labels, timings
+    stages += StageSeconds(finish=time.perf_counter() - start)
+    return labels, np.tile(stages.share(n_patches).as_tuple(), (n_patches, 1))
 
 
 def separate_batch(labels: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -207,7 +222,7 @@ def repair_and_store(
     labels : numpy.ndarray
         ``(B, H, W, 2)`` uint32 labels, zero beyond each patch's true size.
     timings : numpy.ndarray
-        ``(B, 2)`` float64 inference and post-processing seconds per patch.
+        ``(B, 4)`` float64 seconds per patch in each stage (:func:`finish_batch`).
     indices : numpy.ndarray
         ``(B,)`` int64 patch positions in the store.
     sizes : numpy.ndarray
@@ -228,7 +243,8 @@ def repair_and_store(
     for k, index in enumerate(indices):
         h, w = (int(v) for v in sizes[k])
         masks, repair_stats, repair_seconds = repair_patch(labels[k, :h, :w], tie_break)
-        rows[k] = np.concatenate([repair_stats, timings[k], [repair_seconds]])
+        stages = StageSeconds(*timings[k])
+        rows[k] = np.concatenate([repair_stats, [stages.infer, stages.finish, repair_seconds]])
         padded = {name: pad_to(mask, shape) for name, mask in masks.items()}
         write_patch_result(group, int(index), padded, rows[k])
     return rows

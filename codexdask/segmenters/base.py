@@ -1,14 +1,29 @@
 """The segmenter contract (the registry is :mod:`codexdask.segmenters.registry`).
 
-A segmenter turns a batch of 2-channel patches into cell and nucleus labels in two stages, so the
-engine can put the first on GPU workers and the second on CPU workers:
+A segmenter turns a batch of 2-channel patches into cell and nucleus labels. The simplest one
+implements two stages:
 
 ``infer(batch, image_mpp) -> maps``
-    The part that belongs on an accelerator (for Mesmer: preprocessing, tiling, the network,
-    untiling). ``maps`` is any picklable object.
+    The part that may need an accelerator. ``maps`` is any picklable object.
 ``postprocess(maps) -> labels``
-    The CPU part (for Mesmer: deep watershed and resizing back). ``labels`` is
-    ``(B, H, W, 2)`` uint32, channel 0 whole-cell, channel 1 nucleus, each labelled 1..K per image.
+    The CPU part. ``labels`` is ``(B, H, W, 2)`` uint32, channel 0 whole-cell, channel 1
+    nucleus, each labelled 1..K per image.
+
+The engine runs every batch as three tasks, so that the task pinned to a GPU (``resources=
+{"GPU": 1}``) holds only what needs the GPU:
+
+``prepare(batch, image_mpp) -> prepared``
+    CPU threads, ahead of the GPU (for Mesmer: resize, normalisation, CLAHE, network tiles).
+``network(prepared) -> (out, seconds)``
+    The pinned task (for Mesmer: the network on the tiles), and the seconds of it spent in
+    the network proper.
+``finish(out) -> labels``
+    CPU threads (for Mesmer: untiling, deep watershed, resizing back).
+
+By default ``prepare`` only defers ``infer``, ``network`` runs it and ``finish`` is
+``postprocess``: a two-stage segmenter's ``infer`` is its pinned task. A segmenter with a
+network overrides the three (and ``prepare_windows`` / ``finish_windows`` for logical patches)
+and keeps ``infer`` = network(prepare) and ``postprocess`` = finish, the same work.
 
 Segmenters are picklable and light: heavy state (a model) is loaded lazily, once per process.
 """
@@ -17,7 +32,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -100,6 +117,25 @@ class Segmenter(abc.ABC):
         """Segment ``batch`` ``(B, H, W, 2)``; ``postprocess(infer(batch, image_mpp))``."""
         return self.postprocess(self.infer(check_batch(batch), image_mpp))
 
+    def prepare(self, batch: np.ndarray, image_mpp: float) -> Any:
+        """The CPU stage before the pinned one; by default none (``infer`` runs pinned)."""
+        return functools.partial(self.infer, batch, image_mpp)
+
+    def network(self, prepared: Any) -> tuple[Any, float]:
+        """The GPU-pinned stage on ``prepare``'s (or ``prepare_windows``'s) output.
+
+        Returns its output and the seconds of it spent in the network proper (by default the
+        deferred ``infer`` is run, all of it counted as network).
+        """
+        start = time.perf_counter()
+        out = prepared()
+        return out, time.perf_counter() - start
+
+    def finish(self, out: Any) -> np.ndarray:
+        """The CPU stage after the pinned one: ``(B, H, W, 2)`` uint32 labels (default
+        ``postprocess``)."""
+        return self.postprocess(out)
+
     def check(self) -> None:
         """Validate the configuration in the driver before any task runs (cheap, no model load).
 
@@ -153,6 +189,17 @@ class Segmenter(abc.ABC):
     def postprocess_windows(self, maps: Sequence[Any]) -> list[np.ndarray]:
         """The CPU stage: ``(h, w, 2)`` uint32 labels (whole-cell, nucleus) of every window."""
         return [np.asarray(self.postprocess(m))[0] for m in maps]
+
+    def prepare_windows(self, windows: Sequence[WindowInput], image_mpp: float,
+                        statistics: Any) -> Any:
+        """:meth:`prepare` for windows of one logical patch (default: defers
+        ``infer_windows``); its output goes to :meth:`network`."""
+        return functools.partial(self.infer_windows, windows, image_mpp, statistics)
+
+    def finish_windows(self, out: Any) -> list[np.ndarray]:
+        """:meth:`finish` for windows: ``(h, w, 2)`` uint32 labels of every window (default
+        ``postprocess_windows``)."""
+        return self.postprocess_windows(out)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,12 +1,15 @@
-"""Mesmer as a two-stage segmenter: codexdask's own pipeline around one network call.
+"""Mesmer in three stages: codexdask's own pipeline around one network call.
 
-``infer`` does what ``deepcell.applications.Mesmer.predict(..., compartment="both")`` does before
-post-processing, with codexdask's own pieces (:mod:`codexdask.mesmer`): resize to 0.5 µm/px,
-percentile clip, rescale and CLAHE, deepcell's tile grid, the network, spline-blended untiling;
-``postprocess`` runs deep watershed for both compartments with ``Mesmer.predict``'s defaults
-(:mod:`codexdask.postprocess`) and resizes the labels back. Only the network differs between the
-runtimes, which the weights choose (:mod:`.mesmer_runtime`): a converted ``.safetensors`` file
-runs on PyTorch, a Keras SavedModel on TensorFlow.
+``prepare`` (CPU) does what ``deepcell.applications.Mesmer.predict(..., compartment="both")``
+does before the network, with codexdask's own pieces (:mod:`codexdask.mesmer`): resize to
+0.5 µm/px, percentile clip, rescale and CLAHE, deepcell's tile grid, the tiles as one contiguous
+float32 array; ``network`` (the GPU-pinned task) only runs the network on them; ``finish`` (CPU)
+untiles with deepcell's spline blend, runs deep watershed for both compartments with
+``Mesmer.predict``'s defaults (:mod:`codexdask.postprocess`) and resizes the labels back.
+``infer`` (prepare, network, untile) and ``postprocess`` (the rest) are the same work cut in
+two. Only the network differs between the runtimes, which the weights choose
+(:mod:`.mesmer_runtime`): a converted ``.safetensors`` file runs on PyTorch, a Keras SavedModel
+on TensorFlow.
 
 Every image goes through the window functions: a whole image (``infer``, ``patches`` mode) is one
 window; a logical patch larger than a compute block (``full_image`` ...) is cut into windows whose
@@ -31,10 +34,10 @@ reflect-padded to 256 as deepcell pads small images, tiled, and cropped after un
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -56,13 +59,11 @@ from codexdask.mesmer.resize import (
     resize_labels_required_box,
     resized_shape,
 )
-from codexdask.mesmer.tiling import MODEL_TILE, MesmerTileGrid
+from codexdask.mesmer.tiling import MODEL_TILE
 from codexdask.mesmer.weights import ModelSource, find_model_source, weights_key, weights_sha256
 from codexdask.mesmer.windows import (
-    MesmerWindow,
     network_grid,
     plan_window,
-    untile_window_maps,
     window_inputs,
     window_tiles,
 )
@@ -73,8 +74,13 @@ from codexdask.segmenters.mesmer_maps import (
     NUCLEAR_DEFAULTS,
     WHOLE_CELL_DEFAULTS,
     MesmerMaps,
+    MesmerTileMaps,
+    MesmerTiles,
+    WindowJob,
     WindowMaps,
     postprocess_window,
+    stack_tiles,
+    untile,
     watershed_kwargs,
 )
 from codexdask.segmenters.mesmer_runtime import (
@@ -121,17 +127,8 @@ BLOCK_UM = 1024.0
 HALO_UM = 48.0
 
 
-@dataclasses.dataclass(frozen=True)
-class _Job:
-    """One window to run through the network: its geometry and its tile inputs."""
-
-    window: MesmerWindow
-    tiles: np.ndarray  # (len(window.tiles), 256, 256, 2) network inputs
-    raw_window: Box  # the window in raw pixels
-
-
 class MesmerSegmenter(Segmenter):
-    """Mesmer, split into network inference (GPU workers) and deep watershed (CPU).
+    """Mesmer, split into preparation (CPU), the network (GPU workers) and deep watershed (CPU).
 
     Parameters
     ----------
@@ -161,16 +158,15 @@ class MesmerSegmenter(Segmenter):
 
     name = "mesmer"
     wants_gpu = True
-    #: Deep watershed of both compartments and the labels' resize, 0.20-0.49 s per MP (1024²,
-    #: 2048² random-weight maps, one thread), plus stitching and repair in logical patches, about
-    #: 0.17 s per MP (3072² watershed slide): measured on this project's development machine.
-    cpu_seconds_per_megapixel = 0.7
-    #: Mesmer's 1.5 TFLOP per MP at 30-60 TFLOPS effective is 25-50 ms. Measured on an H200
-    #: (fp32, 2048² cores): the network 0.13 s per MP (windows' halos, tile overlap and
-    #: transfers), the GPU-pinned task 0.45 s per MP with the CPU preprocessing it holds. The
-    #: estimate asks for more threads per GPU than those figures (extra threads post-process in
-    #: parallel), and stays until the preprocessing leaves the pinned task (README).
-    gpu_seconds_per_megapixel = 0.04
+    #: CPU seconds per MP of slide outside the network: prepare 0.26, finish (untiling, deep
+    #: watershed, resize back) 0.80, stitching 0.09 and repair 0.06, measured by
+    #: ``bench/gpu_feed.py`` (2048² tissue-like slide, seamless, on this project's 2-core
+    #: development machine; the prepare cost matches the 0.26 s/MP measured on an H200's host).
+    cpu_seconds_per_megapixel = 1.2
+    #: The network alone, measured on an H200 in fp32 (windows' halos, tile overlap and the
+    #: host <-> device copies included): 0.13 s per MP. A GPU worker then wants
+    #: 1 + ceil(1.2 / 0.13) = 11 threads (README, scaling guide).
+    gpu_seconds_per_megapixel = 0.13
 
     def __init__(
         self,
@@ -270,8 +266,8 @@ class MesmerSegmenter(Segmenter):
 
     # -- whole images (a batch of patches) ------------------------------------------------------
 
-    def infer(self, batch: np.ndarray, image_mpp: float) -> MesmerMaps:
-        """Resize, preprocess, tile, run the network, untile: Mesmer's maps of every image.
+    def prepare(self, batch: np.ndarray, image_mpp: float) -> MesmerTiles:
+        """The CPU stage before the network: resize, preprocess, cut into network tiles.
 
         Parameters
         ----------
@@ -282,8 +278,8 @@ class MesmerSegmenter(Segmenter):
 
         Returns
         -------
-        MesmerMaps
-            One :class:`WindowMaps` per image: its whole ``(h, w, 4)`` float32 maps at 0.5 µm/px.
+        MesmerTiles
+            The distinct ``(n, 256, 256, 2)`` float32 tiles of every image, one window each.
         """
         batch = check_batch(batch)
         _check_mpp(image_mpp)
@@ -299,10 +295,31 @@ class MesmerSegmenter(Segmenter):
             if image_mpp != MODEL_MPP:
                 image = resize_image(image, model_shape)
             values = mesmer_preprocess(image, **self.preprocess_kwargs)
-            groups.append([_Job(window, window_tiles(values, whole, window, grid),
-                                Box.whole(shape))])
-        windows, n_tiles, used = self._network_maps(groups, grid, shape)
-        return MesmerMaps(tuple(windows), tuple(batch.shape), n_tiles, used, self.runtime)
+            groups.append([WindowJob(window, window_tiles(values, whole, window, grid),
+                                     Box.whole(shape))])
+        return stack_tiles(groups, grid, shape, tuple(batch.shape))
+
+    def network(self, prepared: MesmerTiles) -> tuple[MesmerTileMaps, float]:
+        """The GPU-pinned stage: the network on ``prepared.tiles``, ``tiles_per_call`` per call;
+        the ``(n, 256, 256, 4)`` float32 maps with their windows, and the seconds in the
+        network calls (device copies included)."""
+        start = time.perf_counter()
+        if len(prepared.tiles):
+            outputs, used = self._predict(prepared.tiles)
+        else:
+            outputs, used = np.empty(prepared.tiles.shape[:3] + (4,), np.float32), 0
+        seconds = time.perf_counter() - start
+        return MesmerTileMaps(outputs, prepared.windows, prepared.grid, prepared.raw_shape,
+                              prepared.original_shape, used, self.runtime), seconds
+
+    def finish(self, out: MesmerTileMaps) -> np.ndarray:
+        """The CPU stage after the network: untile, then :meth:`postprocess`."""
+        return self.postprocess(self._batch_maps(out))
+
+    def infer(self, batch: np.ndarray, image_mpp: float) -> MesmerMaps:
+        """Mesmer's maps of every image (:meth:`prepare`, :meth:`network`, untiled): one
+        :class:`WindowMaps` per image, its whole ``(h, w, 4)`` float32 maps at 0.5 µm/px."""
+        return self._batch_maps(self.network(self.prepare(batch, image_mpp))[0])
 
     def postprocess(self, maps: MesmerMaps) -> np.ndarray:
         """Deep watershed of both compartments, then resize back to the patch size.
@@ -358,18 +375,16 @@ class MesmerSegmenter(Segmenter):
                            self._geometry(model_shape),
                            shape if image_mpp != MODEL_MPP else None).raw_box
 
-    def infer_windows(self, windows: Sequence[WindowInput], image_mpp: float,
-                      statistics: Any) -> list[WindowMaps]:
-        """Maps of windows of one logical patch, with the patch's ``statistics``.
-
-        The network tiles of all windows run together, ``tiles_per_call`` per call; a tile that
-        two windows share runs once.
-        """
-        if not windows:
-            return []
+    def prepare_windows(self, windows: Sequence[WindowInput], image_mpp: float,
+                        statistics: Any) -> MesmerTiles:
+        """The CPU stage before the network for windows of one logical patch, with the patch's
+        ``statistics``: each window's raw pixels resized, normalised and cut into the network
+        tiles of the patch's grid; a tile two windows share is kept once."""
         if not isinstance(statistics, MesmerImageStatistics) or not statistics.done:
             raise StateError("Mesmer's windows need the patch's statistics: gather "
                              "segmenter.statistics(image_mpp) over the patch first")
+        if not windows:
+            return stack_tiles([], None, (0, 0), None)
         shape = windows[0].patch_shape
         plan = statistics.plan(shape)
         grid = network_grid(plan.image_shape, self.pad_mode)
@@ -379,10 +394,20 @@ class MesmerSegmenter(Segmenter):
             model_box = _model_box(item.window, shape, plan.image_shape)
             window = plan_window(model_box, grid, plan, shape if resizes else None)
             raw = item.raw[window.raw_box.slices(item.read_box)]
-            jobs.append(_Job(window, window_inputs(raw, window, plan, grid,
-                                                   statistics.value_range), item.window))
-        maps, _, _ = self._network_maps([jobs], grid, shape)
-        return maps
+            jobs.append(WindowJob(window, window_inputs(raw, window, plan, grid,
+                                                        statistics.value_range), item.window))
+        return stack_tiles([jobs], grid, shape, None)
+
+    def finish_windows(self, out: MesmerTileMaps) -> list[np.ndarray]:
+        """The CPU stage after the network for windows: untile, then
+        :meth:`postprocess_windows`."""
+        return self.postprocess_windows(untile(out))
+
+    def infer_windows(self, windows: Sequence[WindowInput], image_mpp: float,
+                      statistics: Any) -> list[WindowMaps]:
+        """Maps of windows of one logical patch, with the patch's ``statistics``
+        (:meth:`prepare_windows`, :meth:`network`, then untiled)."""
+        return untile(self.network(self.prepare_windows(windows, image_mpp, statistics))[0])
 
     def postprocess_windows(self, maps: Sequence[WindowMaps]) -> list[np.ndarray]:
         """Deep watershed of each window's maps, labels resized back to the window.
@@ -407,35 +432,9 @@ class MesmerSegmenter(Segmenter):
         return preprocess_geometry(model_shape, kwargs.get("kernel_size", DEFAULT_KERNEL_SIZE),
                                    bool(kwargs.get("normalize", True)))
 
-    def _network_maps(self, groups: Sequence[list[_Job]], grid: MesmerTileGrid,
-                      raw_shape: tuple[int, int]) -> tuple[list[WindowMaps], int, int]:
-        """The network on the tiles of every window, ``tiles_per_call`` per call, untiled.
-
-        ``groups`` hold the windows of one image each (all images of one shape, ``grid``); a
-        tile two windows of one image share runs once. Returns the maps, the tiles run and the
-        tiles per call used.
-        """
-        inputs: list[np.ndarray] = []
-        rows: list[dict[int, int]] = []
-        for jobs in groups:
-            first: dict[int, int] = {}
-            for job in jobs:
-                for index, tile in zip(job.window.tiles.tolist(), job.tiles, strict=True):
-                    if index not in first:
-                        first[index] = len(inputs)
-                        inputs.append(tile)
-            rows.append(first)
-        if not inputs:
-            return [], 0, 0
-        outputs, used = self._predict(np.stack(inputs))
-        maps = []
-        for jobs, first in zip(groups, rows, strict=True):
-            for job in jobs:
-                window = job.window
-                own = outputs[[first[index] for index in window.tiles.tolist()]]
-                maps.append(WindowMaps(untile_window_maps(own, window, grid), window.out_box,
-                                       window.image_shape, job.raw_window, raw_shape))
-        return maps, len(inputs), used
+    def _batch_maps(self, out: MesmerTileMaps) -> MesmerMaps:
+        return MesmerMaps(tuple(untile(out)), tuple(out.original_shape or ()), len(out.maps),
+                          out.tiles_per_call, out.runtime)
 
     def _predict(self, tiles: np.ndarray) -> tuple[np.ndarray, int]:
         """``(n, 256, 256, 4)`` float32 maps of ``(n, 256, 256, 2)`` tiles, and the tiles per

@@ -106,16 +106,19 @@ class BatchPlan:
 class GpuFeed:
     """Threads of one GPU worker, and how busy they can keep its GPU.
 
-    A GPU worker runs one inference task at a time (the ``GPU`` resource) on one of its threads;
-    the others post-process, stitch and repair on the CPU. With ``g`` GPU seconds and ``c`` CPU
-    seconds per megapixel, ``k = threads - 1`` CPU threads keep up with the GPU when
+    A GPU worker runs one network task at a time (the ``GPU`` resource) on one of its threads;
+    the others prepare, finish, stitch and repair on the CPU. With ``g`` GPU seconds and ``c``
+    CPU seconds per megapixel, ``k = threads - 1`` CPU threads keep up with the GPU when
     ``k / c >= 1 / g``, so the worker wants ``1 + ceil(c / g)`` threads; with fewer the GPU is
     busy ``k * g / c`` of the time (``g / (g + c)`` with one thread, which does both in turn).
+    The pinned thread mostly waits for its GPU, so a local GPU worker gets up to its share of
+    the node's cores *plus one* (:func:`codexdask.engine.cluster.gpu_threads`): an 8-GPU node
+    of 16 cores runs 3 threads per GPU, 2 of them on the CPU.
 
     Attributes
     ----------
     threads : int
-        Threads per GPU worker: what it wants, at most its share of the node's cores.
+        Threads per GPU worker: what it wants, at most ``cores_per_gpu``.
     wanted : int
         Threads that would keep the GPU busy.
     gpu_busy_fraction : float

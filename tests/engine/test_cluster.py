@@ -63,7 +63,8 @@ def test_local_gpu_workers_take_only_the_threads_they_need(monkeypatch):
     monkeypatch.setattr(cluster.os, "cpu_count", lambda: 64)
     assert cluster.gpu_threads(8, Costly()) == 4  # 1 inference + ceil(0.3 / 0.1) CPU threads
     assert cluster.gpu_threads(8, WatershedSegmenter()) == 8  # unknown costs: the core share
-    assert cluster.gpu_threads(32, Costly()) == 2  # fewer cores than wanted: the core share
+    # fewer cores than wanted: the core share (2) plus the pinned thread
+    assert cluster.gpu_threads(32, Costly()) == 3
 
 
 def test_unreachable_scheduler_fails_fast_with_hint(monkeypatch):

@@ -174,7 +174,8 @@ def test_inference_runs_only_on_gpu_workers(store, tmp_path):
 
 
 def test_gpu_annotation_survives_graph_optimisation(store, tmp_path):
-    """What the scheduler receives: only inference tasks restricted to GPU workers."""
+    """What the scheduler receives: only the network tasks restricted to GPU workers; their
+    batches were prepared on the CPU worker."""
     patch_store = open_patch_store(store)
     plan = BatchPlan(patches_per_task=2, tiles_per_call=None, device_bytes_per_patch=0,
                      host_bytes_per_patch=0, reason="test")
@@ -182,12 +183,12 @@ def test_gpu_annotation_survives_graph_optimisation(store, tmp_path):
     run_plan = RunPlan(split_mode="patches", image_mpp=0.5, tie_break="lowest-label",
                        informative=informative, todo=informative, batch=plan, blocks=None,
                        patches=(), chunk=patch_store.patch_shape, pin_gpu=True, gpu_feed=None,
-                       weights=None)
-    stats = build_graph(patch_store, run_plan, get_segmenter("watershed"), str(tmp_path / "unused"))
+                       in_flight=8, weights=None)
+    graph = build_graph(patch_store, run_plan, get_segmenter("watershed"), str(tmp_path / "unused"))
     # No worker has a GPU, so the restricted tasks wait in the scheduler where we can read them.
     with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster, \
             Client(cluster) as cpu_client:
-        future = submit(cpu_client, stats)
+        futures = submit(cpu_client, graph)
         deadline = time.monotonic() + 30
         while True:
             restrictions = cpu_client.run_on_scheduler(
@@ -200,12 +201,14 @@ def test_gpu_annotation_survives_graph_optimisation(store, tmp_path):
             if len(waiting) == 3 or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-        future.cancel()
+        cpu_client.cancel(futures)
     pinned = {key: state for key, (res, state) in restrictions.items() if res == {"GPU": 1}}
     assert len(pinned) == 3
-    assert all("infer_batch" in key and state == "no-worker" for key, state in pinned.items())
-    unpinned = [key for key, (res, _) in restrictions.items() if not res]
-    assert not any("infer_batch" in key for key in unpinned)
+    assert all("network_batch" in key and state == "no-worker" for key, state in pinned.items())
+    unpinned = {key: state for key, (res, state) in restrictions.items() if not res}
+    assert not any("network_batch" in key for key in unpinned)
+    prepared = [state for key, state in unpinned.items() if "prepare_batch" in key]
+    assert len(prepared) == 3 and all(state in ("memory", "released") for state in prepared)
 
 
 # --------------------------------------------------------------------------------------------

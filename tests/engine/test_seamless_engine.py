@@ -213,13 +213,16 @@ def test_block_flags_of_some_blocks(tmp_path):
 
 def test_block_reports_add_up_through_summaries():
     from codexdask.engine.block_tasks import BlockReport, BlocksSummary, summarise_blocks, total
+    from codexdask.engine.stages import StageSeconds
 
-    reports = [BlockReport(t, (5, 4), (t % 2, 1), 100, 0.5 * t, 1.0) for t in range(5)]
+    reports = [BlockReport(t, (5, 4), (t % 2, 1), 100, StageSeconds(0.5 * t, 1.0, 0.25, 2.0))
+               for t in range(5)]
     direct = summarise_blocks(reports)
     tree = summarise_blocks(summarise_blocks(reports[:2]),
                             summarise_blocks(reports[2:3], reports[3:]))
-    assert direct == tree == BlocksSummary(5, (2, 5), 5.0, 5.0)
-    assert summarise_blocks() == BlocksSummary(0, (0, 0), 0.0, 0.0)
+    assert direct == tree == BlocksSummary(5, (2, 5), StageSeconds(5.0, 5.0, 1.25, 10.0))
+    assert direct.stages.infer == 10.0
+    assert summarise_blocks() == BlocksSummary(0, (0, 0), StageSeconds())
     assert total(0.5, 1.25, 2) == 3.75
 
 
@@ -228,8 +231,9 @@ def test_progress_lets_go_of_each_block(client):
 
     from codexdask.engine.block_tasks import BlockReport
     from codexdask.engine.logical import follow_blocks
+    from codexdask.engine.stages import StageSeconds
 
-    report = [BlockReport(0, (1, 1), (0, 0), 2_000_000, 0.0, 0.0)]
+    report = [BlockReport(0, (1, 1), (0, 0), 2_000_000, StageSeconds())]
     futures = [client.submit(lambda r: r, report, pure=False) for _ in range(3)]
     stream = io.StringIO()
     follow_blocks(futures, 3, 6_000_000, stream=stream, every_s=0.0)

@@ -31,16 +31,20 @@ MESMER_NUCLEAR = {**MESMER_WHOLE_CELL, "maxima_threshold": 0.1}
 
 def mesmer_like_maps(
     height: int, width: int, seed: int = 0, compartment: str = "whole-cell",
-    dtype: type = np.float32,
+    dtype: type = np.float32, scale: float = 1.0, noise: float = 0.02,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(maxima, interior)``: two ``(1, H, W, 1)`` maps in [0, 1] of ``dtype``."""
+    """``(maxima, interior)``: two ``(1, H, W, 1)`` maps in [0, 1] of ``dtype``.
+
+    ``scale`` multiplies the objects' radii (and divides their density by its square);
+    ``noise`` is the standard deviation of the added Gaussian noise.
+    """
     rng = np.random.default_rng(seed)
-    count = max(1, height * width // PIXELS_PER_CELL)
+    count = max(1, int(height * width / (PIXELS_PER_CELL * scale**2)))
     centres = np.zeros((height, width), bool)
     centres[rng.integers(0, height, count), rng.integers(0, width, count)] = True
     distance, (iy, ix) = ndi.distance_transform_edt(~centres, return_indices=True)
     owner = (iy * width + ix + 1).astype(np.int64)
-    radius = CELL_RADIUS if compartment == "whole-cell" else NUCLEUS_RADIUS
+    radius = scale * (CELL_RADIUS if compartment == "whole-cell" else NUCLEUS_RADIUS)
     objects = np.where(distance <= radius, owner, 0)
 
     edge = (ndi.maximum_filter(objects, 3) != ndi.minimum_filter(objects, 3)) & (objects > 0)
@@ -54,7 +58,7 @@ def mesmer_like_maps(
 
     maps = []
     for clean in (inner, inside.astype(float)):
-        noisy = ndi.gaussian_filter(clean, 1.0) + rng.normal(0.0, 0.02, clean.shape)
+        noisy = ndi.gaussian_filter(clean, 1.0) + rng.normal(0.0, noise, clean.shape)
         maps.append(np.clip(noisy, 0.0, 1.0).astype(dtype)[None, ..., None])
     return maps[0], maps[1]
 
