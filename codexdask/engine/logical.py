@@ -6,9 +6,10 @@ For every informative logical patch still to do, in order:
    one task per box and a tree of combine tasks; the driver advances the passes);
 2. per group of blocks (as many as fill a network call, one for a segmenter without network
    tiles) a prepare task (CPU), a network task (``resources={"GPU": 1}`` on a GPU cluster) and a
-   store task (CPU: finish, then store); a group's preparation waits for the group
-   ``plan.in_flight`` places earlier to be stored, so preparation runs ahead of the GPUs by a
-   bounded number of groups; blocks already stored by an interrupted run are skipped;
+   store task (CPU: finish, then store); with network tasks pinned to GPUs, a group's
+   preparation waits for the group ``plan.in_flight`` places earlier to be stored, so
+   preparation runs ahead of the GPUs by a bounded number of groups; blocks already stored by
+   an interrupted run are skipped;
 3. a numbering task, one compose task per core, a chain of match tasks (one per band of block
    rows, each waiting for the cores of the few rows it reads), one repair task per core (waiting
    for the bands its region touches) and a finishing task, chained by their futures.
@@ -152,8 +153,8 @@ def run_logical_patches(
     per_task = plan.batch.patches_per_task
     gpu = {"resources": {"GPU": 1}} if plan.pin_gpu else {}
     stored, finished, n_blocks_now, pixels_now = [], [], 0, 0
-    # the last plan.in_flight groups' store tasks, across patches
-    reports: collections.deque[Any] = collections.deque(maxlen=plan.in_flight)
+    # the last plan.in_flight groups' store tasks, across patches (none kept without a bound)
+    reports: collections.deque[Any] = collections.deque(maxlen=plan.in_flight or 0)
     for patch in plan.chosen:
         remaining = set(np.flatnonzero(~blocks_done(paths, patch)).tolist())
         stats = gather_statistics_on(client, segmenter, paths, patch, plan.image_mpp) \
@@ -165,7 +166,7 @@ def run_logical_patches(
         for start in range(0, patch.grid.n_blocks, per_task):
             group = list(range(start, min(start + per_task, patch.grid.n_blocks)))
             todo_here = [b for b in group if b in remaining]
-            after = reports[0] if len(reports) == plan.in_flight else None
+            after = reports[0] if plan.in_flight and len(reports) == plan.in_flight else None
             prepared = client.submit(prepare_blocks, segmenter, plan, paths, patch, group,
                                      shared, after, pure=False)
             networked = client.submit(network_blocks, segmenter, prepared, pure=False, **gpu)

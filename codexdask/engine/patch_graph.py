@@ -3,13 +3,17 @@
 ::
 
     patch store (N, H, W, 2) ──keep informative──► batches sized by the planner
-      ──► prepare          (CPU; Mesmer: resize, normalise, CLAHE, network tiles)
+      ──► prepare          (CPU: reads its patches; Mesmer: resize, normalise, CLAHE, tiles)
       ──► network          (GPU workers: resources={"GPU": 1} when the cluster has them)
       ──► finish           (CPU; Mesmer: untile, deep watershed, resize back)
       ──► map_blocks: boundaries + repair + write masks and stats to masks.zarr
 
-A batch's preparation waits for the batch ``plan.in_flight`` places earlier to be finished, so
-at most that many batches are under way at once however long the store.
+With network tasks pinned to GPUs, a batch's preparation waits for the batch
+``plan.in_flight`` places earlier to be finished, so at most that many batches are under way at
+once however long the store (without pinning, Dask's depth-first order bounds memory by itself;
+a chain there raised the workers' peak memory). The preparation reads its own patches: a
+separate read task would be a root that Dask starts whenever a thread is free, and its patches
+would wait in memory for the preparation.
 
 Only small per-patch statistics come back to the driver; masks go straight from the workers to
 the Zarr result store, so memory is bounded by a batch, not by the slide. Every completed patch
@@ -59,14 +63,15 @@ def build_graph(
     true_sizes = patch_store.true_sizes(todo)
     batches = split_batches(np.arange(len(todo)), plan.batch.patches_per_task)
     counts = tuple(len(batch) for batch in batches)
-    selected = da.from_zarr(patch_store.patches)[todo].rechunk({0: counts})
+    store_path = str(patch_store.path)
 
     labels, timings = [], []
     finished: list[Any] = []  # each batch's timings (a Delayed), for the next batches to wait on
-    for k, (block, rows) in enumerate(zip(selected.to_delayed().ravel(), batches)):
-        after = finished[k - plan.in_flight] if k >= plan.in_flight else None
+    for k, rows in enumerate(batches):
+        ahead = plan.in_flight
+        after = finished[k - ahead] if ahead is not None and k >= ahead else None
         prepared = delayed(prepare_batch, pure=True)(
-            segmenter, block, true_sizes[rows], plan.image_mpp, after)
+            segmenter, store_path, todo[rows], true_sizes[rows], plan.image_mpp, after)
         with dask.annotate(resources={"GPU": 1}) if plan.pin_gpu else contextlib.nullcontext():
             networked = delayed(network_batch, pure=True)(segmenter, prepared)
         out = delayed(finish_batch, pure=True, nout=2)(segmenter, networked, len(rows), shape)

@@ -65,12 +65,14 @@ class RunPlan:
         Inference tasks carry ``resources={"GPU": 1}``.
     gpu_feed : GpuFeed or None
         Threads of a GPU worker and how busy they keep its GPU.
-    in_flight : int
-        Tasks of segmentation (a batch of patches or a group of blocks) between the start of
-        their preparation and the end of their finish at once: one per worker thread, plus two
-        per GPU worker (one in its network, one prepared and waiting), so the GPU never waits
-        for preparation while host memory holds at most ``in_flight`` batches
-        (:func:`tasks_in_flight`).
+    in_flight : int or None
+        With network tasks pinned to GPUs: the batches of patches (or groups of blocks) that
+        may be between the start of their preparation and the end of their finish at once, one
+        per worker thread plus two per GPU worker (one in its network, one prepared and
+        waiting), so the GPU never waits for preparation while host memory holds at most
+        ``in_flight`` batches (:func:`tasks_in_flight`). ``None`` when nothing is pinned: every
+        thread then takes the next task in Dask's depth-first order, which bounds memory by
+        itself.
     weights : Weights or None
         The weights of a model-based segmenter: path, SHA-256, runtime, precision.
     notes : tuple of str
@@ -88,7 +90,7 @@ class RunPlan:
     chunk: tuple[int, int]
     pin_gpu: bool
     gpu_feed: GpuFeed | None
-    in_flight: int
+    in_flight: int | None
     weights: Weights | None
     notes: tuple[str, ...] = ()
 
@@ -173,7 +175,7 @@ def build_plan(
         informative=tuple(int(i) for i in informative), todo=tuple(int(i) for i in todo),
         batch=batch, blocks=blocks, patches=patches, chunk=(int(chunk[0]), int(chunk[1])),
         pin_gpu=pin_gpu, gpu_feed=feed,
-        in_flight=tasks_in_flight(cluster.total_threads(client), n_gpus if pin_gpu else 0),
+        in_flight=tasks_in_flight(cluster.total_threads(client), n_gpus) if pin_gpu else None,
         weights=segmenter.weights(), notes=tuple(notes),
     )
 
@@ -182,13 +184,14 @@ def tasks_in_flight(threads: int, gpus: int) -> int:
     """Segmentation tasks a run lets be under way at once (:attr:`RunPlan.in_flight`).
 
     Each of the cluster's ``threads`` prepares or finishes one; each GPU has one in its network
-    and one prepared, waiting for it. More would only hold memory: a task waits for the one
-    ``in_flight`` places before it to be finished before it starts preparing.
+    and one prepared, waiting for it. More would only hold memory: a batch waits for the one
+    ``in_flight`` places before it to be finished before it starts preparing. Without the
+    bound, threads left free while the GPUs work would prepare every batch of the slide ahead.
 
     Examples
     --------
-    >>> tasks_in_flight(threads=16, gpus=1), tasks_in_flight(threads=2, gpus=0)
-    (18, 2)
+    >>> tasks_in_flight(threads=16, gpus=1), tasks_in_flight(threads=24, gpus=8)
+    (18, 40)
     """
     return max(1, threads) + 2 * gpus
 

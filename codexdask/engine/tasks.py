@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import numpy as np
+import zarr
 
 from codexdask.config import TieBreakName
 from codexdask.engine.stages import StageSeconds
@@ -25,6 +26,7 @@ from codexdask.layout import (
     MATCHED_KEYS,
     NUCLEUS,
     NUCLEUS_BOUNDARY,
+    PATCHES_ARRAY,
     REPAIR_STAT_COLUMNS,
     RESULT_STAT_COLUMNS,
 )
@@ -72,23 +74,35 @@ def pad_to(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
+def read_batch(store_path: str, indices: np.ndarray) -> np.ndarray:
+    """The patches ``indices`` of the patch store at ``store_path``, ``(B, H, W, 2)``."""
+    patches = zarr.open_group(store_path, mode="r")[PATCHES_ARRAY]
+    return np.asarray(patches.oindex[np.asarray(indices, dtype=np.int64)])
+
+
 def prepare_batch(
-    segmenter: Segmenter, batch: np.ndarray, sizes: np.ndarray, image_mpp: float,
-    after: Any = None,
+    segmenter: Segmenter, store_path: str, indices: np.ndarray, sizes: np.ndarray,
+    image_mpp: float, after: Any = None,
 ) -> tuple[Groups, StageSeconds]:
-    """The CPU stage before the network on ``batch`` ``(B, H, W, 2)``, each patch at its true
-    size (patches of one size go through one ``prepare`` call: all of them in ``patches`` mode).
+    """Read the patches ``indices`` and run the CPU stage before the network on them, each
+    patch at its true size (patches of one size go through one ``prepare`` call: all of them
+    in ``patches`` mode).
 
     Parameters
     ----------
+    store_path : str
+        The patch store.
+    indices : numpy.ndarray
+        ``(B,)`` int64 store rows.
     sizes : numpy.ndarray
         ``(B, 2)`` true ``(h, w)`` of each patch.
     after : any
         The output of an earlier batch's last task, which this task waits for (unused
-        otherwise): it bounds how far preparation runs ahead of the GPU.
+        otherwise): it bounds how far reading and preparation run ahead of the GPU. The task
+        reads its own patches so that nothing is loaded before it may start.
     """
     start = time.perf_counter()
-    batch = np.asarray(batch)
+    batch = read_batch(store_path, indices)
     groups = [(rows, (h, w), segmenter.prepare(batch[rows, :h, :w], image_mpp))
               for rows, (h, w) in size_groups(sizes)]
     return groups, StageSeconds(prepare=time.perf_counter() - start)
