@@ -158,7 +158,8 @@ COUNT_COLUMNS = ("n_cells", "n_nuclei", "n_matched", "n_repaired")
 RATIO_COLUMNS = ("frac_cells_matched", "frac_nuclei_matched", "match_jaccard")
 #: What the repair of one patch reports, in the order of the result store's ``stats`` columns.
 REPAIR_STAT_COLUMNS = ("matched_fraction", *COUNT_COLUMNS, *RATIO_COLUMNS)
-#: Seconds spent per patch in each stage.
+#: Seconds spent per patch in each stage: preparation + the pinned network task, finish, repair
+#: (with stitching for logical patches); ``run_manifest.json``'s ``stages`` splits them further.
 TIMING_COLUMNS = ("infer_s", "postprocess_s", "repair_s")
 #: The result store's ``stats`` columns, appended to ``patches_metadata.csv`` after a run.
 RESULT_STAT_COLUMNS = REPAIR_STAT_COLUMNS + TIMING_COLUMNS
