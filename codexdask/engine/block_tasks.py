@@ -115,19 +115,21 @@ class BlocksSummary:
     dropped: tuple[int, int]
     stages: StageSeconds
 
+    def __add__(self, other: BlocksSummary) -> BlocksSummary:
+        return BlocksSummary(self.blocks + other.blocks,
+                             (self.dropped[0] + other.dropped[0],
+                              self.dropped[1] + other.dropped[1]),
+                             self.stages + other.stages)
+
 
 def summarise_blocks(*parts: Sequence[BlockReport] | BlocksSummary) -> BlocksSummary:
     """Add up :func:`store_blocks` results and summaries of them (a step of a tree of tasks:
     each block's result can then be released as soon as it is added, not kept to the end)."""
     summary = BlocksSummary(0, (0, 0), StageSeconds())
     for part in parts:
-        items = [part] if isinstance(part, BlocksSummary) else [
-            BlocksSummary(1, r.dropped, r.stages) for r in part]
-        for item in items:
-            summary = BlocksSummary(
-                summary.blocks + item.blocks,
-                (summary.dropped[0] + item.dropped[0], summary.dropped[1] + item.dropped[1]),
-                summary.stages + item.stages)
+        for item in [part] if isinstance(part, BlocksSummary) else part:
+            summary += (item if isinstance(item, BlocksSummary)
+                        else BlocksSummary(1, item.dropped, item.stages))
     return summary
 
 
@@ -440,8 +442,7 @@ def finish_patch(
         "blocks": patch.grid.n_blocks,
         "dropped": list(blocks.dropped),
         "conflicts": list(conflicts),
-        "stages": dict(zip(("prepare_s", "pinned_s", "network_s", "finish_s"),
-                           blocks.stages.as_tuple(), strict=True)),
+        "stages": blocks.stages.as_dict(),
         "stitch_s": compose_seconds,
         "repair_s": repair_seconds,
     }

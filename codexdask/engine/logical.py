@@ -103,8 +103,7 @@ class SeamlessReport:
         patches (those of blocks stored by an earlier run included)."""
         stages, stitch, repair = StageSeconds(), 0.0, 0.0
         for summary in self.patches:
-            stages += StageSeconds(*(summary["stages"][k] for k in
-                                     ("prepare_s", "pinned_s", "network_s", "finish_s")))
+            stages += StageSeconds.from_dict(summary["stages"])
             stitch += summary["stitch_s"]
             repair += summary["repair_s"]
         return stages, stitch, repair

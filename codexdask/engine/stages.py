@@ -46,6 +46,16 @@ class StageSeconds:
         """One of ``parts`` equal shares (a task's seconds spread over its patches or blocks)."""
         return StageSeconds(*(value / max(1, parts) for value in self.as_tuple()))
 
+    def as_dict(self) -> dict[str, float]:
+        """``{"prepare_s", "pinned_s", "network_s", "finish_s"}`` (a patch's summary)."""
+        return {f"{field.name}_s": value
+                for field, value in zip(dataclasses.fields(self), self.as_tuple(), strict=True)}
+
+    @classmethod
+    def from_dict(cls, seconds: dict[str, float]) -> StageSeconds:
+        """The inverse of :meth:`as_dict`."""
+        return cls(*(seconds[f"{field.name}_s"] for field in dataclasses.fields(cls)))
+
     @property
     def infer(self) -> float:
         """What the ``infer_s`` column records: preparation plus the pinned task."""
@@ -76,9 +86,8 @@ def stage_report(stages: StageSeconds, *, repair_s: float, stitch_s: float | Non
         each GPU spent in its pinned tasks and in the network (``pinned_busy_fraction``,
         ``gpu_busy_fraction``).
     """
-    seconds = {"prepare_s": stages.prepare, "pinned_s": stages.pinned,
-               "network_s": stages.network, "pinned_other_s": stages.pinned - stages.network,
-               "finish_s": stages.finish, "repair_s": repair_s}
+    seconds = {**stages.as_dict(), "pinned_other_s": stages.pinned - stages.network,
+               "repair_s": repair_s}
     if stitch_s is not None:
         seconds["stitch_s"] = stitch_s
     report: dict[str, Any] = {**seconds, "megapixels": megapixels}
