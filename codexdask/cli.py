@@ -100,6 +100,9 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block-size",
                         help="compute block side for logical patches: auto (default), N or none")
     parser.add_argument("--halo", help="context around each block in pixels: auto (default) or N")
+    parser.add_argument("--max-window",
+                        help="largest window for objects larger than the halo, in pixels: auto "
+                        "(default: twice a block's window), N, or 0 to drop them")
     parser.add_argument("--tile-size", help=argparse.SUPPRESS)  # renamed: refused with a hint
     parser.add_argument("--pickle-compression", choices=PICKLE_COMPRESSIONS, help="default none")
     parser.add_argument("--pickle-compression-level", type=int, help="compressor level")

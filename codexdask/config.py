@@ -138,6 +138,10 @@ class SegmentConfig:
     halo : "auto" or int
         Pixels of context around each block; ``"auto"`` takes the segmenter's (the space objects
         need to be seen whole plus the reach of its local operations).
+    max_window : "auto" or int
+        Largest side, in pixels, of the window in which an object larger than the halo allows is
+        segmented again; ``"auto"`` is twice a block's window (``2 × (block_size + 2 × halo)``),
+        ``0`` drops such objects (counted and warned about) instead.
     save_pickles : bool
         Write ``matched_seg_res_batch.pickle`` and ``original_seg_res_batch.pickle``.
     pickle_compression : {"none", "gzip", "bz2", "xz", "zstd"}
@@ -169,6 +173,7 @@ class SegmentConfig:
     tie_break: TieBreakName = "lowest-label"
     block_size: int | str = "auto"
     halo: int | str = "auto"
+    max_window: int | str = "auto"
     save_pickles: bool = True
     pickle_compression: str = "none"
     pickle_compression_level: int | None = None
@@ -199,6 +204,15 @@ class SegmentConfig:
                     from None
             if self.halo < 0:
                 raise ConfigError(f"halo must be 'auto' or pixels >= 0, got {self.halo}")
+        if self.max_window != "auto":
+            try:
+                self.max_window = int(self.max_window)
+            except (TypeError, ValueError):
+                raise ConfigError(f"max_window must be 'auto' or pixels >= 0, got "
+                                  f"{self.max_window!r}") from None
+            if self.max_window < 0:
+                raise ConfigError(f"max_window must be 'auto' or pixels >= 0, got "
+                                  f"{self.max_window}")
         self.pickle_compression = pickle_compression(self.pickle_compression)
         _check_mpp(self.image_mpp)
         if self.n_workers is not None and int(self.n_workers) < 1:

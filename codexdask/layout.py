@@ -83,6 +83,7 @@ __all__ = [
     "WORK_BANDS_DIR",
     "WORK_FILE_DIRS",
     "WORK_IDS_DIR",
+    "WORK_REGROWN_DIR",
     "WORK_TABLES_DIR",
     "WORK_TALLIES_DIR",
     "band_file_name",
@@ -92,6 +93,7 @@ __all__ = [
     "overlay_name",
     "pickle_compression",
     "pickle_suffix",
+    "regrown_file_name",
 ]
 
 #: Microns per pixel assumed when neither the slide nor the configuration gives one.
@@ -206,13 +208,16 @@ BLOCKS_DIR = "blocks"
 #: core's stitched labels with the repair's margin (``cell``, ``nucleus``).
 OWNED_ZARR = "owned.zarr"
 STITCHED_ZARR = "stitched.zarr"
-#: In the work folder: one file per block of first pixels (``tables``), global ids (``ids``) and
-#: repair tallies (``tallies``), and one file per matching band (``bands``).
+#: In the work folder: one file per block of first pixels and cut objects (``tables``), global
+#: ids (``ids``) and repair tallies (``tallies``), one per cluster of regrown objects
+#: (``regrowing``, their ids in ``ids``) and one per matching band (``bands``).
 WORK_TABLES_DIR = "tables"
+WORK_REGROWN_DIR = "regrowing"
 WORK_IDS_DIR = "ids"
 WORK_TALLIES_DIR = "tallies"
 WORK_BANDS_DIR = "bands"
-WORK_FILE_DIRS = (WORK_TABLES_DIR, WORK_IDS_DIR, WORK_TALLIES_DIR, WORK_BANDS_DIR)
+WORK_FILE_DIRS = (WORK_TABLES_DIR, WORK_REGROWN_DIR, WORK_IDS_DIR, WORK_TALLIES_DIR,
+                  WORK_BANDS_DIR)
 
 #: Every file and folder a run writes into its output directory (``--overwrite`` removes these).
 RUN_OUTPUTS = (
@@ -280,6 +285,17 @@ def block_file_name(block_id: int) -> str:
     'block_0000012.npz'
     """
     return f"block_{int(block_id):07d}.npz"
+
+
+def regrown_file_name(patch_index: int, cluster: int) -> str:
+    """File name of a cluster's regrown objects (``regrown``) or their ids (``ids``).
+
+    Examples
+    --------
+    >>> regrown_file_name(0, 3)
+    'regrown_00000_0000003.npz'
+    """
+    return f"regrown_{int(patch_index):05d}_{int(cluster):07d}.npz"
 
 
 def band_file_name(patch_index: int, band: int) -> str:

@@ -110,3 +110,14 @@ def test_patch_size_as_one_int_is_a_square():
     assert config.patch_size == (256, 256)
     with pytest.raises(ConfigError, match="patch_size must be two positive integers"):
         make_config(PatchConfig, {"nucleus": "DAPI", "wholecell": "CD45", "patch_size": 0})
+
+
+@pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), ("0", 0), (5000, 5000)])
+def test_max_window(value, expected):
+    assert SegmentConfig(max_window=value).max_window == expected
+
+
+@pytest.mark.parametrize("value", [-1, "big", None])
+def test_bad_max_window(value):
+    with pytest.raises(ConfigError, match="max_window must be 'auto' or pixels >= 0"):
+        SegmentConfig(max_window=value)

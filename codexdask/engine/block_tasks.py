@@ -5,9 +5,12 @@ A logical patch goes through five kinds of task (``docs/architecture.md``, seaml
 1. :func:`prepare_blocks` (CPU), :func:`network_blocks` (on a GPU worker when there is one)
    and :func:`store_blocks` (CPU): a few windows are segmented, each block's owned objects are
    written to the run's work folder (:mod:`codexdask.engine.work_folder`: the block's window, a
-   table of first pixels, then the block's ``done`` flag);
-2. :func:`number_patch`: the global ids of every block's objects (raster order of first pixel),
-   one file per block in the work folder;
+   table of first pixels and cut objects, then the block's ``done`` flag); once all are stored,
+   :func:`~codexdask.engine.regrow_tasks.plan_regrowing` and
+   :func:`~codexdask.engine.regrow_tasks.regrow_clusters` segment the cut objects no block kept
+   again, in grown windows (nothing to do in the common case);
+2. :func:`number_patch`: the global ids of every block's objects and of the new regrown objects
+   (raster order of first pixel), one file per block in the work folder;
 3. :func:`compose_core`: per core, the stitched labels and their boundaries (to the result
    store), the repair tally and the stitched labels with the repair's margin (to the work
    folder);
@@ -30,6 +33,14 @@ from typing import Any
 import numpy as np
 
 from codexdask.engine.plan import RunPlan
+from codexdask.engine.regrow_tasks import (
+    Regrowing,
+    RegrowPlan,
+    cut_arrays,
+    patch_objects,
+    regrown_pieces,
+    save_regrown_ids,
+)
 from codexdask.engine.stages import StageSeconds
 from codexdask.engine.work_folder import (
     COMPARTMENTS,
@@ -71,9 +82,10 @@ from codexdask.seamless.regions import REPAIR_MARGIN, TALLY_MARGIN, repair_core,
 from codexdask.seamless.stitch import compose, number_objects, owned_objects
 from codexdask.segmenters.base import Segmenter, WindowInput
 
-__all__ = ["BlockReport", "BlocksSummary", "bands_of", "compose_core", "finish_patch",
-           "match_patch_band", "network_blocks", "number_patch", "plan_bands", "prepare_blocks",
-           "repair_bands", "repair_stored_core", "store_blocks", "summarise_blocks", "total"]
+__all__ = ["BlockReport", "BlocksSummary", "Numbered", "bands_of", "compose_core",
+           "finish_patch", "match_patch_band", "network_blocks", "number_patch", "plan_bands",
+           "prepare_blocks", "repair_bands", "repair_stored_core", "store_blocks",
+           "summarise_blocks", "total"]
 
 @dataclasses.dataclass(frozen=True)
 class BlockReport:
@@ -85,8 +97,8 @@ class BlockReport:
         Block index in its patch.
     objects : (int, int)
         Objects kept (whole-cell, nucleus).
-    dropped : (int, int)
-        Objects the block owned but could not see whole (larger than the halo allows).
+    cut : (int, int)
+        Objects the block cut and recorded for regrowing (larger than the halo allows).
     pixels : int
         Pixels of the block's core.
     stages : StageSeconds
@@ -95,7 +107,7 @@ class BlockReport:
 
     block: int
     objects: tuple[int, int]
-    dropped: tuple[int, int]
+    cut: tuple[int, int]
     pixels: int
     stages: StageSeconds
 
@@ -107,29 +119,24 @@ class BlocksSummary:
     Attributes
     ----------
     blocks : int
-    dropped : (int, int)
     stages : StageSeconds
     """
 
     blocks: int
-    dropped: tuple[int, int]
     stages: StageSeconds
 
     def __add__(self, other: BlocksSummary) -> BlocksSummary:
-        return BlocksSummary(self.blocks + other.blocks,
-                             (self.dropped[0] + other.dropped[0],
-                              self.dropped[1] + other.dropped[1]),
-                             self.stages + other.stages)
+        return BlocksSummary(self.blocks + other.blocks, self.stages + other.stages)
 
 
 def summarise_blocks(*parts: Sequence[BlockReport] | BlocksSummary) -> BlocksSummary:
     """Add up :func:`store_blocks` results and summaries of them (a step of a tree of tasks:
     each block's result can then be released as soon as it is added, not kept to the end)."""
-    summary = BlocksSummary(0, (0, 0), StageSeconds())
+    summary = BlocksSummary(0, StageSeconds())
     for part in parts:
         for item in [part] if isinstance(part, BlocksSummary) else part:
             summary += (item if isinstance(item, BlocksSummary)
-                        else BlocksSummary(1, item.dropped, item.stages))
+                        else BlocksSummary(1, item.stages))
     return summary
 
 
@@ -140,7 +147,8 @@ def total(*values: float) -> float:
 
 def bands_of(patch: LogicalPatch) -> Bands:
     """The matching bands of ``patch``: one per row of its blocks."""
-    return Bands.of(patch.shape[0], patch.grid.block_size, patch.grid.halo)
+    grid = patch.grid
+    return Bands.of(patch.shape[0], grid.block_size, grid.halo, grid.max_window)
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,7 +201,7 @@ def store_blocks(
     patch: LogicalPatch,
     blocks: Sequence[int],
 ) -> list[BlockReport]:
-    """Finish the windows of ``blocks`` (CPU) and store each block's kept objects."""
+    """Finish the windows of ``blocks`` (CPU) and store each block's kept and cut objects."""
     out, stages = networked
     if out is None:  # stored by an earlier run
         return [_stored_report(paths, patch, block) for block in blocks]
@@ -210,11 +218,12 @@ def store_blocks(
         for name, objects in zip(COMPARTMENTS, kept, strict=True):
             owned[name][block_id, :height, :width] = objects.labels
         report = BlockReport(block, (len(kept[0].first_pixels), len(kept[1].first_pixels)),
-                            (kept[0].n_dropped, kept[1].n_dropped), core.shape[0] * core.shape[1],
+                            (kept[0].n_cut, kept[1].n_cut), core.shape[0] * core.shape[1],
                             stages)
         save_arrays(block_file(paths, WORK_TABLES_DIR, block_id), {
             "first_cell": kept[0].first_pixels, "first_nucleus": kept[1].first_pixels,
-            "report": np.array([*report.objects, *report.dropped, report.pixels,
+            **cut_arrays(kept),
+            "report": np.array([*report.objects, *report.cut, report.pixels,
                                 *stages.as_tuple()], dtype=np.float64)})
         owned[DONE_ARRAY][block_id] = True  # last: the block is complete
         reports.append(report)
@@ -223,10 +232,10 @@ def store_blocks(
 
 def _stored_report(paths: RunPaths, patch: LogicalPatch, block: int) -> BlockReport:
     (report,) = load_arrays(block_file(paths, WORK_TABLES_DIR, patch.block_id(block)), ["report"])
-    cells, nuclei, dropped_cells, dropped_nuclei, pixels, *seconds = report.tolist()
+    cells, nuclei, cut_cells, cut_nuclei, pixels, *seconds = report.tolist()
     if len(seconds) == 2:  # a work folder of codexdask 0.2 (inference, post-processing)
         seconds = [0.0, seconds[0], 0.0, seconds[1]]
-    return BlockReport(block, (int(cells), int(nuclei)), (int(dropped_cells), int(dropped_nuclei)),
+    return BlockReport(block, (int(cells), int(nuclei)), (int(cut_cells), int(cut_nuclei)),
                       int(pixels), StageSeconds(*seconds))
 
 
@@ -234,46 +243,57 @@ def _stored_report(paths: RunPaths, patch: LogicalPatch, block: int) -> BlockRep
 # 2. numbering
 
 
-def number_patch(paths: RunPaths, patch: LogicalPatch, stored: Any) -> int:
-    """Write the global ids of every block's objects to the work folder (``ids/``).
+@dataclasses.dataclass(frozen=True)
+class Numbered:
+    """What :func:`number_patch` returns.
+
+    Attributes
+    ----------
+    regrown : (int, int)
+        The new regrown objects (whole-cell, nucleus).
+    cluster_boxes : ndarray of int64, shape (n_clusters, 4)
+        The box holding each cluster's new objects (empty for none).
+    """
+
+    regrown: tuple[int, int]
+    cluster_boxes: np.ndarray
+
+
+def number_patch(paths: RunPaths, patch: LogicalPatch, regrowing: RegrowPlan,
+                 regrown: Any) -> Numbered:
+    """Write the global ids of every block's objects and of the new regrown objects to the work
+    folder (``ids/``).
 
     Each block's file holds ``cell`` and ``nucleus``: local id -> id in the patch (uint32, entry
-    0 is 0), so a stitching task loads the tables of its few neighbours only. ``stored`` is the
-    :class:`BlocksSummary` of the patch's blocks this task waits for (unused otherwise).
-
-    Returns
-    -------
-    int
-        The number of blocks numbered.
+    0 is 0), so a stitching task loads the tables of its few neighbours only; each cluster's file
+    the ids of its regrown objects (0 for those not new). ``regrown`` is the patch's
+    :class:`~codexdask.engine.regrow_tasks.Regrowing` this task waits for (unused otherwise).
     """
-    cells, nuclei = (number_objects(first) for first in _first_pixels(paths, patch))
+    objects = patch_objects(paths, patch, regrowing)
+    tables, regrown_ids = [], []
+    for c in (0, 1):
+        numbered = number_objects(objects.numbered_first_pixels(c))
+        tables.append(numbered)
+        regrown_ids.append(objects.regrown_ids(c, numbered[-1]))
     for block in patch.grid:
         save_arrays(block_file(paths, WORK_IDS_DIR, patch.block_id(block)),
-              {CELL: cells[block], NUCLEUS: nuclei[block]})
-    return patch.grid.n_blocks
+                    {name: tables[c][block] for c, name in enumerate(COMPARTMENTS)})
+    boxes = save_regrown_ids(paths, patch, objects, regrown_ids)
+    new = [sum(int(np.count_nonzero(ids)) for ids in regrown_ids[c].values()) for c in (0, 1)]
+    return Numbered((new[0], new[1]), boxes)
 
 
 def _load_ids(paths: RunPaths, patch: LogicalPatch, block: int) -> list[np.ndarray]:
     return load_arrays(block_file(paths, WORK_IDS_DIR, patch.block_id(block)), COMPARTMENTS)
 
 
-def _first_pixels(paths: RunPaths, patch: LogicalPatch) -> list[list[np.ndarray]]:
-    """``firsts[c][block]``: the stored first pixels of each block's owned objects, compartment
-    ``c`` (0 cell, 1 nucleus)."""
-    firsts: list[list[np.ndarray]] = [[], []]
-    for block in patch.grid:
-        cells, nuclei = load_arrays(block_file(paths, WORK_TABLES_DIR, patch.block_id(block)),
-                                    ["first_cell", "first_nucleus"])
-        firsts[0].append(cells)
-        firsts[1].append(nuclei)
-    return firsts
-
-
-def plan_bands(paths: RunPaths, patch: LogicalPatch, stored: Any) -> BandPlan:
-    """The labels of every matching band, from the blocks' first pixels (as numbered by
-    :func:`number_patch`; ``stored`` as there)."""
-    cell_rows, nucleus_rows = (np.sort(np.concatenate(f)) // patch.shape[1]
-                               for f in _first_pixels(paths, patch))
+def plan_bands(paths: RunPaths, patch: LogicalPatch, regrowing: RegrowPlan,
+               regrown: Any) -> BandPlan:
+    """The labels of every matching band, from the first pixels of the objects as
+    :func:`number_patch` numbers them (the arguments as there)."""
+    objects = patch_objects(paths, patch, regrowing)
+    cell_rows, nucleus_rows = (np.sort(np.concatenate(objects.numbered_first_pixels(c)))
+                               // patch.shape[1] for c in (0, 1))
     return band_plan(bands_of(patch), cell_rows, nucleus_rows)
 
 
@@ -282,11 +302,12 @@ def plan_bands(paths: RunPaths, patch: LogicalPatch, stored: Any) -> BandPlan:
 
 
 def compose_core(
-    plan: RunPlan, paths: RunPaths, patch: LogicalPatch, block: int, numbered: Any
+    plan: RunPlan, paths: RunPaths, patch: LogicalPatch, block: int, numbered: Numbered
 ) -> Composed:
     """Stitch the labels of one core, write them and their boundaries, and tally the core.
 
-    ``numbered`` is the :func:`number_patch` result this task waits for (unused otherwise).
+    ``numbered`` is the :func:`number_patch` result this task waits for (it says which clusters
+    of regrown objects reach the core).
 
     The core's :class:`~codexdask.repair.matching.RepairTally` goes to the work folder
     (``tallies/``), and so do its stitched labels with the margin :func:`repair_stored_core` needs
@@ -306,9 +327,10 @@ def compose_core(
     owned = owned_group(paths)
     neighbours = grid.blocks_touching(around)
     ids = {neighbour: _load_ids(paths, patch, neighbour) for neighbour in neighbours}
+    regrown = regrown_pieces(paths, patch, around, numbered.cluster_boxes)
     stitched, conflicts = [], []
     for c, name in enumerate(COMPARTMENTS):
-        pieces = []
+        pieces = regrown[c]
         for neighbour in neighbours:
             window = grid.window(neighbour)
             part = window.intersection(around)
@@ -422,17 +444,21 @@ def finish_patch(
     patch: LogicalPatch,
     banded: Banded,
     blocks: BlocksSummary,
+    regrowing: Regrowing,
+    numbered: Numbered,
     repair_seconds: float,
 ) -> dict[str, Any]:
     """Write the patch's statistics row, then mark it done; a summary of the patch.
 
-    The row holds the repair's metrics and the seconds of each stage summed over the blocks.
-    ``banded`` is the last band's :func:`match_patch_band` result, ``repair_seconds`` the sum of
-    the :func:`repair_stored_core` results.
+    The row holds the repair's metrics and the seconds of each stage summed over the blocks
+    (regrowing counts as inference). ``banded`` is the last band's :func:`match_patch_band`
+    result, ``regrowing`` the patch's regrowing, ``numbered`` :func:`number_patch`'s result,
+    ``repair_seconds`` the sum of the :func:`repair_stored_core` results.
     """
     carry, conflicts, compose_seconds = banded
     metrics = carry.metrics()
-    timings = [blocks.stages.infer, blocks.stages.finish, compose_seconds + repair_seconds]
+    timings = [blocks.stages.infer + regrowing.seconds, blocks.stages.finish,
+               compose_seconds + repair_seconds]
     row = np.array([metrics[name] for name in REPAIR_STAT_COLUMNS] + timings, dtype=np.float64)
     group = open_result_store(paths.result)
     group[STATS_ARRAY][patch.index] = row
@@ -440,7 +466,10 @@ def finish_patch(
     return {
         "patch": patch.index,
         "blocks": patch.grid.n_blocks,
-        "dropped": list(blocks.dropped),
+        "regrown": list(numbered.regrown),
+        "regrow_windows": regrowing.windows,
+        "regrow_s": regrowing.seconds,
+        "dropped": list(regrowing.unresolved),
         "conflicts": list(conflicts),
         "stages": blocks.stages.as_dict(),
         "stitch_s": compose_seconds,

@@ -10,7 +10,11 @@ For every informative logical patch still to do, in order:
    preparation waits for the group ``plan.in_flight`` places earlier to be stored, so
    preparation runs ahead of the GPUs by a bounded number of groups; blocks already stored by
    an interrupted run are skipped;
-3. a numbering task, one compose task per core, a chain of match tasks (one per band of block
+3. once every block is stored, a task that finds the cut objects no block kept and clusters
+   their parts, then as many regrow tasks as groups of blocks (placed like the network tasks),
+   sharing the clusters out: those objects segmented again in grown windows (nothing to do in the
+   common case);
+4. a numbering task, one compose task per core, a chain of match tasks (one per band of block
    rows, each waiting for the cores of the few rows it reads), one repair task per core (waiting
    for the bands its region touches) and a finishing task, chained by their futures.
 
@@ -26,6 +30,7 @@ import collections
 import dataclasses
 import functools
 import logging
+import math
 import shutil
 import sys
 import time
@@ -52,6 +57,7 @@ from codexdask.engine.block_tasks import (
     total,
 )
 from codexdask.engine.plan import RunPlan
+from codexdask.engine.regrow_tasks import add_regrowing, plan_regrowing, regrow_clusters
 from codexdask.engine.stages import StageSeconds
 from codexdask.engine.work_folder import RunPaths, blocks_done, create_work_folder, read_raw
 from codexdask.errors import StateError
@@ -81,8 +87,8 @@ class SeamlessReport:
     n_blocks, n_computed : int
         Blocks of the patches computed, and those segmented by this call (fewer on resume).
     dropped, conflicts : (int, int)
-        Objects too large for the halo, and pixels two blocks' objects claimed, per compartment
-        (whole-cell, nucleus).
+        Objects too large for the largest grown window, and pixels two blocks' objects claimed,
+        per compartment (whole-cell, nucleus).
     patches : tuple of dict
         One summary per patch (:func:`~codexdask.engine.block_tasks.finish_patch`).
     pixels : int
@@ -98,6 +104,14 @@ class SeamlessReport:
     patches: tuple[dict[str, Any], ...]
     pixels: int = 0
 
+    def regrown(self) -> dict[str, Any]:
+        """Objects larger than the halo taken from grown windows (whole-cell, nucleus), the
+        windows segmented for them and their seconds, summed over the patches."""
+        return {"objects": [sum(p["regrown"][c] for p in self.patches) for c in (0, 1)],
+                "windows": sum(p["regrow_windows"] for p in self.patches),
+                "seconds": sum(p["regrow_s"] for p in self.patches),
+                "max_window": self.blocks.max_window}
+
     def stages(self) -> tuple[StageSeconds, float, float]:
         """Seconds of the segmentation stages, of stitching and of repair, summed over the
         patches (those of blocks stored by an earlier run included)."""
@@ -112,18 +126,24 @@ class SeamlessReport:
         """The report as ``run_manifest.json`` records it under ``seamless``."""
         return {"blocks": {"total": self.n_blocks, "computed": self.n_computed,
                            **self.blocks.as_dict()},
+                "regrown": self.regrown(),
                 "dropped": list(self.dropped), "conflicts": list(self.conflicts),
                 "patches": list(self.patches)}
 
     def notes(self) -> list[str]:
-        """Warnings for the log and the manifest: objects too large for the halo (dropped) and
-        pixels two blocks' objects claimed (conflicts)."""
+        """Warnings for the log and the manifest: objects too large for the largest grown window
+        (dropped) and pixels two blocks' objects claimed (conflicts)."""
         notes = []
         for c, name in enumerate(("whole-cell", "nucleus")):
-            if self.dropped[c]:
-                notes.append(f"{self.dropped[c]} {name} objects reached the edge of their "
-                             f"block's window (larger than the halo of {self.blocks.halo} px "
-                             "allows) and were dropped; raise --halo")
+            if self.dropped[c] and self.blocks.max_window:
+                notes.append(f"{self.dropped[c]} {name} objects were larger than the halo of "
+                             f"{self.blocks.halo} px allows and did not fit a grown window of "
+                             f"at most {self.blocks.max_window} px a side; they were dropped: "
+                             "raise --max-window")
+            elif self.dropped[c]:
+                notes.append(f"{self.dropped[c]} {name} objects were larger than the halo of "
+                             f"{self.blocks.halo} px allows and were dropped (max_window 0 "
+                             "turns regrowing off): raise --max-window")
             if self.conflicts[c]:
                 notes.append(f"{self.conflicts[c]} {name} pixels were claimed by objects of "
                              "two blocks (the lower id kept them); raise --halo")
@@ -156,8 +176,8 @@ def run_logical_patches(
     reports: collections.deque[Any] = collections.deque(maxlen=plan.in_flight or 0)
     for patch in plan.chosen:
         remaining = set(np.flatnonzero(~blocks_done(paths, patch)).tolist())
-        stats = gather_statistics_on(client, segmenter, paths, patch, plan.image_mpp) \
-            if remaining else None
+        # also when every block is stored: regrowing may still have windows to segment
+        stats = gather_statistics_on(client, segmenter, paths, patch, plan.image_mpp)
         # Shipped to each worker once, not inside every block task (they can be megabytes); a
         # task's result rather than scattered data, so a lost worker's copy is recomputed.
         shared = client.submit(_identity, stats, pure=False) if stats is not None else None
@@ -183,7 +203,7 @@ def run_logical_patches(
                 n_blocks_now += len(todo_here)
                 pixels_now += sum(patch.grid.core(t).shape[0] * patch.grid.core(t).shape[1]
                                   for t in todo_here)
-        finished.append(_chain(client, plan, paths, patch, added))
+        finished.append(_chain(client, segmenter, plan, paths, patch, shared, added))
     if progress:
         follow_blocks(stored, n_blocks_now, pixels_now)
     summaries = client.gather(finished)
@@ -196,12 +216,20 @@ def run_logical_patches(
                           tuple(summaries), sum(p.shape[0] * p.shape[1] for p in plan.chosen))
 
 
-def _chain(client: Client, plan: RunPlan, paths: RunPaths, patch: LogicalPatch,
-           summaries: list[Any]) -> Any:
-    """Submit numbering -> compose per core -> match per band -> repair per core -> finish."""
+def _chain(client: Client, segmenter: Segmenter, plan: RunPlan, paths: RunPaths,
+           patch: LogicalPatch, statistics: Any, summaries: list[Any]) -> Any:
+    """Submit regrowing -> numbering -> compose per core -> match per band -> repair per core
+    -> finish."""
     stored = _tree(client, summarise_blocks, summaries)
-    numbered = client.submit(number_patch, paths, patch, stored, pure=False)
-    banding = client.submit(plan_bands, paths, patch, stored, pure=False)
+    per_task = plan.batch.patches_per_task
+    gpu = {"resources": {"GPU": 1}} if plan.pin_gpu else {}
+    clusters = client.submit(plan_regrowing, paths, patch, stored, pure=False)
+    shares = math.ceil(patch.grid.n_blocks / per_task)  # as many as groups of blocks
+    regrown = _tree(client, add_regrowing, [
+        client.submit(regrow_clusters, segmenter, plan, paths, patch, statistics, clusters,
+                      share, shares, pure=False, **gpu) for share in range(shares)])
+    numbered = client.submit(number_patch, paths, patch, clusters, regrown, pure=False)
+    banding = client.submit(plan_bands, paths, patch, clusters, regrown, pure=False)
     n_cols, bands = patch.grid.n_cols, bands_of(patch)
     composed = [client.submit(compose_core, plan, paths, patch, block, numbered, pure=False)
                 for block in patch.grid]
@@ -214,7 +242,7 @@ def _chain(client: Client, plan: RunPlan, paths: RunPaths, patch: LogicalPatch,
     repaired = [client.submit(repair_stored_core, paths, patch, block,
                               banded[repair_bands(patch, block)[-1]], pure=False)
                 for block in patch.grid]
-    return client.submit(finish_patch, paths, patch, banded[-1], stored,
+    return client.submit(finish_patch, paths, patch, banded[-1], stored, regrown, numbered,
                          _tree(client, total, repaired), pure=False)
 
 

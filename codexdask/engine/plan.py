@@ -29,7 +29,8 @@ from codexdask.segmenters.base import Weights
 from codexdask.segmenters.planner import BatchPlan, GpuFeed, plan_batches
 from codexdask.store.patch_store import PatchStore
 
-__all__ = ["TASKS_PER_THREAD", "RunPlan", "build_plan", "resolve_blocks", "tasks_in_flight"]
+__all__ = ["TASKS_PER_THREAD", "RunPlan", "build_plan", "grown_window_notes", "resolve_blocks",
+           "tasks_in_flight"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,8 @@ def resolve_blocks(config: SegmentConfig, segmenter: Segmenter, image_mpp: float
     """The run's compute blocks, or ``None`` for a store of patches (segmented whole).
 
     ``block_size: none`` makes every logical patch one block without halo (the one-piece
-    baseline); ``auto`` values come from the segmenter.
+    baseline); ``auto`` values come from the segmenter, and an ``auto`` ``max_window`` is twice
+    a block's window.
     """
     if patch_store.layout != "image":
         return None
@@ -129,7 +131,9 @@ def resolve_blocks(config: SegmentConfig, segmenter: Segmenter, image_mpp: float
     size = (segmenter.block_size(image_mpp) if config.block_size == "auto"
             else int(config.block_size))
     halo = segmenter.halo(image_mpp) if config.halo == "auto" else int(config.halo)
-    return Blocks(int(size), int(halo))
+    max_window = (2 * (int(size) + 2 * int(halo)) if config.max_window == "auto"
+                  else int(config.max_window))
+    return Blocks(int(size), int(halo), max_window)
 
 
 def build_plan(
@@ -162,6 +166,9 @@ def build_plan(
         chunk = blocks.chunk(patch_store.patch_shape)
     batch, notes = plan_batches_on(client, segmenter, shape, image_mpp, config, units,
                                    windows=blocks is not None)
+    if blocks is not None and blocks.max_window:
+        notes += grown_window_notes(segmenter, blocks.max_window, image_mpp,
+                                    min(cluster.worker_memory_budgets(client)))
     n_gpus = len(cluster.gpu_workers(client))
     pin_gpu = segmenter.wants_gpu and n_gpus > 0
     feed = (cluster.gpu_feed(cluster.gpu_worker_threads(client), segmenter)
@@ -178,6 +185,19 @@ def build_plan(
         in_flight=tasks_in_flight(cluster.total_threads(client), n_gpus) if pin_gpu else None,
         weights=segmenter.weights(), notes=tuple(notes),
     )
+
+
+def grown_window_notes(segmenter: Segmenter, max_window: int, image_mpp: float,
+                       host_budget: int) -> list[str]:
+    """A warning when the largest grown window would need more host memory than a worker has
+    (objects that need it would then fail the run rather than be dropped)."""
+    need = segmenter.memory_per_patch((max_window, max_window), image_mpp).host_bytes
+    if need <= host_budget:
+        return []
+    return [f"warning: a grown window of max_window={max_window} px needs about "
+            f"{need / 2**30:.1f} GiB of host memory, more than a worker's "
+            f"{host_budget / 2**30:.1f} GiB budget; give workers more memory or lower "
+            "--max-window"]
 
 
 def tasks_in_flight(threads: int, gpus: int) -> int:

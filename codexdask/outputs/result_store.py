@@ -349,10 +349,14 @@ def prepare_result_store(
                 f"{str(patch_store.path)!r}; resume with the same patch store or use --overwrite"
             )
         wanted = None if blocks is None else blocks.as_dict()
-        if attrs.get("blocks") != wanted:
+        found = attrs.get("blocks")
+        if found is not None and wanted is not None and "max_window" not in found:
+            found = {**found, "max_window": wanted["max_window"]}  # a store of codexdask < 0.4
+        if found != wanted:
             raise StoreError(
                 f"{result_path} was computed with compute blocks {attrs.get('blocks')}, this run "
-                f"asks for {wanted}; resume with the same block_size and halo or use --overwrite"
+                f"asks for {wanted}; resume with the same block_size, halo and max_window or "
+                "use --overwrite"
             )
         return group
     return create_result_store(

@@ -3,13 +3,14 @@ block rows.
 
 :func:`codexdask.repair.matching.match_tally` visits the cells of a whole patch in ascending label
 order. In a stitched logical patch (``codexdask.seamless``) labels are numbered in raster order of
-each object's first pixel, and an object lies within the window of the block that owns it, so it
-spans fewer than ``span = block_size + 2 * halo`` rows from its first pixel. Hence the visit can be
-cut into *bands*: band ``r`` holds the cells whose first pixel lies in block row ``r`` (a range of
-labels). Its cells and their candidate nuclei lie in a few block rows around ``r``
-(:meth:`Bands.tally_rows`), whose combined tally gives their complete overlaps and nucleus sizes.
-Between bands only a :class:`BandCarry` travels: the claimed nuclei that later cells can still
-reach, the running match count (the next new id) and the counts behind the metrics.
+each object's first pixel, and an object lies within the window of the block that owns it (or
+within a grown window of at most ``max_window`` rows, :mod:`codexdask.seamless.regrow`), so it
+spans fewer than ``span = max(block_size + 2 * halo, max_window)`` rows from its first pixel. Hence
+the visit can be cut into *bands*: band ``r`` holds the cells whose first pixel lies in block row
+``r`` (a range of labels). Its cells and their candidate nuclei lie in a few block rows around
+``r`` (:meth:`Bands.tally_rows`), whose combined tally gives their complete overlaps and nucleus
+sizes. Between bands only a :class:`BandCarry` travels: the claimed nuclei that later cells can
+still reach, the running match count (the next new id) and the counts behind the metrics.
 
 Every band runs :func:`~codexdask.repair.matching.match_tally` on the band's part of the tally, with
 the pairs of already claimed nuclei removed (a cell skips them anyway; for the ``aegle-cpu``
@@ -47,7 +48,7 @@ class Bands:
         Height of a block row (the last one may be shorter).
     span : int
         An object's rows lie in ``[first row, first row + span)``: the window height
-        ``block_size + 2 * halo``.
+        ``block_size + 2 * halo``, or ``max_window`` if larger.
     n_rows : int
         Rows of blocks, hence bands.
     """
@@ -57,9 +58,10 @@ class Bands:
     n_rows: int
 
     @classmethod
-    def of(cls, height: int, block_size: int, halo: int) -> Bands:
-        """The bands of a patch ``height`` rows high, in blocks of ``block_size`` and ``halo``."""
-        return cls(int(block_size), int(block_size) + 2 * int(halo),
+    def of(cls, height: int, block_size: int, halo: int, max_window: int = 0) -> Bands:
+        """The bands of a patch ``height`` rows high, in blocks of ``block_size`` and ``halo``;
+        objects regrown in windows up to ``max_window`` rows high span up to that many."""
+        return cls(int(block_size), max(int(block_size) + 2 * int(halo), int(max_window)),
                    math.ceil(int(height) / int(block_size)))
 
     def _rows(self, first_row: int, last_row: int) -> range:

@@ -3,7 +3,9 @@
 A logical patch (the whole slide in ``full_image`` mode, a half or a quarter otherwise) is
 segmented block by block. Block ``k`` *owns* the objects whose bounding-box centre lies in its core
 and sees them whole in its window, the core grown by ``halo`` pixels on every side (clipped to
-the patch). The rule and its guarantee are described in ``docs/semantics.md``.
+the patch); an owned object larger than that is segmented again in a window of at most
+``max_window`` pixels a side. The rules and their guarantee are described in
+``docs/semantics.md``.
 """
 
 from __future__ import annotations
@@ -31,11 +33,14 @@ class BlockGrid:
         Side of a core (the last row and column of cores may be smaller).
     halo : int
         Pixels added around each core to form its window.
+    max_window : int
+        Largest side of a window grown for an object larger than the halo allows (0: none).
     """
 
     shape: tuple[int, int]
     block_size: int
     halo: int
+    max_window: int = 0
 
     @property
     def n_rows(self) -> int:
@@ -82,8 +87,23 @@ class BlockGrid:
         return [r * self.n_cols + c for r in rows for c in cols
                 if self.window(r * self.n_cols + c).overlaps(box)]
 
+    def blocks_near(self, box: Box, distance: int) -> list[int]:
+        """Blocks whose core lies within ``distance`` pixels of ``box``, in row-major order."""
+        rows = range(max((box.top - distance) // self.block_size, 0),
+                     min((box.bottom - 1 + distance) // self.block_size + 1, self.n_rows))
+        cols = range(max((box.left - distance) // self.block_size, 0),
+                     min((box.right - 1 + distance) // self.block_size + 1, self.n_cols))
+        return [r * self.n_cols + c for r in rows for c in cols]
 
-def block_grid(shape: tuple[int, int], block_size: int, halo: int) -> BlockGrid:
+    @property
+    def regrown_reach(self) -> int:
+        """How far from its block's core a regrown object can lie: the halo (its seen part is
+        in the block's window) plus the largest grown window."""
+        return self.halo + self.max_window
+
+
+def block_grid(shape: tuple[int, int], block_size: int, halo: int,
+               max_window: int = 0) -> BlockGrid:
     """The compute blocks of an ``(H, W)`` patch.
 
     Parameters
@@ -94,20 +114,25 @@ def block_grid(shape: tuple[int, int], block_size: int, halo: int) -> BlockGrid:
         Core side in pixels, >= 1.
     halo : int
         Window margin in pixels, >= 0.
+    max_window : int
+        Largest side of a grown window in pixels, >= 0 (0: objects larger than the halo allows
+        are dropped and counted).
 
     Raises
     ------
     ConfigError
-        If ``block_size`` < 1 or ``halo`` < 0.
+        If ``block_size`` < 1, ``halo`` < 0 or ``max_window`` < 0.
     """
     if int(block_size) < 1:
         raise ConfigError(f"block_size must be a positive number of pixels, got {block_size!r}")
     if int(halo) < 0:
         raise ConfigError(f"halo must be >= 0 pixels, got {halo!r}")
+    if int(max_window) < 0:
+        raise ConfigError(f"max_window must be >= 0 pixels, got {max_window!r}")
     height, width = (int(v) for v in shape)
     if height < 1 or width < 1:
         raise ConfigError(f"a logical patch needs at least one pixel, got shape {shape!r}")
-    return BlockGrid((height, width), int(block_size), int(halo))
+    return BlockGrid((height, width), int(block_size), int(halo), int(max_window))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,22 +145,28 @@ class Blocks:
         Side of a block's core (>= 1).
     halo : int
         Pixels of context around each core (>= 0).
+    max_window : int
+        Largest side of a window grown for an object larger than the halo allows (>= 0; 0:
+        such objects are dropped and counted).
     """
 
     size: int
     halo: int
+    max_window: int = 0
 
     def grid(self, shape: tuple[int, int]) -> BlockGrid:
         """The blocks of an ``(H, W)`` patch."""
-        return block_grid(shape, self.size, self.halo)
+        return block_grid(shape, self.size, self.halo, self.max_window)
 
     def chunk(self, shape: tuple[int, int]) -> tuple[int, int]:
         """The result store's chunk of an ``(H, W)`` patch: one block's core, at most the patch."""
         return (min(self.size, int(shape[0])), min(self.size, int(shape[1])))
 
     def as_dict(self) -> dict[str, int]:
-        """``{"block_size": size, "halo": halo}`` (manifest and result-store attributes)."""
-        return {"block_size": int(self.size), "halo": int(self.halo)}
+        """``{"block_size": size, "halo": halo, "max_window": max_window}`` (manifest and
+        result-store attributes)."""
+        return {"block_size": int(self.size), "halo": int(self.halo),
+                "max_window": int(self.max_window)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,10 +2,12 @@
 
 Per block (:func:`owned_objects`): an object of the window's labels is *owned* when the centre of
 its bounding box lies in the block's core; it is *complete* when it does not reach an edge of the
-window that is not an edge of the patch. Owned complete objects are kept, relabelled 1..k in
-raster order of their first pixel; owned incomplete objects are larger than the halo allows and
-are dropped and counted (never cut silently). An object seen whole by two blocks has the same
-bounding box in both, so exactly one core holds its centre.
+window that is not an edge of the patch. Owned complete objects are kept, relabelled 1..k in raster
+order of their first pixel. An incomplete object that the block owns or that reaches into its core
+is larger than the halo allows: the part of it the block saw is recorded
+(:class:`~codexdask.seamless.regrow.Objects`) for :mod:`codexdask.seamless.regrow`, never cut
+silently. An object seen whole by two blocks has the same bounding box in both, so exactly one
+core holds its centre.
 
 Across blocks (:func:`number_objects`): every kept object gets a global id, its rank in the raster
 order of first pixels over the whole patch, which is how a one-shot labelling would be ordered.
@@ -27,6 +29,7 @@ from scipy import ndimage as ndi
 
 from codexdask.boxes import Box
 from codexdask.errors import InputError
+from codexdask.seamless.regrow import Objects
 
 __all__ = ["OwnedObjects", "compose", "number_objects", "owned_objects"]
 
@@ -41,13 +44,19 @@ class OwnedObjects:
         The window with only the kept objects, labelled 1..k in raster order of first pixel.
     first_pixels : ndarray of int64, shape (k,)
         Row-major position in the patch of each kept object's first pixel (ascending).
-    n_dropped : int
-        Objects this block owned but could not see whole.
+    cut : Objects
+        Objects cut by the window's edge that this block owns or that reach into its core: the
+        parts it saw (first pixel, box, mask), to be regrown.
     """
 
     labels: npt.NDArray[np.uint32]
     first_pixels: npt.NDArray[np.int64]
-    n_dropped: int
+    cut: Objects
+
+    @property
+    def n_cut(self) -> int:
+        """Cut objects this block recorded (dropped unless regrown)."""
+        return len(self.cut)
 
 
 def owned_objects(
@@ -71,7 +80,8 @@ def owned_objects(
     labels = np.asarray(labels)
     if labels.shape != window.shape:
         raise InputError(f"labels of shape {labels.shape} do not cover the window {window}")
-    empty = OwnedObjects(np.zeros(window.shape, np.uint32), np.zeros(0, np.int64), 0)
+    empty = OwnedObjects(np.zeros(window.shape, np.uint32), np.zeros(0, np.int64),
+                         Objects.of([]))
     flat = labels.ravel()
     ids, first = np.unique(flat, return_index=True)
     if ids[0] == 0:
@@ -102,10 +112,18 @@ def owned_objects(
     kept = np.flatnonzero(keep)[order]
     lut = np.zeros(ids.size + 1, dtype=np.uint32)
     lut[kept + 1] = np.arange(1, kept.size + 1, dtype=np.uint32)
+    # Cut objects to regrow: those it owns, and those reaching into its core (only an object
+    # larger than the halo reaches from the window's edge into the core); together they hold
+    # every object that no block sees whole from its owner's core (docs/semantics.md).
+    in_core = np.zeros(ids.size + 1, dtype=bool)
+    in_core[np.unique(compact[core.slices(window)])] = True
+    lost = np.flatnonzero(cut & (owned | in_core[1:]))
     return OwnedObjects(
         labels=lut[compact],
         first_pixels=positions[kept],
-        n_dropped=int(np.count_nonzero(owned & cut)),
+        cut=Objects.of([(int(positions[i]),
+                         Box(int(y_lo[i]), int(x_lo[i]), int(y_hi[i]) + 1, int(x_hi[i]) + 1),
+                         compact[spans[i]] == i + 1) for i in lost.tolist()]),
     )
 
 

@@ -76,7 +76,9 @@ def test_engine_equals_serial_blocks_and_one_shot(slide_store, reference):
 
 def test_run_writes_whole_slide_outputs_and_cleans_its_work_folder(reference):
     manifest = load_manifest(reference)
-    assert manifest["seamless"]["blocks"] == {"total": N_BLOCKS, "computed": N_BLOCKS, **BLOCKS}
+    assert manifest["seamless"]["blocks"] == {"total": N_BLOCKS, "computed": N_BLOCKS, **BLOCKS,
+                                              "max_window": 2 * (160 + 2 * 48)}
+    assert manifest["seamless"]["regrown"]["objects"] == [0, 0]
     assert manifest["seamless"]["dropped"] == [0, 0] and manifest["warnings"] == []
     assert not (reference / BLOCKS_DIR).exists()
     entries = load_seg_res(reference / "matched_seg_res_batch.pickle")
@@ -117,14 +119,16 @@ def test_matching_in_bands_of_block_rows_equals_serial(tmp_path, client, tie_bre
     np.testing.assert_array_equal(group["stats"][index][: len(stats)], stats)
 
 
-def test_small_halo_drops_large_objects_and_says_so(slide_store, tmp_path, client):
+def test_without_regrowing_large_objects_are_dropped_and_said_so(slide_store, tmp_path, client):
     out = tmp_path / "out"
-    result = run(slide_store, out, SegmentConfig(block_size=96, halo=2, save_mosaics=False,
-                                                 save_pickles=False, n_overlays=0),
+    result = run(slide_store, out, SegmentConfig(block_size=96, halo=2, max_window=0,
+                                                 save_mosaics=False, save_pickles=False,
+                                                 n_overlays=0),
                  client=client)
     dropped = result.manifest["seamless"]["dropped"]
     assert dropped[0] > 0 and dropped[1] > 0
-    assert any("raise --halo" in warning for warning in result.manifest["warnings"])
+    assert result.manifest["seamless"]["regrown"]["windows"] == 0
+    assert any("raise --max-window" in warning for warning in result.manifest["warnings"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,9 +224,9 @@ def test_block_reports_add_up_through_summaries():
     direct = summarise_blocks(reports)
     tree = summarise_blocks(summarise_blocks(reports[:2]),
                             summarise_blocks(reports[2:3], reports[3:]))
-    assert direct == tree == BlocksSummary(5, (2, 5), StageSeconds(5.0, 5.0, 1.25, 10.0))
+    assert direct == tree == BlocksSummary(5, StageSeconds(5.0, 5.0, 1.25, 10.0))
     assert direct.stages.infer == 10.0
-    assert summarise_blocks() == BlocksSummary(0, (0, 0), StageSeconds())
+    assert summarise_blocks() == BlocksSummary(0, StageSeconds())
     assert total(0.5, 1.25, 2) == 3.75
 
 

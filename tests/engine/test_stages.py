@@ -85,9 +85,20 @@ def test_three_stages_equal_the_plain_loop(weights, gpu_client, tmp_path, mode):
                                                  else result.n_computed * 192 * 192 / 1e6)
     assert 0 < stages["gpu_busy_fraction"] <= stages["pinned_busy_fraction"] <= 2.0
     assert ("stitch_s" in stages) == (mode == "full_image")
+
     assert result.manifest["plan"]["in_flight"] == 2 + 2 * 2
     if mode == "patches":
         assert result.n_computed > result.plan.in_flight
+
+
+def test_regrown_objects_equal_the_plain_loop(weights, gpu_client, tmp_path):
+    """A halo too small for the random network's objects: they are regrown on the pinned
+    workers, in grown windows off the block grid, and the engine still equals the serial loop."""
+    with one_torch_thread():
+        result = assert_engine_equals_serial(weights, gpu_client, tmp_path, "full_image", halo=40)
+    regrown = result.manifest["seamless"]["regrown"]
+    assert sum(regrown["objects"]) > 0 and regrown["windows"] > 0, regrown
+    assert result.manifest["seamless"]["dropped"] == [0, 0]
 
 
 @pytest.mark.reference
@@ -99,12 +110,12 @@ def test_three_stages_equal_the_plain_loop_on_tensorflow(mesmer_model_dir, gpu_c
     assert result.manifest["plan"]["weights"]["runtime"] == "tensorflow"
 
 
-def assert_engine_equals_serial(weights, client, tmp_path, mode):
+def assert_engine_equals_serial(weights, client, tmp_path, mode, halo=64):
     """Run the engine on a ``mode`` store, then the serial loop in this process; every mask of
     every patch must be equal. Returns the engine's RunResult."""
     store = slide_store(tmp_path, mode)
     config = SegmentConfig(backend="mesmer", model_path=str(weights), tiles_per_call=4,
-                           batch_size=1, block_size=256, halo=64, save_pickles=False,
+                           batch_size=1, block_size=256, halo=halo, save_pickles=False,
                            save_mosaics=False, n_overlays=0)
     result = run(store, tmp_path / "out", config, client=client)
     assert result.plan.pin_gpu and result.n_computed >= 1

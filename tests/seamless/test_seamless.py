@@ -87,7 +87,7 @@ def test_stitching_equals_one_shot(seed: int, shape: tuple[int, int], block: int
                  .find_objects(np.concatenate([cell, nucleus])) if sl is not None)
     grid = block_grid(shape, block, halo=(extent + 1) // 2 + 1)
     stitched, report = stitch_blocks(grid, crop_segmenter(labels, seed))
-    assert report == {"dropped": [0, 0], "conflicts": [0, 0]}
+    assert report == {"regrown": [0, 0], "dropped": [0, 0], "conflicts": [0, 0], "windows": 0}
     for c in range(2):
         np.testing.assert_array_equal(stitched[..., c], canonical_labels(labels[..., c]))
 
@@ -120,12 +120,12 @@ def test_owned_objects_rules() -> None:
     labels[8:10, 8:10] = 5  # centre outside the core
     window, core = Box(10, 10, 20, 20), Box(10, 10, 17, 17)
     owned = owned_objects(labels, window, core, (40, 40))
-    assert owned.n_dropped == 1  # object 7 reaches the window edge, which is not the patch edge
+    assert owned.n_cut == 1  # object 7 reaches the window edge, which is not the patch edge
     assert sorted(np.unique(owned.labels)) == [0, 1]
     assert owned.first_pixels.tolist() == [14 * 40 + 14]
     # At the patch edge the same object is whole.
     owned = owned_objects(labels, Box(0, 0, 10, 10), Box(0, 0, 7, 7), (40, 40))
-    assert owned.n_dropped == 0 and owned.first_pixels.tolist() == [0, 4 * 40 + 4]
+    assert owned.n_cut == 0 and owned.first_pixels.tolist() == [0, 4 * 40 + 4]
     with pytest.raises(InputError):
         owned_objects(labels[:5], window, core, (40, 40))
 
@@ -227,7 +227,7 @@ def test_watershed_blocks_equal_one_shot(shape: tuple[int, int], block: int, see
     segmenter = WatershedSegmenter()
     one_shot = segmenter.predict(image[None], 0.5)[0]
     in_blocks, report = segment_in_blocks(image, segmenter, 0.5, block_size=block)
-    assert report == {"dropped": [0, 0], "conflicts": [0, 0]}
+    assert report == {"regrown": [0, 0], "dropped": [0, 0], "conflicts": [0, 0], "windows": 0}
     for c in range(2):
         agreement = labelling_agreement(one_shot[..., c], in_blocks[..., c])
         assert agreement["n_reference"] > 100
