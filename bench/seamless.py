@@ -18,8 +18,24 @@ paused or restarted, and the spread of the peaks across sizes (max / min). Big s
 2048² synthetic slide tiled lazily (tissue with tissue-free regions, ``--empty-fraction`` of it
 by default 0.6, as on whole slides), so building them is cheap.
 
+``large`` — objects larger than the halo (Mesmer with converted random weights, whose objects are
+up to ~330 px across, on PyTorch's CPU; ``--image``: the MIBI field of ``shared/real_data`` at
+0.377 µm/px, or the tests' 1000² Voronoi tissue at 0.5 µm/px), ``full_image`` in blocks of
+``--block-size`` (default 384), four runs side by side, each on a fresh ``LocalCluster``:
+
+- ``regrow``: the halo ``--halo`` (default the segmenter's), objects larger than it regrown;
+- ``drop``: the same halo with ``max_window: 0`` (such objects dropped: the common case's cost);
+- ``large_halo``: a halo that holds the largest one-piece object (half its extent + 16 µm), the
+  alternative a user had before;
+- ``one_piece``: ``block_size: none``, the reference.
+
+Reported per run: seconds, objects, dropped and regrown objects, grown windows and their seconds,
+and the agreement of each compartment with the one-piece labels (identical objects, pixels); and
+the ratios regrow / drop and regrow / large_halo.
+
     python bench/seamless.py speed [--size 6000]
     python bench/seamless.py memory [--sizes 2048 8192] [--ratio 4] [--memory-limit 600MiB]
+    python bench/seamless.py large [--image mibi|tissue] [--halo N] [--block-size 256]
     python bench/seamless.py speed --quick      # 2000², a smoke run
 """
 
@@ -93,6 +109,8 @@ def timed_run(store: Path, out: Path, config: SegmentConfig, workers: int,
         "worker_paused_events": len(events["paused"]),
         "memory_log_lines": logs,
         "seamless": result.manifest.get("seamless", {}).get("blocks"),
+        "regrown": result.manifest.get("seamless", {}).get("regrown"),
+        "dropped": result.manifest.get("seamless", {}).get("dropped"),
         "warnings": result.manifest["warnings"],
     }
 
@@ -164,9 +182,76 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "real_data"
+
+
+def large(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    from codexdask.mesmer import network
+    from codexdask.mesmer.convert import save_network
+    from codexdask.outputs import open_result_store
+    from codexdask.synthetic.scores import labelling_agreement
+
+    if args.image == "mibi":
+        image = np.load(REAL_DATA / "mibi_tnbc_ark_fov8.npz")["image"][:760, :1013]
+        mpp = 0.377
+    else:  # the Voronoi tissue of the tests, on which the random network makes a few objects
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from conftest import tissue_batch  # larger than the default halo
+
+        image = tissue_batch(1, 1000, 1000, seed=1000)[0]
+        mpp = 0.5
+    runs: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        weights = Path(tmp) / "mesmer.safetensors"
+        save_network(network.random_network(seed=0), weights, source_name="random seed 0")
+        store = write_patch_store(
+            image.transpose(2, 0, 1), Path(tmp) / "slide.zarr",
+            PatchConfig(nucleus="DAPI", wholecell=["MEM"], split_mode="full_image",
+                        image_mpp=mpp), channel_names=["DAPI", "MEM"])
+        base = {**QUIET, "backend": "mesmer", "model_path": str(weights), "tiles_per_call": 8}
+        one_piece = Path(tmp) / "one_piece"
+        runs["one_piece"] = timed_run(store, one_piece, SegmentConfig(**base, block_size="none"),
+                                      args.workers)
+        reference = open_result_store(one_piece / "masks.zarr")
+        expected = [reference[name][0] for name in ("cell", "nucleus")]
+        extent = max(max(s.stop - s.start for s in box) for labels in expected
+                     for box in ndi.find_objects(labels) if box is not None)
+        halo = "auto" if args.halo is None else args.halo
+        block = 384 if args.block_size == "auto" else int(args.block_size)
+        settings = {"regrow": {"halo": halo}, "drop": {"halo": halo, "max_window": 0},
+                    "large_halo": {"halo": math.ceil(extent / 2) + math.ceil(16 / mpp)}}
+        for name, extra in settings.items():
+            out = Path(tmp) / name
+            runs[name] = timed_run(store, out, SegmentConfig(**base, block_size=block, **extra),
+                                   args.workers)
+            got = open_result_store(out / "masks.zarr")
+            runs[name]["agreement"] = [labelling_agreement(e, got[n][0]) for e, n in
+                                       zip(expected, ("cell", "nucleus"), strict=True)]
+            print(f"{name}: {runs[name]['seconds']:.1f} s, regrown {runs[name]['regrown']}, "
+                  f"dropped {runs[name]['dropped']}, identical "
+                  f"{[round(a['identical_fraction'], 4) for a in runs[name]['agreement']]}",
+                  file=sys.stderr)
+    seconds = {name: r["seconds"] for name, r in runs.items()}
+    return {
+        "benchmark": "seamless-large-objects",
+        "image": args.image,
+        "slide": list(image.shape[:2]),
+        "image_mpp": mpp,
+        "largest_object_px": extent,
+        "block_size": block,
+        "workers": args.workers,
+        "runs": runs,
+        "regrow_over_drop": seconds["regrow"] / seconds["drop"],
+        "regrow_over_large_halo": seconds["regrow"] / seconds["large_halo"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["speed", "memory"])
+    parser.add_argument("what", choices=["speed", "memory", "large"])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--block-size", default="auto")
     parser.add_argument("--size", type=int, default=6000, help="speed: slide side")
@@ -178,10 +263,14 @@ def main() -> None:
     parser.add_argument("--empty-fraction", type=float, default=0.6,
                         help="memory: tissue-free share of the tiled slide (whole slides are "
                              "mostly background)")
+    parser.add_argument("--image", choices=["mibi", "tissue"], default="mibi",
+                        help="large: the slide")
+    parser.add_argument("--halo", type=int, default=None,
+                        help="large: the small halo (default the segmenter's)")
     parser.add_argument("--tmp", default=None, help="directory for the stores (default /tmp)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    emit(speed(args) if args.what == "speed" else memory(args))
+    emit({"speed": speed, "memory": memory, "large": large}[args.what](args))
 
 
 if __name__ == "__main__":
