@@ -192,8 +192,10 @@ class RegrowReport:
     windows : int
         Windows segmented.
     unresolved : tuple of int
-        Per compartment (whole-cell, nucleus), cut objects not found whole in a window within the
-        bound: larger than ``max_window`` allows, or gone from the grown window's segmentation.
+        Per compartment (whole-cell, nucleus), objects no window within the bound held whole
+        (larger than ``max_window`` allows); the parts of one object that a failing window shows
+        count once. A part that is background in its grown window (an artefact of its block's
+        window edge) is not counted.
     """
 
     windows: int = 0
@@ -207,7 +209,7 @@ def regrow_objects(
     margin: int,
     max_window: int,
 ) -> tuple[list[Objects], RegrowReport]:
-    """Segment the cut objects of a block again, each in a window that holds it whole.
+    """Segment the cut objects of a cluster of parts again, each in a window that holds it whole.
 
     Parameters
     ----------
