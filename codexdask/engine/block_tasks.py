@@ -14,9 +14,9 @@ A logical patch goes through five kinds of task (``docs/architecture.md``, seaml
 3. :func:`compose_core`: per core, the stitched labels and their boundaries (to the result
    store), the repair tally and the stitched labels with the repair's margin (to the work
    folder);
-4. :func:`plan_bands` and a chain of :func:`match_patch_band`: the greedy matching band by band
-   (one band per block row, :mod:`codexdask.repair.bands`), each band reading the tallies of a
-   few block rows and writing its labels' matching to the work folder;
+4. a chain of :func:`match_patch_band` (the bands' labels from :func:`number_patch`): the greedy
+   matching band by band (one band per block row, :mod:`codexdask.repair.bands`), each band
+   reading the tallies of a few block rows and writing its labels' matching to the work folder;
 5. :func:`repair_stored_core`: per core, the repaired masks from the bands its region touches;
    :func:`finish_patch` writes the patch's statistics and marks it done.
 
@@ -83,7 +83,7 @@ from codexdask.seamless.stitch import compose, number_objects, owned_objects
 from codexdask.segmenters.base import Segmenter, WindowInput
 
 __all__ = ["BlockReport", "BlocksSummary", "Numbered", "bands_of", "compose_core",
-           "finish_patch", "match_patch_band", "network_blocks", "number_patch", "plan_bands",
+           "finish_patch", "match_patch_band", "network_blocks", "number_patch",
            "prepare_blocks", "repair_bands", "repair_stored_core", "store_blocks",
            "summarise_blocks", "total"]
 
@@ -253,10 +253,13 @@ class Numbered:
         The new regrown objects (whole-cell, nucleus).
     cluster_boxes : ndarray of int64, shape (n_clusters, 4)
         The box holding each cluster's new objects (empty for none).
+    bands : BandPlan
+        The labels of every matching band (a few numbers per block row).
     """
 
     regrown: tuple[int, int]
     cluster_boxes: np.ndarray
+    bands: BandPlan
 
 
 def number_patch(paths: RunPaths, patch: LogicalPatch, regrowing: RegrowPlan,
@@ -268,6 +271,7 @@ def number_patch(paths: RunPaths, patch: LogicalPatch, regrowing: RegrowPlan,
     0 is 0), so a stitching task loads the tables of its few neighbours only; each cluster's file
     the ids of its regrown objects (0 for those not new). ``regrown`` is the patch's
     :class:`~codexdask.engine.regrow_tasks.Regrowing` this task waits for (unused otherwise).
+    The labels of each matching band follow from the same first pixels.
     """
     objects = patch_objects(paths, patch, regrowing)
     tables, regrown_ids = [], []
@@ -280,21 +284,13 @@ def number_patch(paths: RunPaths, patch: LogicalPatch, regrowing: RegrowPlan,
                     {name: tables[c][block] for c, name in enumerate(COMPARTMENTS)})
     boxes = save_regrown_ids(paths, patch, objects, regrown_ids)
     new = [sum(int(np.count_nonzero(ids)) for ids in regrown_ids[c].values()) for c in (0, 1)]
-    return Numbered((new[0], new[1]), boxes)
+    cell_rows, nucleus_rows = (np.sort(np.concatenate(objects.numbered_first_pixels(c)))
+                               // patch.shape[1] for c in (0, 1))
+    return Numbered((new[0], new[1]), boxes, band_plan(bands_of(patch), cell_rows, nucleus_rows))
 
 
 def _load_ids(paths: RunPaths, patch: LogicalPatch, block: int) -> list[np.ndarray]:
     return load_arrays(block_file(paths, WORK_IDS_DIR, patch.block_id(block)), COMPARTMENTS)
-
-
-def plan_bands(paths: RunPaths, patch: LogicalPatch, regrowing: RegrowPlan,
-               regrown: Any) -> BandPlan:
-    """The labels of every matching band, from the first pixels of the objects as
-    :func:`number_patch` numbers them (the arguments as there)."""
-    objects = patch_objects(paths, patch, regrowing)
-    cell_rows, nucleus_rows = (np.sort(np.concatenate(objects.numbered_first_pixels(c)))
-                               // patch.shape[1] for c in (0, 1))
-    return band_plan(bands_of(patch), cell_rows, nucleus_rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,7 +369,7 @@ def match_patch_band(
     paths: RunPaths,
     patch: LogicalPatch,
     band: int,
-    banding: BandPlan,
+    numbered: Numbered,
     previous: Banded | None,
     composed: Sequence[Sequence[Composed]],
 ) -> Banded:
@@ -382,6 +378,8 @@ def match_patch_band(
 
     Parameters
     ----------
+    numbered : Numbered
+        :func:`number_patch`'s result: the labels of every band.
     previous : Banded or None
         This task's result for ``band - 1`` (``None`` for band 0).
     composed : sequence of sequences
@@ -398,7 +396,7 @@ def match_patch_band(
     tallies = (load_tally(block_file(paths, WORK_TALLIES_DIR, patch.block_id(row * n_cols + col)))
                for row in rows for col in range(n_cols))  # loaded and cut one by one
     carry, conflicts, seconds = previous if previous is not None else (BandCarry(), (0, 0), 0.0)
-    result, carry = match_band(banding, band, tallies, carry,
+    result, carry = match_band(numbered.bands, band, tallies, carry,
                                aegle_order=check_tie_break(plan.tie_break))
     save_arrays(band_file(paths, patch, band),
           {field.name: getattr(result, field.name) for field in dataclasses.fields(result)})

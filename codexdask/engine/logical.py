@@ -21,7 +21,8 @@ For every informative logical patch still to do, in order:
 Only small results travel (block reports, counts, the carry between bands); labels, ids,
 tallies and the bands' matchings go through the work folder and the result store, so no task
 holds anything of the size of the whole patch but the numbering task (the first pixels of all
-objects, 8 bytes each) and the band plan. Progress counts blocks and megapixels per second.
+objects, 8 bytes each, from which it also plans the matching bands). Progress counts blocks and
+megapixels per second.
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ from codexdask.engine.block_tasks import (
     match_patch_band,
     network_blocks,
     number_patch,
-    plan_bands,
     prepare_blocks,
     repair_bands,
     repair_stored_core,
@@ -170,7 +170,7 @@ def run_logical_patches(
     create_work_folder(paths.work, sum(p.grid.n_blocks for p in plan.patches),
                        largest_window(plan.patches), plan.blocks.size)
     per_task = plan.batch.patches_per_task
-    gpu = {"resources": {"GPU": 1}} if plan.pin_gpu else {}
+    gpu = _pinned(plan)
     stored, finished, n_blocks_now, pixels_now = [], [], 0, 0
     # the last plan.in_flight groups' store tasks, across patches (none kept without a bound)
     reports: collections.deque[Any] = collections.deque(maxlen=plan.in_flight or 0)
@@ -222,14 +222,13 @@ def _chain(client: Client, segmenter: Segmenter, plan: RunPlan, paths: RunPaths,
     -> finish."""
     stored = _tree(client, summarise_blocks, summaries)
     per_task = plan.batch.patches_per_task
-    gpu = {"resources": {"GPU": 1}} if plan.pin_gpu else {}
+    gpu = _pinned(plan)
     clusters = client.submit(plan_regrowing, paths, patch, stored, pure=False)
     shares = math.ceil(patch.grid.n_blocks / per_task)  # as many as groups of blocks
     regrown = _tree(client, add_regrowing, [
         client.submit(regrow_clusters, segmenter, plan, paths, patch, statistics, clusters,
                       share, shares, pure=False, **gpu) for share in range(shares)])
     numbered = client.submit(number_patch, paths, patch, clusters, regrown, pure=False)
-    banding = client.submit(plan_bands, paths, patch, clusters, regrown, pure=False)
     n_cols, bands = patch.grid.n_cols, bands_of(patch)
     composed = [client.submit(compose_core, plan, paths, patch, block, numbered, pure=False)
                 for block in patch.grid]
@@ -237,7 +236,7 @@ def _chain(client: Client, segmenter: Segmenter, plan: RunPlan, paths: RunPaths,
     banded: list[Any] = []
     for band in range(bands.n_rows):
         needed = [rows[row] for row in bands.tally_rows(band)]
-        banded.append(client.submit(match_patch_band, plan, paths, patch, band, banding,
+        banded.append(client.submit(match_patch_band, plan, paths, patch, band, numbered,
                                     banded[-1] if banded else None, needed, pure=False))
     repaired = [client.submit(repair_stored_core, paths, patch, block,
                               banded[repair_bands(patch, block)[-1]], pure=False)
@@ -254,6 +253,11 @@ def _tree(client: Client, func: Any, futures: list[Any]) -> Any:
                    for i in range(0, len(futures), COMBINE_FAN_IN)]
         if len(futures) == 1:
             return futures[0]
+
+
+def _pinned(plan: RunPlan) -> dict[str, Any]:
+    """``submit`` keywords of the tasks that run the network: on a GPU when it is pinned."""
+    return {"resources": {"GPU": 1}} if plan.pin_gpu else {}
 
 
 def _identity(value: Any) -> Any:

@@ -149,19 +149,17 @@ def regrow_clusters(
                 **{key: value for name, objects in zip(COMPARTMENTS, found, strict=True)
                    for key, value in objects.as_arrays(name).items()},
                 "anchors": parts.parts.first_pixels,
-                "report": np.array([report.windows, *report.unresolved,
-                                    time.perf_counter() - start], np.float64)})
-        with np.load(path) as saved:
-            windows, unresolved_cells, unresolved_nuclei, seconds = saved["report"].tolist()
-            found_cells, found_nuclei = (len(Objects.from_arrays(saved, name))
-                                         for name in COMPARTMENTS)
-        done += Regrowing((found_cells, found_nuclei),
+                "report": np.array([*(len(objects) for objects in found), *report.unresolved,
+                                    report.windows, time.perf_counter() - start], np.float64)})
+        cells, nuclei, unresolved_cells, unresolved_nuclei, windows, seconds = load_arrays(
+            path, ["report"])[0].tolist()  # the masks stay on disk
+        done += Regrowing((int(cells), int(nuclei)),
                           (int(unresolved_cells), int(unresolved_nuclei)), int(windows), seconds)
     return done
 
 
 def _cluster_file(paths: RunPaths, folder: str, patch: LogicalPatch, cluster: int) -> Path:
-    """A cluster's file in the work folder's ``regrown`` (its objects) or ``ids``."""
+    """A cluster's file in the work folder's ``regrowing`` (its objects) or ``ids``."""
     return Path(paths.work) / folder / regrown_file_name(patch.index, cluster)
 
 

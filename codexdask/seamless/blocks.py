@@ -87,20 +87,6 @@ class BlockGrid:
         return [r * self.n_cols + c for r in rows for c in cols
                 if self.window(r * self.n_cols + c).overlaps(box)]
 
-    def blocks_near(self, box: Box, distance: int) -> list[int]:
-        """Blocks whose core lies within ``distance`` pixels of ``box``, in row-major order."""
-        rows = range(max((box.top - distance) // self.block_size, 0),
-                     min((box.bottom - 1 + distance) // self.block_size + 1, self.n_rows))
-        cols = range(max((box.left - distance) // self.block_size, 0),
-                     min((box.right - 1 + distance) // self.block_size + 1, self.n_cols))
-        return [r * self.n_cols + c for r in rows for c in cols]
-
-    @property
-    def regrown_reach(self) -> int:
-        """How far from its block's core a regrown object can lie: the halo (its seen part is
-        in the block's window) plus the largest grown window."""
-        return self.halo + self.max_window
-
 
 def block_grid(shape: tuple[int, int], block_size: int, halo: int,
                max_window: int = 0) -> BlockGrid:

@@ -115,9 +115,15 @@ def owned_objects(
     # Cut objects to regrow: those it owns, and those reaching into its core (only an object
     # larger than the halo reaches from the window's edge into the core); together they hold
     # every object that no block sees whole from its owner's core (docs/semantics.md).
-    in_core = np.zeros(ids.size + 1, dtype=bool)
-    in_core[np.unique(compact[core.slices(window)])] = True
-    lost = np.flatnonzero(cut & (owned | in_core[1:]))
+    # Only a cut object whose box reaches into the core is looked at pixel by pixel: few.
+    reaches = cut & ~owned & (y_lo < core.bottom) & (core.top <= y_hi) \
+        & (x_lo < core.right) & (core.left <= x_hi)
+    in_core = np.zeros(ids.size, dtype=bool)
+    for i in np.flatnonzero(reaches).tolist():
+        inside = Box(int(y_lo[i]), int(x_lo[i]), int(y_hi[i]) + 1,
+                     int(x_hi[i]) + 1).intersection(core)
+        in_core[i] = bool(np.any(compact[inside.slices(window)] == i + 1))
+    lost = np.flatnonzero(cut & (owned | in_core))
     return OwnedObjects(
         labels=lut[compact],
         first_pixels=positions[kept],
