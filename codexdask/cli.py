@@ -1,4 +1,5 @@
-"""The ``codexdask`` command: ``patch``, ``segment``, ``demo``, ``doctor`` and ``convert-model``.
+"""The ``codexdask`` command: ``patch``, ``segment``, ``quantify``, ``demo``, ``doctor`` and
+``convert-model``.
 
 Errors a user can fix (:class:`~codexdask.errors.CodexDaskError`) are printed on one line and
 exit with status 2.
@@ -17,10 +18,12 @@ from typing import Any
 
 from codexdask.config import (
     PRECISIONS,
+    QUANT_MASKS,
     SPLIT_DIRECTIONS,
     SPLIT_MODES,
     TIE_BREAKS,
     PatchConfig,
+    QuantifyConfig,
     SegmentConfig,
     load_yaml,
     make_config,
@@ -60,6 +63,35 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("store", help="patch store written by `codexdask patch`")
     segment.add_argument("--out", required=True, help="output directory")
     add_segment_options(segment)
+    segment.add_argument("--quantify", action="store_true",
+                         help="then quantify every cell on the same cluster (into OUT/quant, "
+                              "defaults of `codexdask quantify`)")
+
+    quantify = commands.add_parser(
+        "quantify", help="measure every cell's markers and shape in a finished run")
+    quantify.add_argument("results", help="output directory of `codexdask segment`")
+    quantify.add_argument("--slide", help="the multiplexed slide (default: the patch store's "
+                                          "source)")
+    quantify.add_argument("--out", help="output directory (default RESULTS/quant)")
+    quantify.add_argument("--masks", choices=QUANT_MASKS,
+                          help="matched (default: repaired cells with nucleus and cytoplasm) "
+                               "or raw (cells and nuclei apart)")
+    quantify.add_argument("--stats", help="statistics besides the mean, comma separated: sum, "
+                                          "std, min, max, median, pNN (e.g. p90)")
+    quantify.add_argument("--no-morphology", dest="morphology", action="store_const",
+                          const=False, help="skip the shape columns")
+    quantify.add_argument("--markers", help="mcquant markers.csv (marker_name column)")
+    quantify.add_argument("--antibodies", help="TSV with an antibody_name column")
+    quantify.add_argument("--chunk-size", type=int,
+                          help="side of the chunks read (default: the result store's)")
+    quantify.add_argument("--config", help="YAML file with the same keys (flags override it)")
+    quantify.add_argument("--scheduler", help="address of an existing Dask scheduler")
+    quantify.add_argument("--n-workers", type=int, help="local worker processes (default: cores)")
+    quantify.add_argument("--memory-limit", help="memory limit per local worker, e.g. 4GiB")
+    quantify.add_argument("--resume", action="store_const", const=True,
+                          help="finish an interrupted quantification")
+    quantify.add_argument("--overwrite", action="store_const", const=True,
+                          help="replace the quantification in --out")
 
     demo = commands.add_parser("demo", help="synthetic slide -> patch store -> segmentation")
     demo.add_argument("--out", required=True, help="output directory")
@@ -123,7 +155,8 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
 
 
 #: Argument names that are not configuration keys.
-_NOT_CONFIG = {"command", "verbose", "config", "slide", "store", "out", "size", "seed", "json"}
+_NOT_CONFIG = {"command", "verbose", "config", "slide", "store", "out", "size", "seed", "json",
+               "quantify", "results"}
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -149,10 +182,31 @@ def cmd_patch(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    from codexdask.engine import cluster
     from codexdask.engine.runner import run
+    from codexdask.segmenters import get_segmenter
 
-    result = run(args.store, args.out, segment_config(args), progress=True)
-    print(result.summary())
+    config = segment_config(args)
+    if not args.quantify:
+        print(run(args.store, args.out, config, progress=True).summary())
+        return 0
+    from codexdask.quantify import quantify
+
+    segmenter = get_segmenter(config.backend, **config.segmenter_options())
+    with cluster.connect(config, None, segmenter) as client:
+        print(run(args.store, args.out, config, client=client, segmenter=segmenter,
+                  progress=True).summary())
+        print(quantify(args.out, client=client, progress=True,
+                       overwrite=config.overwrite, resume=config.resume).summary())
+    return 0
+
+
+def cmd_quantify(args: argparse.Namespace) -> int:
+    from codexdask.quantify import quantify
+
+    config = make_config(QuantifyConfig, load_yaml(args.config) if args.config else {},
+                         _flags(args), {"slide": args.slide})
+    print(quantify(args.results, args.out, config, progress=True).summary())
     return 0
 
 
@@ -181,8 +235,8 @@ def cmd_convert_model(args: argparse.Namespace) -> int:
     return convert.command(args)
 
 
-COMMANDS = {"patch": cmd_patch, "segment": cmd_segment, "demo": cmd_demo, "doctor": cmd_doctor,
-            "convert-model": cmd_convert_model}
+COMMANDS = {"patch": cmd_patch, "segment": cmd_segment, "quantify": cmd_quantify,
+            "demo": cmd_demo, "doctor": cmd_doctor, "convert-model": cmd_convert_model}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

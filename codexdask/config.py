@@ -229,10 +229,94 @@ class SegmentConfig:
         return {}
 
 
-C = TypeVar("C", PatchConfig, SegmentConfig)
+#: Which masks ``codexdask quantify`` measures: the repaired pairs or the segmenter's own.
+QUANT_MASKS = ("matched", "raw")
+#: Statistics besides the mean; ``pNN`` (0 <= NN <= 100) is a percentile.
+QUANT_STATS = ("sum", "std", "min", "max", "median")
 
 
-def config_keys(cls: type[PatchConfig] | type[SegmentConfig]) -> list[str]:
+@dataclasses.dataclass
+class QuantifyConfig:
+    """How a finished segmentation is quantified (``codexdask quantify``).
+
+    Attributes
+    ----------
+    slide : str or None
+        The multiplexed slide to measure; ``None`` takes the source the patch store records.
+    masks : {"matched", "raw"}
+        ``matched``: one row per repaired cell, with its nucleus and cytoplasm; ``raw``: the
+        segmenter's cells and nuclei, each on its own.
+    stats : list of str
+        Statistics besides the mean: ``sum``, ``std``, ``min``, ``max``, ``median``, ``pNN``.
+    morphology : bool
+        Measure each object's shape.
+    markers : str or None
+        mcquant's ``markers.csv`` (column ``marker_name``, one row per channel).
+    antibodies : str or None
+        TSV with an ``antibody_name`` column, one row per channel.
+    chunk_size : int or None
+        Side of the chunks the slide is read in; ``None`` follows the result store's chunks.
+    scheduler, n_workers, memory_limit, resume, overwrite
+        As for :class:`SegmentConfig`.
+    """
+
+    slide: str | None = None
+    masks: str = "matched"
+    stats: list[str] = dataclasses.field(default_factory=list)
+    morphology: bool = True
+    markers: str | None = None
+    antibodies: str | None = None
+    chunk_size: int | None = None
+    scheduler: str | None = None
+    n_workers: int | None = None
+    memory_limit: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        _check_choice("masks", self.masks, QUANT_MASKS)
+        if isinstance(self.stats, str):
+            self.stats = [s for s in self.stats.split(",") if s.strip()]
+        self.stats = [str(s).strip().lower() for s in self.stats if str(s).strip() != "mean"]
+        for stat in self.stats:
+            if stat not in QUANT_STATS and not _is_percentile(stat):
+                raise ConfigError(
+                    f"unknown statistic {stat!r}; choose from mean, {', '.join(QUANT_STATS)} or "
+                    "a percentile pNN (0 <= NN <= 100), e.g. --stats median,p90")
+        self.stats = list(dict.fromkeys(self.stats))
+        if self.chunk_size is not None:
+            self.chunk_size = int(auto_or_positive_int("chunk_size", self.chunk_size))
+            if self.chunk_size < 16:
+                raise ConfigError(f"chunk_size must be at least 16 pixels, got {self.chunk_size}")
+        if self.markers and self.antibodies:
+            raise ConfigError("give the channel names once: --markers or --antibodies, not both")
+        if self.n_workers is not None and int(self.n_workers) < 1:
+            raise ConfigError(f"n_workers must be >= 1, got {self.n_workers!r}")
+        if self.resume and self.overwrite:
+            raise ConfigError("choose one of --resume and --overwrite, not both")
+
+    def quantiles(self) -> dict[str, float]:
+        """The order statistics asked for: name -> quantile in [0, 1] (``median`` is 0.5)."""
+        return {s: 0.5 if s == "median" else float(s[1:]) / 100 for s in self.stats
+                if s == "median" or _is_percentile(s)}
+
+    def cluster(self) -> SegmentConfig:
+        """The cluster settings, in the form the cluster helpers take."""
+        return SegmentConfig(scheduler=self.scheduler, n_workers=self.n_workers,
+                             memory_limit=self.memory_limit)
+
+
+def _is_percentile(stat: str) -> bool:
+    try:
+        return stat.startswith("p") and 0.0 <= float(stat[1:]) <= 100.0
+    except ValueError:
+        return False
+
+
+C = TypeVar("C", PatchConfig, SegmentConfig, QuantifyConfig)
+
+
+def config_keys(cls: type[PatchConfig] | type[SegmentConfig] | type[QuantifyConfig]) -> list[str]:
     """Names of every key a configuration class accepts."""
     return [f.name for f in dataclasses.fields(cls)]
 

@@ -1,7 +1,8 @@
 """``codexdask demo``: the main job on the embedded default, end to end, on a synthetic slide.
 
 synthetic CODEX-like slide (OME-TIFF) → patch store → watershed segmentation on a local Dask
-cluster → every output, and a score of the result against the slide's ground truth.
+cluster → every output, a score of the result against the slide's ground truth, and every cell
+quantified on the slide's channels (on the same cluster).
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import tifffile
 
 from codexdask.atomic import atomic_path
 from codexdask.config import PatchConfig, SegmentConfig
+from codexdask.engine import cluster
 from codexdask.engine.runner import run
 from codexdask.layout import DEMO_RUN_DIR, DEMO_SLIDE, DEMO_STORE, DEMO_SUMMARY, RESULT_STORE
 from codexdask.outputs import open_result_store
+from codexdask.quantify import quantify
+from codexdask.segmenters import get_segmenter
 from codexdask.store.patch_store import open_patch_store, patch_slide
 from codexdask.synthetic import synthetic_slide
 from codexdask.synthetic.scores import segmentation_scores
@@ -49,7 +53,11 @@ def run_demo(
         overwrite=True,
     )
     settings = dataclasses.replace(config or SegmentConfig(), overwrite=True, resume=False)
-    result = run(store, out / DEMO_RUN_DIR, settings, progress=True)
+    segmenter = get_segmenter(settings.backend, **settings.segmenter_options())
+    with cluster.connect(settings, None, segmenter) as client:
+        result = run(store, out / DEMO_RUN_DIR, settings, client=client, segmenter=segmenter,
+                     progress=True)
+        quantified = quantify(out / DEMO_RUN_DIR, client=client, overwrite=True, progress=True)
 
     scores = score_against_truth(
         store, out / DEMO_RUN_DIR, slide.cell_labels, slide.nucleus_labels
@@ -60,6 +68,7 @@ def run_demo(
         result.summary(),
         f"F1 at IoU 0.5 against the synthetic ground truth (mean over informative patches): "
         f"cells {scores['cell_f1']:.3f}, nuclei {scores['nucleus_f1']:.3f}",
+        quantified.summary(),
         f"outputs in {out / DEMO_RUN_DIR}",
     ])
 

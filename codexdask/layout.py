@@ -24,6 +24,13 @@ A run's output directory ``OUT/``::
     blocks/                 work folder of logical patches segmented block by block (BLOCKS_DIR):
                             owned.zarr, stitched.zarr, tables/, ids/, tallies/, bands/
     run_manifest.json       written last: its presence marks a complete run
+
+``codexdask quantify``'s output directory (``OUT/quant/`` by default)::
+
+    cells.h5ad              AnnData: one row per cell (nuclei.h5ad too with ``--masks raw``)
+    cell.csv, nucleus.csv, cytoplasm.csv, markers.csv   mcquant's tables
+    work/                   per-chunk partial results until the tables are written (QUANT_WORK_DIR)
+    quant_manifest.json     written last: its presence marks a complete quantification
 """
 
 from __future__ import annotations
@@ -87,6 +94,16 @@ __all__ = [
     "WORK_TABLES_DIR",
     "WORK_TALLIES_DIR",
     "band_file_name",
+    "CELLS_H5AD",
+    "COMPARTMENTS",
+    "MARKERS_FILE",
+    "NUCLEI_H5AD",
+    "QUANT_DIR",
+    "QUANT_MANIFEST",
+    "QUANT_OUTPUTS",
+    "QUANT_WORK_DIR",
+    "compartment_csv_name",
+    "quant_part_name",
     "block_file_name",
     "TIMING_COLUMNS",
     "mosaic_tiff_name",
@@ -225,6 +242,47 @@ RUN_OUTPUTS = (
     *(name + suffix for name in (MATCHED_PICKLE, ORIGINAL_PICKLE)
       for suffix in PICKLE_SUFFIXES.values()),
 )
+
+# -- quantification ------------------------------------------------------------------------------
+
+#: Default output directory of ``codexdask quantify`` inside the run's directory.
+QUANT_DIR = "quant"
+#: The AnnData tables: cells (with their nuclei and cytoplasm when matched), raw nuclei.
+CELLS_H5AD = "cells.h5ad"
+NUCLEI_H5AD = "nuclei.h5ad"
+#: The marker names, one row per channel (``marker_name``), as mcquant reads them.
+MARKERS_FILE = "markers.csv"
+#: Compartments measured: the cell, its nucleus, the cell minus its nucleus.
+COMPARTMENTS = ("cell", "nucleus", "cytoplasm")
+#: Per-chunk partial results of an unfinished quantification (``--resume`` keeps them).
+QUANT_WORK_DIR = "work"
+#: Written last: a directory without it holds no complete quantification.
+QUANT_MANIFEST = "quant_manifest.json"
+#: Everything ``codexdask quantify`` writes (``--overwrite`` removes these).
+QUANT_OUTPUTS = (CELLS_H5AD, NUCLEI_H5AD, MARKERS_FILE, QUANT_WORK_DIR, QUANT_MANIFEST,
+                 *(f"{name}.csv" for name in COMPARTMENTS))
+
+
+def compartment_csv_name(compartment: str) -> str:
+    """mcquant-style table of one compartment.
+
+    Examples
+    --------
+    >>> compartment_csv_name("cytoplasm")
+    'cytoplasm.csv'
+    """
+    return f"{compartment}.csv"
+
+
+def quant_part_name(phase: str, patch_index: int, chunk: int) -> str:
+    """File of one chunk's partial result in :data:`QUANT_WORK_DIR`.
+
+    Examples
+    --------
+    >>> quant_part_name("sums", 0, 12)
+    'sums_00000_0000012.pkl'
+    """
+    return f"{phase}_{int(patch_index):05d}_{int(chunk):07d}.pkl"
 
 
 def pickle_compression(name: str | None) -> str:

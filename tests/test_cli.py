@@ -91,9 +91,17 @@ def test_readme_config_reference_lists_every_key():
     text = README.read_text()
     section = text.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"^\| `([a-z_]+)`", section, flags=re.M))
-    from codexdask.config import PatchConfig
+    from codexdask.config import PatchConfig, QuantifyConfig
 
-    assert documented == set(config_keys(SegmentConfig)) | set(config_keys(PatchConfig))
+    assert documented == (set(config_keys(SegmentConfig)) | set(config_keys(PatchConfig))
+                          | set(config_keys(QuantifyConfig)))
+
+
+def test_every_quantify_config_key_has_a_flag():
+    from codexdask.config import QuantifyConfig
+
+    quantify = build_parser()._subparsers._group_actions[0].choices["quantify"]
+    assert set(config_keys(QuantifyConfig)) <= {action.dest for action in quantify._actions}
 
 
 def test_doctor_prints_versions(capsys):

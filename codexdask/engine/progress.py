@@ -70,19 +70,22 @@ class LineProgress(TextProgressBar):
         self._last_percent, self._last_time = percent, elapsed
 
 
-def show_progress(future: Any, stream: TextIO | None = None) -> None:
+def show_progress(future: Any, stream: TextIO | None = None, label: str = "segmentation") -> None:
     """Follow ``future`` until it finishes: distributed's bar on a terminal, else plain lines.
 
     Parameters
     ----------
-    future : distributed.Future
-        The graph's future (:func:`codexdask.engine.runner.submit`).
+    future : distributed.Future or list of them
+        The graph's future (:func:`codexdask.engine.runner.submit`), or several.
     stream : file-like, optional
         Where to write; default standard output. It decides: a terminal gets the bar.
+    label : str
+        What is running (the first word of each plain line).
     """
     stream = sys.stdout if stream is None else stream
     if stream.isatty():
         progress_bar(future)  # writes to sys.stdout
         print(file=sys.stderr)
     else:
-        LineProgress([future], stream=stream)
+        LineProgress(future if isinstance(future, list) else [future], stream=stream,
+                     label=label)

@@ -1,0 +1,433 @@
+"""The compiled kernels of quantification: label compaction, per-object sums and shapes.
+
+Everything here works on one chunk or one window of labels at a time and knows nothing of Dask,
+files or slides. Sums of integer pixels are exact (``uint64`` or ``int64``), so adding the
+partial sums of any split of the slide gives the same table; shapes are computed from the whole
+object as :func:`skimage.measure.regionprops` computes them (``docs/quantification.md``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from codexdask.postprocess._jit import jit
+
+__all__ = [
+    "PERIMETER_WEIGHTS",
+    "accumulate",
+    "object_boxes",
+    "compact_labels",
+    "convex_areas",
+    "grouped_quantiles",
+    "shape_sums",
+    "sum_dtype",
+    "square_sum_dtype",
+]
+
+#: Weight of each neighbourhood code of a boundary pixel (1 + 2 × its boundary 4-neighbours +
+#: 10 × its boundary diagonal neighbours) in a 4-connected perimeter, as scikit-image weighs them.
+PERIMETER_WEIGHTS = np.zeros(50, dtype=np.float64)
+PERIMETER_WEIGHTS[[5, 7, 15, 17, 25, 27]] = 1.0
+PERIMETER_WEIGHTS[[21, 33]] = math.sqrt(2.0)
+PERIMETER_WEIGHTS[[13, 23]] = (1.0 + math.sqrt(2.0)) / 2.0
+
+# A chunk's ids are looked up in a table over their range when the range is at most this many
+# times the pixel count (else sorted): ids of one region of a slide are close together.
+_TABLE_FACTOR = 4
+
+
+def sum_dtype(pixels: np.dtype) -> np.dtype:
+    """Accumulator of pixel sums: ``uint64``/``int64`` for integers (exact), else ``float64``."""
+    pixels = np.dtype(pixels)
+    if pixels.kind == "u" or pixels.kind == "b":
+        return np.dtype(np.uint64)
+    if pixels.kind == "i":
+        return np.dtype(np.int64)
+    return np.dtype(np.float64)
+
+
+def square_sum_dtype(pixels: np.dtype) -> np.dtype:
+    """Accumulator of squared pixels: exact integers for pixels of at most 16 bits.
+
+    A 16-bit square is below 2**32, so an object of up to 2**32 pixels sums exactly in 64 bits;
+    wider pixels are squared and summed in ``float64``.
+    """
+    pixels = np.dtype(pixels)
+    if pixels.kind in "uib" and pixels.itemsize <= 2:
+        return np.dtype(np.uint64 if pixels.kind in "ub" else np.int64)
+    return np.dtype(np.float64)
+
+
+def compact_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct non-zero labels of ``labels`` and each pixel's position among them.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Label image, any shape, unsigned integers (0 is background).
+
+    Returns
+    -------
+    ids : numpy.ndarray
+        ``(K,)`` uint32, the distinct non-zero labels, ascending.
+    index : numpy.ndarray
+        ``labels.shape`` int32: ``ids[index] == labels`` where ``labels > 0``, ``-1`` elsewhere.
+
+    Examples
+    --------
+    >>> ids, index = compact_labels(np.array([[0, 7], [3, 7]], np.uint32))
+    >>> ids.tolist(), index.tolist()
+    ([3, 7], [[-1, 1], [0, 1]])
+    """
+    flat = np.ascontiguousarray(labels, dtype=np.uint32).reshape(-1)
+    if flat.size == 0:
+        return np.zeros(0, np.uint32), np.full(labels.shape, -1, np.int32)
+    low, high = _nonzero_range(flat)
+    if high == 0:
+        return np.zeros(0, np.uint32), np.full(labels.shape, -1, np.int32)
+    if high - low < _TABLE_FACTOR * flat.size + 1024:
+        ids, index = _compact_by_table(flat, low, high)
+    else:
+        ids, inverse = np.unique(flat, return_inverse=True)
+        if ids[0] == 0:
+            ids, index = ids[1:], inverse.astype(np.int32) - 1
+        else:
+            index = inverse.astype(np.int32)
+    return ids.astype(np.uint32), index.reshape(labels.shape)
+
+
+@jit
+def _nonzero_range(flat: np.ndarray) -> tuple[int, int]:  # pragma: no cover - compiled
+    low = np.uint32(0xFFFFFFFF)
+    high = np.uint32(0)
+    for value in flat:
+        if value != 0:
+            if value < low:
+                low = value
+            if value > high:
+                high = value
+    return int(low), int(high)
+
+
+@jit
+def _compact_by_table(
+    flat: np.ndarray, low: int, high: int
+) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    table = np.full(high - low + 1, -1, np.int32)
+    for value in flat:
+        if value != 0:
+            table[value - low] = 0
+    count = 0
+    for position in range(table.size):
+        if table[position] == 0:
+            table[position] = count
+            count += 1
+    ids = np.empty(count, np.uint32)
+    for position in range(table.size):
+        if table[position] >= 0:
+            ids[table[position]] = low + position
+    index = np.full(flat.size, -1, np.int32)
+    for i in range(flat.size):
+        if flat[i] != 0:
+            index[i] = table[flat[i] - low]
+    return ids, index
+
+
+@jit
+def accumulate(
+    index: np.ndarray, values: np.ndarray, sums: np.ndarray, squares: np.ndarray,
+    minima: np.ndarray, maxima: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """Add one channel's pixels to per-object sums (and squares, minima, maxima).
+
+    Parameters
+    ----------
+    index : numpy.ndarray
+        ``(P,)`` int32, each pixel's object (``-1``: none).
+    values : numpy.ndarray
+        ``(P,)`` the channel's pixels.
+    sums : numpy.ndarray
+        ``(K,)`` accumulator (:func:`sum_dtype`), updated in place.
+    squares, minima, maxima : numpy.ndarray
+        ``(K,)`` accumulators updated in place, or ``(0,)`` arrays to skip them.
+    """
+    extra = squares.size > 0
+    for i in range(index.size):
+        k = index[i]
+        if k >= 0:
+            value = values[i]
+            sums[k] += value
+            if extra:
+                squares[k] += value * value
+                if value < minima[k]:
+                    minima[k] = value
+                if value > maxima[k]:
+                    maxima[k] = value
+
+
+@jit
+def object_boxes(
+    index: np.ndarray, n_objects: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """Pixel counts and boxes ``(top, left, bottom, right)`` (exclusive ends) of each object.
+
+    ``index`` is ``(P,)`` int32 over a ``(P // width, width)`` window; returns ``(K,)`` int64
+    counts and ``(K, 4)`` int64 boxes (``top = P`` for an object absent from the window).
+    """
+    counts = np.zeros(n_objects, np.int64)
+    boxes = np.empty((n_objects, 4), np.int64)
+    boxes[:, 0] = index.size
+    boxes[:, 1] = index.size
+    boxes[:, 2] = -1
+    boxes[:, 3] = -1
+    for i in range(index.size):
+        k = index[i]
+        if k >= 0:
+            row = i // width
+            col = i - row * width
+            counts[k] += 1
+            boxes[k, 0] = min(boxes[k, 0], row)
+            boxes[k, 1] = min(boxes[k, 1], col)
+            boxes[k, 2] = max(boxes[k, 2], row + 1)
+            boxes[k, 3] = max(boxes[k, 3], col + 1)
+    return counts, boxes
+
+
+@jit
+def shape_sums(
+    labels: np.ndarray, ids: np.ndarray, boxes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """Moments and perimeter codes of whole objects, each inside its box.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        ``(H, W)`` uint32 window holding every object whole.
+    ids : numpy.ndarray
+        ``(K,)`` uint32 labels of the objects to measure.
+    boxes : numpy.ndarray
+        ``(K, 4)`` int64 ``(top, left, bottom, right)`` of each object in the window (exclusive
+        ends); pixels outside an object's box are not its own.
+
+    Returns
+    -------
+    moments : numpy.ndarray
+        ``(K, 6)`` int64: pixel count, sums of row, column, row², column², row × column, in
+        coordinates relative to the box's top-left corner (exact).
+    perimeter : numpy.ndarray
+        ``(K,)`` float64, the 4-connected perimeter (scikit-image's ``perimeter(image, 4)`` of
+        the object's box).
+    """
+    height, width = labels.shape
+    moments = np.zeros((ids.size, 6), np.int64)
+    perimeter = np.zeros(ids.size, np.float64)
+    weights = np.zeros(50, np.float64)
+    for code in (5, 7, 15, 17, 25, 27):
+        weights[code] = 1.0
+    weights[21] = math.sqrt(2.0)
+    weights[33] = math.sqrt(2.0)
+    weights[13] = (1.0 + math.sqrt(2.0)) / 2.0
+    weights[23] = (1.0 + math.sqrt(2.0)) / 2.0
+    for k in range(ids.size):
+        label = ids[k]
+        top, left, bottom, right = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
+        histogram = np.zeros(50, np.int64)
+        for row in range(top, bottom):
+            for col in range(left, right):
+                if labels[row, col] != label:
+                    continue
+                y = row - top
+                x = col - left
+                moments[k, 0] += 1
+                moments[k, 1] += y
+                moments[k, 2] += x
+                moments[k, 3] += y * y
+                moments[k, 4] += x * x
+                moments[k, 5] += y * x
+                if not _on_boundary(labels, label, row, col, top, left, bottom, right):
+                    continue
+                code = 1
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        if dy == 0 and dx == 0:
+                            continue
+                        ny, nx = row + dy, col + dx
+                        if ny < top or ny >= bottom or nx < left or nx >= right:
+                            continue
+                        if labels[ny, nx] != label:
+                            continue
+                        if not _on_boundary(labels, label, ny, nx, top, left, bottom, right):
+                            continue
+                        code += 2 if dy == 0 or dx == 0 else 10
+                histogram[code] += 1
+        total = 0.0
+        for code in range(50):
+            total += histogram[code] * weights[code]
+        perimeter[k] = total
+    return moments, perimeter
+
+
+@jit
+def _on_boundary(
+    labels: np.ndarray, label: Any, row: int, col: int, top: int, left: int, bottom: int,
+    right: int,
+) -> bool:  # pragma: no cover - compiled
+    """Whether pixel (row, col) of ``label`` has a 4-neighbour outside it (or outside the box)."""
+    if row == top or row == bottom - 1 or col == left or col == right - 1:
+        return True
+    return (labels[row - 1, col] != label or labels[row + 1, col] != label
+            or labels[row, col - 1] != label or labels[row, col + 1] != label)
+
+
+@jit
+def convex_areas(
+    labels: np.ndarray, ids: np.ndarray, boxes: np.ndarray
+) -> np.ndarray:  # pragma: no cover - compiled
+    """Pixels of each object's convex hull image, as scikit-image's ``convex_hull_image`` counts.
+
+    The hull is that of the midpoints of the pixels' edges; a pixel centre on the hull's
+    boundary counts. Computed in doubled integer coordinates (pixel ``(r, c)`` has the edge
+    midpoints ``(2r ± 1, 2c)`` and ``(2r, 2c ± 1)``), so every decision is exact.
+
+    Parameters
+    ----------
+    labels, ids, boxes
+        As for :func:`shape_sums`.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(K,)`` int64.
+    """
+    areas = np.zeros(ids.size, np.int64)
+    for k in range(ids.size):
+        label = ids[k]
+        top, left, bottom, right = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
+        rows = bottom - top
+        # Each row's leftmost and rightmost pixel hold every hull vertex: 6 midpoints per row.
+        ys = np.empty(6 * rows, np.int64)
+        xs = np.empty(6 * rows, np.int64)
+        n = 0
+        for row in range(top, bottom):
+            first = -1
+            last = -1
+            for col in range(left, right):
+                if labels[row, col] == label:
+                    if first < 0:
+                        first = col
+                    last = col
+            if first < 0:
+                continue
+            y = 2 * (row - top)
+            for side in (-1, 1):
+                x = 2 * ((first if side < 0 else last) - left)
+                ys[n], xs[n] = y - 1, x
+                ys[n + 1], xs[n + 1] = y + 1, x
+                ys[n + 2], xs[n + 2] = y, x + side
+                n += 3
+        hull_y, hull_x = _hull(ys[:n], xs[:n])
+        areas[k] = _centres_in_polygon(hull_y, hull_x, rows)
+    return areas
+
+
+@jit
+def _hull(ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+    """Vertices of the convex hull of integer points, counter-clockwise (monotone chain)."""
+    order = np.argsort((ys + 4) * (1 << 32) + (xs + 4))
+    n = order.size
+    hull_y = np.empty(2 * n + 1, np.int64)
+    hull_x = np.empty(2 * n + 1, np.int64)
+    size = 0
+    for sweep in range(2):
+        start = size
+        for j in range(n):
+            i = order[j] if sweep == 0 else order[n - 1 - j]
+            py, px = ys[i], xs[i]
+            while size >= start + 2:
+                ay, ax = hull_y[size - 2], hull_x[size - 2]
+                by, bx = hull_y[size - 1], hull_x[size - 1]
+                if (by - ay) * (px - ax) - (bx - ax) * (py - ay) <= 0:
+                    size -= 1
+                else:
+                    break
+            hull_y[size], hull_x[size] = py, px
+            size += 1
+        size -= 1  # the last point of a sweep starts the next
+    return hull_y[:size], hull_x[:size]
+
+
+@jit
+def _centres_in_polygon(
+    hull_y: np.ndarray, hull_x: np.ndarray, rows: int
+) -> int:  # pragma: no cover - compiled
+    """Pixel centres ``(2r, 2c)``, ``0 <= r < rows``, inside or on a convex polygon."""
+    n = hull_y.size
+    total = 0
+    for r in range(rows):
+        y = 2 * r
+        low = np.inf
+        high = -np.inf
+        for i in range(n):
+            ay, ax = hull_y[i], hull_x[i]
+            by, bx = hull_y[(i + 1) % n], hull_x[(i + 1) % n]
+            if y < min(ay, by) or y > max(ay, by):
+                continue
+            if ay == by:
+                low = min(low, ax, bx)
+                high = max(high, ax, bx)
+            else:
+                x = ax + (y - ay) * (bx - ax) / (by - ay)
+                low = min(low, x)
+                high = max(high, x)
+        if high >= low:
+            first = math.ceil(low / 2.0)
+            last = math.floor(high / 2.0)
+            if last >= first:
+                total += last - first + 1
+    return total
+
+
+def grouped_quantiles(
+    index: np.ndarray, values: np.ndarray, n_objects: int, quantiles: np.ndarray
+) -> np.ndarray:
+    """Quantiles of each object's pixels, as :func:`numpy.quantile` (linear) gives them.
+
+    Parameters
+    ----------
+    index : numpy.ndarray
+        ``(P,)`` int32 object of each pixel (``-1``: none).
+    values : numpy.ndarray
+        ``(P,)`` pixel values.
+    n_objects : int
+        K.
+    quantiles : numpy.ndarray
+        ``(Q,)`` float64 in [0, 1].
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(Q, K)`` float64; NaN for an object without pixels.
+    """
+    keep = index >= 0
+    objects = index[keep]
+    picked = values[keep]
+    order = np.lexsort((picked, objects))
+    ordered = picked[order].astype(np.float64)
+    counts = np.bincount(objects, minlength=n_objects)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    out = np.full((len(quantiles), n_objects), np.nan)
+    has = counts > 0
+    for row, q in enumerate(np.asarray(quantiles, dtype=np.float64)):
+        virtual = q * (counts[has] - 1)
+        below = np.floor(virtual).astype(np.int64)
+        above = np.minimum(below + 1, counts[has] - 1)
+        fraction = virtual - below
+        a = ordered[starts[has] + below]
+        b = ordered[starts[has] + above]
+        diff = b - a
+        # numpy's linear interpolation, written the same way for the same rounding.
+        out[row, has] = np.where(fraction >= 0.5, b - diff * (1 - fraction), a + diff * fraction)
+    return out

@@ -1,0 +1,220 @@
+"""The tasks of a quantification, as workers run them: read a chunk or a window, measure it.
+
+Each task opens what it reads by path (the result store, the slide), so it can run on any
+worker, and keeps its result in the work folder, so that ``--resume`` does not compute it again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from codexdask.atomic import atomic_path
+from codexdask.boxes import Box
+from codexdask.errors import SlideError
+from codexdask.layout import (
+    CELL,
+    CELL_MATCHED_MASK,
+    CELL_OUTSIDE_NUCLEUS_MASK,
+    NUCLEUS,
+    NUCLEUS_MATCHED_MASK,
+)
+from codexdask.quantify.sums import ObjectSums, chunk_sums, combine
+from codexdask.quantify.windows import window_measures
+from codexdask.readers import READ_ERRORS
+from codexdask.store.slide import Slide, open_slide
+
+__all__ = ["OBJECT_SETS", "Chunk", "Sources", "combine_parts", "sums_task", "window_task"]
+
+#: The objects measured, by ``masks`` setting: object set -> (the mask arrays of its layers in
+#: Phase 1, its shape masks, its compartments as mask arrays). A matched cell's layers are its
+#: nucleus and its cytoplasm (disjoint; together the cell).
+OBJECT_SETS: dict[str, dict[str, tuple[tuple[str, ...], dict[str, str], dict[str, str]]]] = {
+    "matched": {
+        "cell": ((NUCLEUS_MATCHED_MASK, CELL_OUTSIDE_NUCLEUS_MASK),
+                 {"cell": CELL_MATCHED_MASK, "nucleus": NUCLEUS_MATCHED_MASK},
+                 {"cell": CELL_MATCHED_MASK, "nucleus": NUCLEUS_MATCHED_MASK,
+                  "cytoplasm": CELL_OUTSIDE_NUCLEUS_MASK}),
+    },
+    "raw": {
+        "cell": ((CELL,), {"cell": CELL}, {"cell": CELL}),
+        "nucleus": ((NUCLEUS,), {"nucleus": NUCLEUS}, {"nucleus": NUCLEUS}),
+    },
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Sources:
+    """Where a task reads and keeps: all absolute paths, so any worker can open them.
+
+    Attributes
+    ----------
+    results : str
+        The result store (``masks.zarr``).
+    slide : str
+        The multiplexed slide.
+    work : str
+        The work folder of partial results.
+    slide_shape : (int, int)
+        The slide's height and width: mask pixels beyond them (a patch's padding) are not
+        measured.
+    n_channels : int
+    dtype : str
+        The slide's pixel dtype.
+    masks : {"matched", "raw"}
+    extra : bool
+        Keep sums of squares, minima and maxima.
+    quantiles : tuple of float
+        Order statistics asked for, in [0, 1].
+    morphology : bool
+    """
+
+    results: str
+    slide: str
+    work: str
+    slide_shape: tuple[int, int]
+    n_channels: int
+    dtype: str
+    masks: str
+    extra: bool
+    quantiles: tuple[float, ...]
+    morphology: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """A region of one patch.
+
+    Attributes
+    ----------
+    patch : int
+        The patch's position in the stores.
+    number : int
+        The region's number within the patch (names its work file).
+    region : Box
+        Patch coordinates.
+    origin : (int, int)
+        Slide coordinates of the patch's top-left pixel.
+    """
+
+    patch: int
+    number: int
+    region: Box
+    origin: tuple[int, int]
+
+
+@functools.lru_cache(maxsize=4)
+def _slide(path: str) -> Slide:
+    return open_slide(path)
+
+
+def _channel_reader(path: str, box: Box) -> Callable[[int], np.ndarray]:
+    """A reader of one channel over ``box`` (slide coordinates; zeros beyond the slide)."""
+    slide = _slide(path)
+    inside = box.intersection(Box.whole((slide.height, slide.width)))
+
+    def read(channel: int) -> np.ndarray:
+        out = np.zeros(box.shape, slide.dtype)
+        if inside.is_empty():
+            return out
+        try:
+            out[inside.slices(box)] = slide.data[(channel,) + inside.slices()].compute(
+                scheduler="synchronous")
+        except READ_ERRORS as exc:
+            raise SlideError(
+                f"could not read channel {channel} over rows {box.top}-{box.bottom}, columns "
+                f"{box.left}-{box.right} of {path}: the file is truncated or unreadable ({exc}); "
+                "re-export or re-copy the slide") from exc
+        return out
+    return read
+
+
+def _masks(sources: Sources, names: tuple[str, ...] | list[str], patch: int, region: Box,
+           origin: tuple[int, int]) -> list[np.ndarray]:
+    """Mask arrays over ``region`` of ``patch``, background wherever it leaves the slide."""
+    group = zarr.open_group(sources.results, mode="r")
+    inside = region.shift(*origin).intersection(Box.whole(sources.slide_shape))
+    out = []
+    for name in names:
+        mask = np.asarray(group[name][(patch,) + region.slices()])
+        if inside.shape != region.shape:
+            clipped = np.zeros_like(mask)
+            if not inside.is_empty():
+                part = inside.shift(-origin[0], -origin[1]).slices(region)
+                clipped[part] = mask[part]
+            mask = clipped
+        out.append(mask)
+    return out
+
+
+def _kept(work: str, name: str, compute: Callable[[], Any]) -> Any:
+    """``compute()``, or what an earlier run kept in ``work/name``; kept either way."""
+    path = Path(work) / name
+    if path.is_file():
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
+    value = compute()
+    os.makedirs(work, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    return value
+
+
+def sums_task(sources: Sources, chunk: Chunk, file_name: str) -> dict[str, ObjectSums]:
+    """Phase 1 of one chunk: each object set's sums over it (kept in the work folder)."""
+
+    def compute() -> dict[str, ObjectSums]:
+        read = _channel_reader(sources.slide, chunk.region.shift(*chunk.origin))
+        cache: dict[int, np.ndarray] = {}
+
+        def read_once(channel: int) -> np.ndarray:  # two object sets share one reading
+            if channel not in cache:
+                cache.clear()
+                cache[channel] = read(channel)
+            return cache[channel]
+
+        out = {}
+        sets = OBJECT_SETS[sources.masks]
+        for name, (layers, _, _) in sets.items():
+            masks = _masks(sources, layers, chunk.patch, chunk.region, chunk.origin)
+            out[name] = chunk_sums(masks, read_once if len(sets) > 1 else read,
+                                   sources.n_channels, np.dtype(sources.dtype),
+                                   (chunk.region.top, chunk.region.left), extra=sources.extra)
+        return out
+
+    return _kept(sources.work, file_name, compute)
+
+
+def combine_parts(*parts: dict[str, ObjectSums]) -> dict[str, ObjectSums]:
+    """Add up the Phase 1 results of chunks of one patch, object set by object set."""
+    return {name: combine([part[name] for part in parts]) for name in parts[0]}
+
+
+def window_task(
+    sources: Sources, object_set: str, patch: int, window: Box, origin: tuple[int, int],
+    ids: np.ndarray, file_name: str,
+) -> dict[str, Any]:
+    """Phase 2 of one owner: shapes and quantiles of ``ids``, whole in ``window``."""
+
+    def compute() -> dict[str, Any]:
+        _, shape_names, compartment_names = OBJECT_SETS[sources.masks][object_set]
+        names = sorted(set(shape_names.values()) | set(compartment_names.values()))
+        arrays = dict(zip(names, _masks(sources, names, patch, window, origin), strict=True))
+        reader = None
+        if sources.quantiles:
+            reader = _channel_reader(sources.slide, window.shift(*origin))
+        slide_origin = (origin[0] + window.top, origin[1] + window.left)
+        shapes = {k: arrays[v] for k, v in shape_names.items()} if sources.morphology else {}
+        return window_measures(
+            shapes, {k: arrays[v] for k, v in compartment_names.items()}, ids, slide_origin,
+            reader, sources.n_channels, np.asarray(sources.quantiles))
+
+    return _kept(sources.work, file_name, compute)

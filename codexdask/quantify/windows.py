@@ -1,0 +1,96 @@
+"""What needs each object whole: its shape and the quantiles of its pixels, from one window.
+
+An object's shape (and, on request, the median and percentiles of its pixels) needs all of it
+at once. Each object is measured by exactly one *owner*: the chunk of its patch that holds its
+box's centre; the owner reads one window, the union of its objects' boxes, and measures them
+all there (``docs/quantification.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from codexdask.quantify.kernels import grouped_quantiles, object_boxes
+from codexdask.quantify.shapes import SHAPE_COLUMNS, measure_shapes
+
+__all__ = ["owned_index", "window_measures"]
+
+
+def owned_index(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Each pixel's position in ``ids`` (sorted uint32), ``-1`` where its label is not one.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``labels.shape`` int32.
+    """
+    position = np.searchsorted(ids, labels)
+    found = position < len(ids)
+    found[found] = ids[position[found]] == labels[found]
+    return np.where(found, position, -1).astype(np.int32)
+
+
+def window_measures(
+    shape_masks: Mapping[str, np.ndarray],
+    compartments: Mapping[str, np.ndarray],
+    ids: np.ndarray,
+    origin: tuple[int, int],
+    read_channel: Callable[[int], np.ndarray] | None,
+    n_channels: int,
+    quantiles: np.ndarray,
+) -> dict[str, pd.DataFrame | np.ndarray]:
+    """Shapes and pixel quantiles of the objects ``ids``, which the window holds whole.
+
+    Parameters
+    ----------
+    shape_masks : mapping of str to numpy.ndarray
+        Name -> ``(H, W)`` uint32 label window whose objects ``ids`` are measured as shapes
+        (e.g. ``cell`` and ``nucleus``).
+    compartments : mapping of str to numpy.ndarray
+        Compartment -> ``(H, W)`` uint32 label window holding each object's pixels of that
+        compartment (for quantiles).
+    ids : numpy.ndarray
+        ``(K,)`` uint32, ascending.
+    origin : (int, int)
+        Slide coordinates of the window's top-left pixel.
+    read_channel : callable or None
+        ``read_channel(c)`` -> ``(H, W)`` pixels over the window; ``None`` when no quantile is
+        asked for.
+    n_channels : int
+        C.
+    quantiles : numpy.ndarray
+        ``(Q,)`` in [0, 1].
+
+    Returns
+    -------
+    dict
+        ``"{name}"`` -> DataFrame of :data:`~codexdask.quantify.shapes.SHAPE_COLUMNS`, ``K`` rows
+        (NaN for an object without pixels in that mask); ``"{compartment}_quantiles"`` ->
+        ``(Q, C, K)`` float64.
+    """
+    ids = np.ascontiguousarray(ids, dtype=np.uint32)
+    out: dict[str, pd.DataFrame | np.ndarray] = {}
+    for name, labels in shape_masks.items():
+        labels = np.ascontiguousarray(labels, dtype=np.uint32)
+        index = owned_index(labels, ids)
+        counts, boxes = object_boxes(index.reshape(-1), len(ids), labels.shape[1])
+        present = counts > 0
+        table = pd.DataFrame(np.nan, index=range(len(ids)), columns=list(SHAPE_COLUMNS))
+        if present.any():
+            measured = measure_shapes(labels, ids[present], boxes[present], origin)
+            table.loc[present, :] = measured.to_numpy()
+        out[name] = table
+    if read_channel is None or len(quantiles) == 0:
+        return out
+    indices = {name: owned_index(np.asarray(labels, np.uint32), ids).reshape(-1)
+               for name, labels in compartments.items()}
+    found = {name: np.empty((len(quantiles), n_channels, len(ids))) for name in compartments}
+    for channel in range(n_channels):
+        values = np.asarray(read_channel(channel)).reshape(-1)
+        for name, index in indices.items():
+            found[name][:, channel] = grouped_quantiles(index, values, len(ids), quantiles)
+    out.update({f"{name}_quantiles": value for name, value in found.items()})
+    return out
