@@ -18,7 +18,7 @@ from codexdask.postprocess._jit import jit
 __all__ = [
     "PERIMETER_WEIGHTS",
     "accumulate",
-    "object_boxes",
+    "object_tally",
     "compact_labels",
     "convex_areas",
     "grouped_quantiles",
@@ -169,31 +169,50 @@ def accumulate(
 
 
 @jit
-def object_boxes(
-    index: np.ndarray, n_objects: int, width: int
-) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
-    """Pixel counts and boxes ``(top, left, bottom, right)`` (exclusive ends) of each object.
+def object_tally(
+    index: np.ndarray, n_objects: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """Pixel counts, coordinate sums and boxes of each object, layer by layer.
 
-    ``index`` is ``(P,)`` int32 over a ``(P // width, width)`` window; returns ``(K,)`` int64
-    counts and ``(K, 4)`` int64 boxes (``top = P`` for an object absent from the window).
+    Parameters
+    ----------
+    index : numpy.ndarray
+        ``(L, H, W)`` int32, each pixel's object per layer (``-1``: none).
+    n_objects : int
+        K.
+
+    Returns
+    -------
+    counts : numpy.ndarray
+        ``(L, K)`` int64.
+    coords : numpy.ndarray
+        ``(L, 2, K)`` int64 sums of the pixels' rows and columns (window coordinates).
+    boxes : numpy.ndarray
+        ``(K, 4)`` int64 ``(top, left, bottom, right)`` over every layer, exclusive ends
+        (``(H, W, -1, -1)`` for an object with no pixel).
     """
-    counts = np.zeros(n_objects, np.int64)
+    layers, height, width = index.shape
+    counts = np.zeros((layers, n_objects), np.int64)
+    coords = np.zeros((layers, 2, n_objects), np.int64)
     boxes = np.empty((n_objects, 4), np.int64)
-    boxes[:, 0] = index.size
-    boxes[:, 1] = index.size
+    boxes[:, 0] = height
+    boxes[:, 1] = width
     boxes[:, 2] = -1
     boxes[:, 3] = -1
-    for i in range(index.size):
-        k = index[i]
-        if k >= 0:
-            row = i // width
-            col = i - row * width
-            counts[k] += 1
-            boxes[k, 0] = min(boxes[k, 0], row)
-            boxes[k, 1] = min(boxes[k, 1], col)
-            boxes[k, 2] = max(boxes[k, 2], row + 1)
-            boxes[k, 3] = max(boxes[k, 3], col + 1)
-    return counts, boxes
+    for layer in range(layers):
+        for row in range(height):
+            for col in range(width):
+                k = index[layer, row, col]
+                if k < 0:
+                    continue
+                counts[layer, k] += 1
+                coords[layer, 0, k] += row
+                coords[layer, 1, k] += col
+                boxes[k, 0] = min(boxes[k, 0], row)
+                boxes[k, 1] = min(boxes[k, 1], col)
+                boxes[k, 2] = max(boxes[k, 2], row + 1)
+                boxes[k, 3] = max(boxes[k, 3], col + 1)
+    return counts, coords, boxes
 
 
 @jit

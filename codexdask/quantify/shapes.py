@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from skimage.measure import regionprops
+from skimage.measure import moments_central
 
 from codexdask.quantify.kernels import convex_areas, shape_sums
 
@@ -49,32 +49,25 @@ def measure_shapes(
     moments, perimeter = shape_sums(labels, ids, boxes)
     convex = convex_areas(labels, ids, boxes)
     n = moments[:, 0].astype(np.float64)
+    # n × the central moments, exactly (Python integers: no overflow for any object size).
+    count, sy, sx, syy, sxx, sxy = (moments[:, i].astype(object) for i in range(6))
+    n_mu20, n_mu02, n_mu11 = count * syy - sy * sy, count * sxx - sx * sx, count * sxy - sy * sx
     with np.errstate(invalid="ignore", divide="ignore"):  # objects without pixels: NaN
-        mean_y = moments[:, 1] / n
-        mean_x = moments[:, 2] / n
-        # Central moments from exact sums: mu20 = sum(y^2) - (sum y)^2 / n, and so on.
-        mu20 = moments[:, 3] - moments[:, 1] * mean_y
-        mu02 = moments[:, 4] - moments[:, 2] * mean_x
-        mu11 = moments[:, 5] - moments[:, 1] * mean_x
-        a, b, c = mu02 / n, -mu11 / n, mu20 / n
-    tensor = np.stack([np.stack([a, b], -1), np.stack([b, c], -1)], -2)
-    tensor = np.nan_to_num(tensor)
+        a, b, c = (np.asarray([float(v) for v in values], np.float64) / (n * n)
+                   for values in (n_mu02, -n_mu11, n_mu20))
+    tensor = np.nan_to_num(np.stack([np.stack([a, b], -1), np.stack([b, c], -1)], -2))
     eigen = np.clip(np.linalg.eigvalsh(tensor), 0, None)[:, ::-1] if len(ids) else np.zeros((0, 2))
     major, minor = eigen[:, 0], eigen[:, 1]
     with np.errstate(invalid="ignore", divide="ignore"):
         eccentricity = np.where(major == 0, 0.0,
                                 np.sqrt(1 - minor / np.where(major == 0, 1, major)))
-    orientation = np.where(
-        a - c == 0,
-        np.where(b < 0, np.pi / 4, -np.pi / 4),
-        0.5 * np.arctan2(-2 * b, c - a),
-    )
-    # Where the object is symmetric (mu11 == 0 or mu20 == mu02 exactly), the orientation is
-    # +-pi/2 or +-pi/4 by the sign of a rounding error: take regionprops' own value there.
-    for k in np.flatnonzero(((mu11 == 0) & (c - a < 0)) | (a - c == 0)):
-        top, left, bottom, right = boxes[k]
-        crop = (labels[top:bottom, left:right] == ids[k]).astype(np.uint8)
-        orientation[k] = regionprops(crop)[0].orientation
+        orientation = 0.5 * np.arctan2(-2 * b, c - a)
+    # A symmetric object (mu11 == 0 with mu20 < mu02, or mu20 == mu02, exactly) has an
+    # orientation of +-pi/2 or +-pi/4 by the sign of a rounding error in regionprops: there,
+    # its own arithmetic decides.
+    symmetric = ((n_mu11 == 0) & (n_mu20 < n_mu02)) | (n_mu20 == n_mu02)
+    for k in np.flatnonzero(symmetric.astype(bool) & (moments[:, 0] > 0)):
+        orientation[k] = _regionprops_orientation(labels, ids[k], boxes[k], moments[k])
     area = moments[:, 0]
     box_area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     return pd.DataFrame({
@@ -91,3 +84,17 @@ def measure_shapes(
         "Perimeter": perimeter,
         "ConvexArea": convex,
     })
+
+
+def _regionprops_orientation(labels: np.ndarray, label: int, box: np.ndarray,
+                             moments: np.ndarray) -> float:
+    """regionprops' ``orientation`` of one object, by regionprops' own floating-point steps."""
+    top, left, bottom, right = (int(v) for v in box)
+    image = (labels[top:bottom, left:right] == label).astype(np.uint8)
+    centroid = (moments[1] / moments[0], moments[2] / moments[0])  # exact sums: its centroid
+    mu = moments_central(image, centroid, order=3, spacing=np.ones(2))
+    corners = mu[2, 0] + mu[0, 2]
+    a, b, c = (corners - mu[2, 0]) / mu[0, 0], -mu[1, 1] / mu[0, 0], (corners - mu[0, 2]) / mu[0, 0]
+    if a - c == 0:
+        return float(np.pi / 4 if b < 0 else -np.pi / 4)
+    return float(0.5 * np.arctan2(-2 * b, c - a))

@@ -15,10 +15,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from codexdask.errors import InputError
 from codexdask.quantify.kernels import (
     accumulate,
     compact_labels,
-    object_boxes,
+    object_tally,
     square_sum_dtype,
     sum_dtype,
 )
@@ -115,19 +116,14 @@ def chunk_sums(
     """
     dtype = np.dtype(dtype)
     stacked = np.stack([np.asarray(layer, dtype=np.uint32) for layer in layers])
-    n_layers, height, width = stacked.shape
+    n_layers = stacked.shape[0]
     ids, index = compact_labels(stacked)
     k = len(ids)
-    counts = np.zeros((n_layers, k), np.int64)
-    boxes = np.zeros((k, 4), np.int64)
-    if k:
-        per_layer = [object_boxes(index[i].reshape(-1), k, width) for i in range(n_layers)]
-        counts = np.stack([c for c, _ in per_layer])
-        every = np.stack([b for _, b in per_layer])
-        boxes = np.concatenate([every[:, :, :2].min(axis=0), every[:, :, 2:].max(axis=0)], 1)
-        boxes += np.array([origin[0], origin[1], origin[0], origin[1]])
-    sums = np.zeros((n_layers, n_channels, k), sum_dtype(dtype))
-    out = ObjectSums(ids, counts, sums, boxes, np.zeros((n_layers, 2, k), np.int64))
+    counts, coords, boxes = object_tally(index, k)
+    coords += np.array(origin, np.int64)[None, :, None] * counts[:, None, :]
+    boxes += np.array([origin[0], origin[1], origin[0], origin[1]])
+    out = ObjectSums(ids, counts, np.zeros((n_layers, n_channels, k), sum_dtype(dtype)), boxes,
+                     coords)
     if extra:
         low, high = _limits(dtype)
         out.squares = np.zeros((n_layers, n_channels, k), square_sum_dtype(dtype))
@@ -135,23 +131,29 @@ def chunk_sums(
         out.maxima = np.full((n_layers, n_channels, k), high, dtype)
     if k == 0:
         return out
-    empty = np.zeros(0, np.float64)
-    flat_index = index.reshape(n_layers, -1)
-    rows = np.repeat(np.arange(origin[0], origin[0] + height, dtype=np.int64), width)
-    cols = np.tile(np.arange(origin[1], origin[1] + width, dtype=np.int64), height)
+    # One pass per channel: the layers are disjoint, so each pixel feeds one (object, layer).
+    both = index >= 0
+    if n_layers > 1 and (both.sum(axis=0) > 1).any():
+        raise InputError(
+            "the layers of one object overlap (a nucleus pixel that is also cytoplasm); the "
+            "repaired masks are inconsistent: segment the slide again")
+    combined = np.full(index.shape[1:], -1, np.int32)
     for layer in range(n_layers):
-        for axis, coordinate in enumerate((rows, cols)):
-            accumulate(flat_index[layer], coordinate, out.coords[layer, axis], empty, empty,
-                       empty)
+        combined[both[layer]] = index[layer][both[layer]] * n_layers + layer
+    flat = {name: np.zeros((n_channels, k * n_layers), getattr(out, name).dtype)
+            for name in ("sums", "squares", "minima", "maxima") if getattr(out, name) is not None}
+    if extra:
+        flat["minima"][:] = low
+        flat["maxima"][:] = high
+    empty = np.zeros(0, np.float64)
     for channel in range(n_channels):
         values = _kernel_input(np.ascontiguousarray(read_channel(channel)).reshape(-1), extra)
-        for layer in range(n_layers):
-            if extra:
-                accumulate(flat_index[layer], values, sums[layer, channel],
-                           out.squares[layer, channel],  # type: ignore[index]
-                           out.minima[layer, channel], out.maxima[layer, channel])  # type: ignore[index]
-            else:
-                accumulate(flat_index[layer], values, sums[layer, channel], empty, empty, empty)
+        rows = [flat[name][channel] if name in flat else empty
+                for name in ("sums", "squares", "minima", "maxima")]
+        accumulate(combined.reshape(-1), values, *rows)
+    for name, values in flat.items():  # (C, K * L) -> (L, C, K)
+        setattr(out, name, np.ascontiguousarray(
+            values.reshape(n_channels, k, n_layers).transpose(2, 0, 1)))
     return out
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from codexdask.quantify.kernels import grouped_quantiles, object_boxes
+from codexdask.quantify.kernels import grouped_quantiles, object_tally
 from codexdask.quantify.shapes import SHAPE_COLUMNS, measure_shapes
 
 __all__ = ["owned_index", "window_measures"]
@@ -76,8 +76,8 @@ def window_measures(
     for name, labels in shape_masks.items():
         labels = np.ascontiguousarray(labels, dtype=np.uint32)
         index = owned_index(labels, ids)
-        counts, boxes = object_boxes(index.reshape(-1), len(ids), labels.shape[1])
-        present = counts > 0
+        counts, _, boxes = object_tally(index[None], len(ids))
+        present = counts[0] > 0
         table = pd.DataFrame(np.nan, index=range(len(ids)), columns=list(SHAPE_COLUMNS))
         if present.any():
             measured = measure_shapes(labels, ids[present], boxes[present], origin)

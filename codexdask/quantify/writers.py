@@ -7,7 +7,9 @@ in the README (``Outputs reference``) and ``docs/quantification.md``.
 
 from __future__ import annotations
 
+import csv
 import importlib.metadata
+import io
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -140,15 +142,31 @@ def write_tables(
         written.append(path)
         for compartment in COMPARTMENT_LAYERS[config.masks][name]:
             path = out_dir / compartment_csv_name(compartment)
-            with atomic_path(path) as tmp:
-                compartment_frame(table, compartment, markers, ids).to_csv(tmp, index=False)
+            write_csv(path, compartment_frame(table, compartment, markers, ids))
             written.append(path)
     path = out_dir / MARKERS_FILE
     with atomic_path(path) as tmp:
         pd.DataFrame({"channel_number": np.arange(1, len(markers) + 1),
-                      "marker_name": list(markers)}).to_csv(tmp, index=False)
+                      "marker_name": list(markers)}).to_csv(tmp, index=False)  # a few rows
     written.append(path)
     return written
+
+
+def write_csv(path: Path, frame: pd.DataFrame) -> None:
+    """``frame`` as CSV, atomically: floats in their shortest round-trip form, NaN empty.
+
+    pyarrow's writer formats numbers about 14x faster than ``DataFrame.to_csv`` (a table of a
+    million cells is tens of millions of numbers); the header is written plainly, as mcquant's.
+    """
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.csv as pa_csv  # noqa: PLC0415
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        header = io.StringIO()
+        csv.writer(header, lineterminator="\n").writerow(frame.columns)
+        fh.write(header.getvalue().encode())
+        pa_csv.write_csv(pa.Table.from_pandas(frame, preserve_index=False), fh,
+                         pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
 
 
 def write_manifest(out_dir: str | os.PathLike[str], manifest: Mapping[str, Any]) -> Path:

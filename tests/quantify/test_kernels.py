@@ -14,6 +14,7 @@ import pytest
 from scipy import ndimage as ndi
 from skimage.measure import regionprops
 
+from codexdask.errors import InputError
 from codexdask.quantify.kernels import compact_labels, grouped_quantiles
 from codexdask.quantify.shapes import SHAPE_COLUMNS, measure_shapes
 from codexdask.quantify.sums import chunk_sums, combine
@@ -155,6 +156,14 @@ def test_chunk_sums_add_up_exactly_in_any_split(dtype):
             fields += ["sums", "squares"]
         for field in fields:
             np.testing.assert_array_equal(getattr(split, field), getattr(whole, field), field)
+
+
+def test_overlapping_layers_are_refused():
+    nucleus = np.array([[1, 1], [0, 2]], np.uint32)
+    cytoplasm = np.array([[0, 1], [2, 0]], np.uint32)
+    with pytest.raises(InputError, match="layers of one object overlap"):
+        chunk_sums([nucleus, cytoplasm], lambda c: np.ones((2, 2), np.uint16), 1,
+                   np.dtype(np.uint16), (0, 0))
 
 
 def test_grouped_quantiles_equal_numpy():
