@@ -7,8 +7,8 @@ angles with nuclei of half their size; the matched, cytoplasm and raw masks of a
 chunked 1024², and the patch store and manifest a run leaves. Then, on one ``LocalCluster``
 (``--workers`` single-threaded worker processes):
 
-- ``speed`` (default): ``codexdask.quantify`` (matched masks: cell, nucleus, cytoplasm means and
-  shapes), the same without shapes, and on one worker; the *floor*: one task per chunk reading
+- ``speed`` (default): ``codexdask.quantify`` (matched masks: cell, nucleus, cytoplasm means
+  and shapes), the same without shapes, and on one worker; the *floor*: one task per chunk reading
   every channel once through the same reader; in the driver, scikit-image's
   ``regionprops_table`` on the whole arrays in memory (one call per compartment with the 20
   channels as a multichannel intensity image — faster than one call per channel — plus the
@@ -54,7 +54,7 @@ from codexdask.layout import (  # noqa: E402
     RESULT_STORE,
 )
 from codexdask.outputs import create_result_store, write_manifest  # noqa: E402
-from codexdask.quantify import quantify  # noqa: E402
+from codexdask.quantification import quantify  # noqa: E402
 from codexdask.seamless.blocks import Blocks  # noqa: E402
 from codexdask.store.patch_store import patch_slide  # noqa: E402
 from codexdask.store.slide import open_slide  # noqa: E402
@@ -65,23 +65,28 @@ CHUNK = 1024
 
 def lattice_block(box: Box, side: int) -> tuple[np.ndarray, np.ndarray]:
     """Cell and nucleus labels ``(h, w)`` uint32 over ``box`` of the lattice slide."""
-    height, width = box.shape
-    yy, xx = np.mgrid[box.top:box.bottom, box.left:box.right]
-    cell = np.zeros((height, width), np.uint32)
-    nucleus = np.zeros((height, width), np.uint32)
+    cell = np.zeros(box.shape, np.uint32)
+    nucleus = np.zeros(box.shape, np.uint32)
     per_row = side // SPACING
+    yy, xx = np.mgrid[-SPACING:2 * SPACING, -SPACING:2 * SPACING]  # around a lattice site
     for row in range(max(0, box.top // SPACING - 1), min(per_row, box.bottom // SPACING + 2)):
         for col in range(max(0, box.left // SPACING - 1),
                          min(per_row, box.right // SPACING + 2)):
             ident = row * per_row + col + 1
             rng = np.random.default_rng(ident)
-            cy, cx = (np.array([row, col]) + 0.5) * SPACING + rng.uniform(-1, 1, 2)
+            cy, cx = 0.5 * SPACING + rng.uniform(-1, 1, 2)
             major, minor, angle = rng.uniform(5, 7), rng.uniform(3.5, 5), rng.uniform(0, np.pi)
             u = (yy - cy) * np.cos(angle) + (xx - cx) * np.sin(angle)
             v = (xx - cx) * np.cos(angle) - (yy - cy) * np.sin(angle)
             inside = (u / major) ** 2 + (v / minor) ** 2
-            cell[inside <= 1] = ident
-            nucleus[inside <= 0.25] = ident
+            site = Box(row * SPACING - SPACING, col * SPACING - SPACING,
+                       row * SPACING + 2 * SPACING, col * SPACING + 2 * SPACING)
+            part = site.intersection(box)
+            if part.is_empty():
+                continue
+            local = inside[part.slices(site)]
+            cell[part.slices(box)][local <= 1] = ident
+            nucleus[part.slices(box)][local <= 0.25] = ident
     return cell, nucleus
 
 

@@ -2,13 +2,14 @@
 
 The public API, importable from here (``from codexdask import run``):
 
-- configuration: :class:`PatchConfig`, :class:`SegmentConfig`;
+- configuration: :class:`PatchConfig`, :class:`SegmentConfig`, :class:`QuantifyConfig`;
 - slides and patch stores: :func:`open_slide`, :func:`write_patch_store`, :func:`patch_slide`,
   :func:`open_patch_store`, :class:`PatchStore`;
 - segmentation: :func:`run` (the Dask engine) and its :class:`RunResult`; segmenters through
   :func:`get_segmenter`, :func:`register_segmenter`, :class:`Segmenter`;
 - plain numpy kernels: :func:`repair_masks`, :func:`repair_masks_batch`, :func:`get_boundary`;
 - results: :func:`open_result_store`, :func:`load_seg_res`, :func:`load_manifest`;
+- per-cell tables: :func:`quantify` and its :class:`QuantResult`;
 - errors: :class:`CodexDaskError` and its subclasses (:mod:`codexdask.errors`).
 
 The seed's API (``CodexPatches``, ``run_cell_segmentation``...) lives in :mod:`codexdask.compat`.
@@ -38,6 +39,9 @@ from codexdask.errors import (
 _LAZY = {
     "PatchConfig": "codexdask.config",
     "SegmentConfig": "codexdask.config",
+    "QuantifyConfig": "codexdask.config",
+    "QuantResult": "codexdask.quantification.run",
+    "quantify": "codexdask.quantification.run",
     "Slide": "codexdask.store.slide",
     "open_slide": "codexdask.store.slide",
     "PatchStore": "codexdask.store.patch_store",
@@ -58,9 +62,10 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from codexdask.config import PatchConfig, SegmentConfig
+    from codexdask.config import PatchConfig, QuantifyConfig, SegmentConfig
     from codexdask.engine.runner import RunResult, run
     from codexdask.outputs import load_manifest, load_seg_res, open_result_store
+    from codexdask.quantification.run import QuantResult, quantify
     from codexdask.repair.boundaries import get_boundary
     from codexdask.repair.masks import repair_masks, repair_masks_batch
     from codexdask.segmenters import Segmenter, get_segmenter, register_segmenter
@@ -81,6 +86,8 @@ __all__ = [
     "OutputExistsError",
     "PatchConfig",
     "PatchStore",
+    "QuantResult",
+    "QuantifyConfig",
     "RunResult",
     "SegmentConfig",
     "Segmenter",
@@ -98,6 +105,7 @@ __all__ = [
     "open_result_store",
     "open_slide",
     "patch_slide",
+    "quantify",
     "register_segmenter",
     "repair_masks",
     "repair_masks_batch",

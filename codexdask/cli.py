@@ -190,7 +190,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if not args.quantify:
         print(run(args.store, args.out, config, progress=True).summary())
         return 0
-    from codexdask.quantify import quantify
+    from codexdask.quantification import quantify
 
     segmenter = get_segmenter(config.backend, **config.segmenter_options())
     with cluster.connect(config, None, segmenter) as client:
@@ -202,7 +202,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_quantify(args: argparse.Namespace) -> int:
-    from codexdask.quantify import quantify
+    from codexdask.quantification import quantify
 
     config = make_config(QuantifyConfig, load_yaml(args.config) if args.config else {},
                          _flags(args), {"slide": args.slide})

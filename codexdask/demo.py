@@ -20,7 +20,7 @@ from codexdask.engine import cluster
 from codexdask.engine.runner import run
 from codexdask.layout import DEMO_RUN_DIR, DEMO_SLIDE, DEMO_STORE, DEMO_SUMMARY, RESULT_STORE
 from codexdask.outputs import open_result_store
-from codexdask.quantify import quantify
+from codexdask.quantification import quantify
 from codexdask.segmenters import get_segmenter
 from codexdask.store.patch_store import open_patch_store, patch_slide
 from codexdask.synthetic import synthetic_slide

@@ -32,7 +32,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("outputs", ("codexdask.outputs",)),
     ("synthetic", ("codexdask.synthetic",)),
     ("engine", ("codexdask.engine",)),
-    ("quantify", ("codexdask.quantify",)),
+    ("quantification", ("codexdask.quantification",)),
     ("faces", ("codexdask.cli", "codexdask.demo", "codexdask.doctor", "codexdask.compat",
                "codexdask")),
 )

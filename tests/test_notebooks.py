@@ -99,15 +99,17 @@ def test_quickstart_runs(kernel_dir: Path, tmp_path: Path) -> None:
     nb = execute(QUICKSTART, kernel_dir, tmp_path)
     last = check_executed(nb, tmp_path)
     found = re.search(r"OK quickstart: (\d+) informative patches of (\d+), (\d+) cells, "
-                      r"(\d+) matched, cell F1 ([\d.]+)", last)
+                      r"(\d+) matched, cell F1 ([\d.]+), (\d+) cells quantified", last)
     assert found is not None, last
     n_informative, n_patches, n_cells, n_matched = (int(found.group(k)) for k in range(1, 5))
     assert 0 < n_informative < n_patches        # the slide has empty and noisy patches
     assert 0 < n_matched <= n_cells
+    # each matched cell once: fewer than the patches' matched cells, which count overlaps twice
+    assert 0 < int(found.group(6)) < n_matched
     assert "Dask dashboard: http" in text_output(nb)
     images = [o for cell in nb.cells for o in cell.get("outputs", [])
               if "image/png" in o.get("data", {})]
-    assert len(images) >= 5                     # slide, QC grid, overlays, histograms, timing
+    assert len(images) >= 6  # slide, QC grid, overlays, histograms, timing, a marker per cell
 
 
 def test_cluster_runs_on_a_local_cluster(kernel_dir: Path, tmp_path: Path) -> None:

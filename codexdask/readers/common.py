@@ -71,12 +71,16 @@ class SlideFile(NamedTuple):
         Microns per pixel when the file records it.
     format : str
         ``"ome-tiff"``, ``"qptiff"``, ``"tiff"``, ``"ome-zarr"``, ``"zarr"`` or ``"npy"``.
+    named_channels : int or None
+        How many channel names the file's metadata gave (``None``: none). When it differs from
+        the pixels' channel count the names were replaced by ``channel_i``.
     """
 
     data: da.Array
     channel_names: list[str]
     image_mpp: float | None
     format: str
+    named_channels: int | None = None
 
 
 def check_pixel_dtype(dtype: np.dtype, where: str, error: type[Exception]) -> np.dtype:

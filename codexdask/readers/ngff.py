@@ -74,9 +74,10 @@ def open_zarr(path: Path, axes: str | None) -> SlideFile:
         raise SlideError(f"Zarr array in {str(path)!r} has shape {array.shape}; need 2-3 dims")
     check_pixel_dtype(array.dtype, f"slide {str(path)!r}", SlideError)
     data = to_cyx(da.from_zarr(array), axes, f"slide {str(path)!r}")
+    named = len(names) or None
     if len(names) != data.shape[0]:
         names = default_channel_names(data.shape[0])
-    return SlideFile(data, names, mpp, fmt)
+    return SlideFile(data, names, mpp, fmt, named)
 
 
 def _ngff(

@@ -91,9 +91,10 @@ def open_tiff(path: Path, axes: str | None) -> SlideFile:
     data = _tiff_dask(path, index, info["raw"], level_axes.upper())
     data = to_cyx(data, level_axes, f"slide {str(path)!r}")
     names = info["names"]
+    named = len(names) or None
     if len(names) != data.shape[0]:
         names = default_channel_names(data.shape[0])
-    return SlideFile(data, names, info["mpp"], info["format"])
+    return SlideFile(data, names, info["mpp"], info["format"], named)
 
 
 def _yx_area(series: Any) -> int:

@@ -53,6 +53,9 @@ class Slide:
     format : str
         One of ``"ome-tiff"``, ``"qptiff"``, ``"tiff"``, ``"ome-zarr"``, ``"zarr"``, ``"npy"``,
         ``"array"``.
+    named_channels : int or None
+        How many channel names the file's metadata gave (``None``: none); when it is not
+        ``C`` the file's names were set aside (see :class:`~codexdask.readers.common.SlideFile`).
     """
 
     data: da.Array
@@ -60,6 +63,7 @@ class Slide:
     image_mpp: float | None = None
     source: str = "<array>"
     format: str = "array"
+    named_channels: int | None = None
 
     @property
     def n_channels(self) -> int:
@@ -277,7 +281,7 @@ def _from_array(array: np.ndarray | da.Array, axes: str | None) -> Slide:
 def _from_path(path: Path, axes: str | None) -> Slide:
     found = read_slide_file(path, axes)
     return Slide(data=found.data, channel_names=found.channel_names, image_mpp=found.image_mpp,
-                 source=str(path), format=found.format)
+                 source=str(path), format=found.format, named_channels=found.named_channels)
 
 
 def _closest_hint(name: str, names: Sequence[str]) -> str:

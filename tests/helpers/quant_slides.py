@@ -19,6 +19,10 @@ from skimage.measure import regionprops
 
 from codexdask.config import PatchConfig, SegmentConfig
 from codexdask.engine.runner import run
+from codexdask.layout import DONE_ARRAY, MASK_NAMES, RESULT_STORE
+from codexdask.outputs import create_result_store, write_manifest
+from codexdask.repair.masks import repair_masks
+from codexdask.seamless.blocks import Blocks
 from codexdask.store.patch_store import patch_slide
 from helpers.large_objects import THRESHOLD, components_segmenter
 
@@ -69,6 +73,28 @@ def segmented_run(folder: Path, image: np.ndarray, client, *, split_mode: str = 
                            n_overlays=0)
     run(store, folder / "out", config, client=client, segmenter=components_segmenter())
     return folder / "out"
+
+
+def run_from_masks(folder: Path, image: np.ndarray, cell: np.ndarray, nucleus: np.ndarray,
+                   names: list[str], chunk: int = 128) -> Path:
+    """A finished ``full_image`` run whose masks are ``cell`` and ``nucleus`` (repaired here):
+    the slide as an OME-TIFF, its patch store, the result store and the manifest."""
+    folder.mkdir(parents=True, exist_ok=True)
+    slide = write_slide(folder / "slide.ome.tif", image, names)
+    store = patch_slide(slide, folder / "slide.zarr", PatchConfig(
+        nucleus=names[0], wholecell=[names[1]], split_mode="full_image", chunk_size=64,
+        non_zero_perc_threshold=0.0))
+    out = folder / "out"
+    out.mkdir()
+    group = create_result_store(out / RESULT_STORE, 1, cell.shape, patch_store=store.resolve(),
+                                blocks=Blocks(chunk, 0))
+    masks = {"cell": cell, "nucleus": nucleus, **repair_masks(cell, nucleus)}
+    for name in MASK_NAMES:
+        if name in masks:
+            group[name][0] = np.asarray(masks[name], np.uint32)
+    group[DONE_ARRAY][0] = True
+    write_manifest(out, {"written_by": "tests/helpers/quant_slides.py"})
+    return out
 
 
 def reference_table(image: np.ndarray, labels: np.ndarray, *,

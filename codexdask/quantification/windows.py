@@ -13,8 +13,12 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from codexdask.quantify.kernels import grouped_quantiles, object_tally
-from codexdask.quantify.shapes import SHAPE_COLUMNS, measure_shapes
+from codexdask.quantification.kernels import (
+    grouped_quantiles,
+    object_tally,
+    positions_by_table,
+)
+from codexdask.quantification.shapes import SHAPE_COLUMNS, measure_shapes
 
 __all__ = ["owned_index", "window_measures"]
 
@@ -27,6 +31,12 @@ def owned_index(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
     numpy.ndarray
         ``labels.shape`` int32.
     """
+    labels = np.ascontiguousarray(labels, dtype=np.uint32)
+    ids = np.ascontiguousarray(ids, dtype=np.uint32)
+    if len(ids) == 0:
+        return np.full(labels.shape, -1, np.int32)
+    if int(ids[-1]) - int(ids[0]) < 4 * labels.size + 1024:  # ids of a window are close
+        return positions_by_table(labels, ids)
     position = np.searchsorted(ids, labels)
     found = position < len(ids)
     found[found] = ids[position[found]] == labels[found]
@@ -67,8 +77,8 @@ def window_measures(
     Returns
     -------
     dict
-        ``"{name}"`` -> DataFrame of :data:`~codexdask.quantify.shapes.SHAPE_COLUMNS`, ``K`` rows
-        (NaN for an object without pixels in that mask); ``"{compartment}_quantiles"`` ->
+        ``"{name}"`` -> DataFrame of :data:`~codexdask.quantification.shapes.SHAPE_COLUMNS`,
+        ``K`` rows (NaN for an object without pixels in that mask); ``"{compartment}_quantiles"`` ->
         ``(Q, C, K)`` float64.
     """
     ids = np.ascontiguousarray(ids, dtype=np.uint32)

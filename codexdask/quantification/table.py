@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from codexdask.quantify.shapes import SHAPE_COLUMNS
-from codexdask.quantify.sums import ObjectSums
+from codexdask.quantification.shapes import SHAPE_COLUMNS
+from codexdask.quantification.sums import ObjectSums
 
 __all__ = ["COMPARTMENT_LAYERS", "Measured", "compartment_stats"]
 
@@ -41,7 +41,7 @@ class Measured:
         (pixels), exact.
     shapes : dict
         Shape mask (``cell``, ``nucleus``) -> DataFrame of
-        :data:`~codexdask.quantify.shapes.SHAPE_COLUMNS`; empty without morphology.
+        :data:`~codexdask.quantification.shapes.SHAPE_COLUMNS`; empty without morphology.
     """
 
     keys: pd.DataFrame

@@ -7,6 +7,7 @@ in the README (``Outputs reference``) and ``docs/quantification.md``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import importlib.metadata
 import io
@@ -29,8 +30,8 @@ from codexdask.layout import (
     QUANT_MANIFEST,
     compartment_csv_name,
 )
-from codexdask.quantify.shapes import SHAPE_COLUMNS
-from codexdask.quantify.table import COMPARTMENT_LAYERS, Measured
+from codexdask.quantification.shapes import SHAPE_COLUMNS
+from codexdask.quantification.table import COMPARTMENT_LAYERS, Measured
 
 if TYPE_CHECKING:
     import anndata
@@ -133,17 +134,23 @@ def write_tables(
                      for name in ("anndata", "numpy", "scikit-image", "pandas")}
         | {"codexdask": _version.__version__},
     })
-    for name, table in tables.items():
-        ids = cell_ids(table, manifest["split_mode"])
-        adata = to_anndata(table, name, markers, given, ids, uns)
-        path = out_dir / (CELLS_H5AD if name == "cell" else NUCLEI_H5AD)
-        with atomic_path(path) as tmp:
-            adata.write_h5ad(tmp)
-        written.append(path)
-        for compartment in COMPARTMENT_LAYERS[config.masks][name]:
-            path = out_dir / compartment_csv_name(compartment)
-            write_csv(path, compartment_frame(table, compartment, markers, ids))
+    # The CSVs are formatted in threads (pyarrow releases the GIL) while the h5ad is written.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+        csvs = []
+        for name, table in tables.items():
+            ids = cell_ids(table, manifest["split_mode"])
+            for compartment in COMPARTMENT_LAYERS[config.masks][name]:
+                path = out_dir / compartment_csv_name(compartment)
+                frame = compartment_frame(table, compartment, markers, ids)
+                csvs.append(pool.submit(write_csv, path, frame))
+                written.append(path)
+            adata = to_anndata(table, name, markers, given, ids, uns)
+            path = out_dir / (CELLS_H5AD if name == "cell" else NUCLEI_H5AD)
+            with atomic_path(path) as tmp:
+                adata.write_h5ad(tmp)
             written.append(path)
+        for done in csvs:
+            done.result()  # a failed write raises here
     path = out_dir / MARKERS_FILE
     with atomic_path(path) as tmp:
         pd.DataFrame({"channel_number": np.arange(1, len(markers) + 1),

@@ -100,7 +100,8 @@ def marker_names(
     Raises
     ------
     SlideError
-        A names file whose row count differs from the slide's channel count.
+        A names file, or the slide's own metadata, naming another number of channels than the
+        slide's pixels hold.
     """
     if markers is not None or antibodies is not None:
         given = read_markers(markers) if markers is not None else read_antibodies(antibodies)  # type: ignore[arg-type]
@@ -111,6 +112,11 @@ def marker_names(
                 f"{slide.source} has {slide.n_channels}; give exactly one row per channel, in "
                 "channel order")
         names = given
+    elif slide.named_channels not in (None, slide.n_channels):
+        raise SlideError(
+            f"the metadata of {slide.source} names {slide.named_channels} channels but its "
+            f"pixels hold {slide.n_channels}; name them with --markers or --antibodies (one row "
+            "per channel, in channel order)")
     elif all(n == f"channel_{i}" for i, n in enumerate(slide.channel_names)):
         names, source = [f"Channel_{i}" for i in range(slide.n_channels)], "default"
     else:

@@ -3,12 +3,14 @@ line, exit status 2, and nothing that looks complete."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 from helpers.quant_slides import CHANNELS, cell_slide, segmented_run, write_slide
 
 from codexdask.cli import main
@@ -109,6 +111,26 @@ def test_names_that_do_not_fit_the_channels(finished, tmp_path, capsys):
     assert "no 'marker_name' column" in one_line_error(capsys)
 
 
+def test_metadata_naming_another_number_of_channels(finished, tmp_path, capsys):
+    """An OME-TIFF whose OME-XML names 4 channels over 5 planes: the names cannot be trusted."""
+    image = cell_slide(*SHAPE, seed=1)
+    good = write_slide(tmp_path / "good.ome.tif", image)
+    with tifffile.TiffFile(good) as tif:
+        xml = tif.ome_metadata
+    four = re.sub(r'<Channel ID="Channel:0:4".*?</Channel>', "", xml, flags=re.S)
+    bad = tmp_path / "bad.ome.tif"
+    tifffile.imwrite(bad, image, photometric="minisblack", description=four, metadata=None)
+    assert main(["quantify", str(finished), "--slide", str(bad),
+                 "--out", str(tmp_path / "q")]) == 2
+    assert "names 4 channels but its pixels hold 5" in one_line_error(capsys)
+    assert not (tmp_path / "q").exists()
+    markers = tmp_path / "markers.csv"
+    pd.DataFrame({"marker_name": CHANNELS}).to_csv(markers, index=False)
+    assert main(["quantify", str(finished), "--slide", str(bad), "--markers", str(markers),
+                 "--out", str(tmp_path / "q"), "--n-workers", "1"]) == 0
+    assert (tmp_path / "q" / QUANT_MANIFEST).is_file()
+
+
 def test_unknown_statistic_and_both_name_files(finished, capsys):
     assert main(["quantify", str(finished), "--stats", "mode"]) == 2
     assert "unknown statistic 'mode'" in one_line_error(capsys)
@@ -118,7 +140,7 @@ def test_unknown_statistic_and_both_name_files(finished, capsys):
 
 def test_existing_quantification_is_not_replaced_silently(finished, tmp_path, capsys, client):
     run_dir = fresh_copy(finished, tmp_path)
-    from codexdask.quantify import quantify
+    from codexdask.quantification import quantify
 
     quantify(run_dir, client=client)
     table = (run_dir / QUANT_DIR / compartment_csv_name("cell")).read_bytes()

@@ -18,6 +18,7 @@ from codexdask.postprocess._jit import jit
 __all__ = [
     "PERIMETER_WEIGHTS",
     "accumulate",
+    "positions_by_table",
     "object_tally",
     "compact_labels",
     "convex_areas",
@@ -137,35 +138,58 @@ def _compact_by_table(
 
 
 @jit
+def positions_by_table(
+    labels: np.ndarray, ids: np.ndarray
+) -> np.ndarray:  # pragma: no cover - compiled
+    """Each pixel's position in the sorted ``ids`` (``-1``: not one), by a table over their
+    range; ``labels`` any shape uint32, returns the same shape int32."""
+    low = ids[0]
+    table = np.full(int(ids[-1]) - int(low) + 1, -1, np.int32)
+    for k in range(ids.size):
+        table[ids[k] - low] = k
+    flat = labels.reshape(-1)
+    out = np.full(flat.size, -1, np.int32)
+    for i in range(flat.size):
+        value = flat[i]
+        if value >= low and value - low < table.size:
+            out[i] = table[value - low]
+    return out.reshape(labels.shape)
+
+
+@jit
 def accumulate(
-    index: np.ndarray, values: np.ndarray, sums: np.ndarray, squares: np.ndarray,
+    slots: np.ndarray, values: np.ndarray, sums: np.ndarray, squares: np.ndarray,
     minima: np.ndarray, maxima: np.ndarray,
 ) -> None:  # pragma: no cover - compiled
-    """Add one channel's pixels to per-object sums (and squares, minima, maxima).
+    """Add a group of channels' pixels to per-slot sums (and squares, minima, maxima).
 
     Parameters
     ----------
-    index : numpy.ndarray
-        ``(P,)`` int32, each pixel's object (``-1``: none).
+    slots : numpy.ndarray
+        ``(P,)`` int32, each pixel's slot (an object's layer; ``-1``: none).
     values : numpy.ndarray
-        ``(P,)`` the channel's pixels.
+        ``(G, P)`` the group's pixels.
     sums : numpy.ndarray
-        ``(K,)`` accumulator (:func:`sum_dtype`), updated in place.
+        ``(S, G)`` accumulator (:func:`sum_dtype`), updated in place: a slot's channels side by
+        side, so that each pixel touches one row.
     squares, minima, maxima : numpy.ndarray
-        ``(K,)`` accumulators updated in place, or ``(0,)`` arrays to skip them.
+        ``(S, G)`` accumulators updated in place, or ``(0, 0)`` arrays to skip them.
     """
     extra = squares.size > 0
-    for i in range(index.size):
-        k = index[i]
-        if k >= 0:
-            value = values[i]
-            sums[k] += value
+    channels = values.shape[0]
+    for i in range(slots.size):
+        k = slots[i]
+        if k < 0:
+            continue
+        for g in range(channels):
+            value = values[g, i]
+            sums[k, g] += value
             if extra:
-                squares[k] += value * value
-                if value < minima[k]:
-                    minima[k] = value
-                if value > maxima[k]:
-                    maxima[k] = value
+                squares[k, g] += value * value
+                if value < minima[k, g]:
+                    minima[k, g] = value
+                if value > maxima[k, g]:
+                    maxima[k, g] = value
 
 
 @jit

@@ -1,18 +1,20 @@
 """Shape columns of whole objects in a window, as :func:`skimage.measure.regionprops` gives them.
 
-:func:`measure_shapes` runs the kernels of :mod:`codexdask.quantify.kernels` over the objects a
-window holds whole and turns their exact moments into the table's columns: areas and centroids
-exactly as regionprops, axes, eccentricity, orientation and perimeter to rounding
+:func:`measure_shapes` runs the kernels of :mod:`codexdask.quantification.kernels` over the
+objects a window holds whole and turns their exact moments into the table's columns: areas and
+centroids exactly as regionprops, axes, eccentricity, orientation and perimeter to rounding
 (``docs/quantification.md``).
 """
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 from skimage.measure import moments_central
 
-from codexdask.quantify.kernels import convex_areas, shape_sums
+from codexdask.quantification.kernels import convex_areas, shape_sums
 
 __all__ = ["SHAPE_COLUMNS", "measure_shapes"]
 
@@ -91,7 +93,15 @@ def _regionprops_orientation(labels: np.ndarray, label: int, box: np.ndarray,
     """regionprops' ``orientation`` of one object, by regionprops' own floating-point steps."""
     top, left, bottom, right = (int(v) for v in box)
     image = (labels[top:bottom, left:right] == label).astype(np.uint8)
-    centroid = (moments[1] / moments[0], moments[2] / moments[0])  # exact sums: its centroid
+    return _orientation_of(image.shape, image.tobytes())
+
+
+@functools.lru_cache(maxsize=4096)
+def _orientation_of(shape: tuple[int, int], pixels: bytes) -> float:
+    """regionprops' orientation of a binary crop (small symmetric shapes repeat: cached)."""
+    image = np.frombuffer(pixels, np.uint8).reshape(shape)
+    rows, cols = np.nonzero(image)
+    centroid = (rows.sum() / len(rows), cols.sum() / len(cols))  # exact sums, one rounding
     mu = moments_central(image, centroid, order=3, spacing=np.ones(2))
     corners = mu[2, 0] + mu[0, 2]
     a, b, c = (corners - mu[2, 0]) / mu[0, 0], -mu[1, 1] / mu[0, 0], (corners - mu[0, 2]) / mu[0, 0]

@@ -15,10 +15,10 @@ from scipy import ndimage as ndi
 from skimage.measure import regionprops
 
 from codexdask.errors import InputError
-from codexdask.quantify.kernels import compact_labels, grouped_quantiles
-from codexdask.quantify.shapes import SHAPE_COLUMNS, measure_shapes
-from codexdask.quantify.sums import chunk_sums, combine
-from codexdask.quantify.windows import window_measures
+from codexdask.quantification.kernels import compact_labels, grouped_quantiles
+from codexdask.quantification.shapes import SHAPE_COLUMNS, measure_shapes
+from codexdask.quantification.sums import chunk_sums, combine
+from codexdask.quantification.windows import window_measures
 
 REAL_DATA = Path(__file__).resolve().parents[3] / "shared" / "real_data"
 #: regionprops attribute of each shape column (centroids handled apart).
@@ -121,8 +121,10 @@ def test_window_measures_find_each_objects_box_and_offset_it():
     assert absent.isna().all().all() and list(absent.columns) == list(SHAPE_COLUMNS)
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.uint32, np.float32])
-def test_chunk_sums_add_up_exactly_in_any_split(dtype):
+@pytest.mark.parametrize(("dtype", "group_bytes"), [
+    (np.uint8, 1), (np.uint16, 2**20), (np.int16, 1), (np.uint32, 2**20), (np.float32, 1)])
+def test_chunk_sums_add_up_exactly_in_any_split(dtype, group_bytes):
+    """Chunks of several sizes, channels read one by one or all at once, two object sets."""
     rng = np.random.default_rng(5)
     height, width, channels = 83, 97, 3
     cell = random_labels(rng, height, width)
@@ -133,9 +135,23 @@ def test_chunk_sums_add_up_exactly_in_any_split(dtype):
     image = rng.uniform(low, high, (channels, height, width)).astype(dtype)
 
     def sums(y0, y1, x0, x1):
-        return chunk_sums([nucleus[y0:y1, x0:x1], cytoplasm[y0:y1, x0:x1]],
-                          lambda c: image[c, y0:y1, x0:x1], channels, np.dtype(dtype), (y0, x0),
-                          extra=True)
+        groups = []
+
+        def read(group):
+            groups.append(group)
+            return image[group, y0:y1, x0:x1]
+
+        matched, raw = chunk_sums([[nucleus[y0:y1, x0:x1], cytoplasm[y0:y1, x0:x1]],
+                                   [cell[y0:y1, x0:x1]]], read, channels, np.dtype(dtype),
+                                  (y0, x0), extra=True, group_bytes=group_bytes)
+        assert sum(len(g) for g in groups) == channels  # each channel read once per chunk
+        for field in ("ids", "boxes"):
+            np.testing.assert_array_equal(getattr(raw, field), getattr(matched, field))
+        for field in ("counts", "coords", "sums", "minima", "maxima"):
+            together = getattr(matched, field)
+            reduce = {"minima": np.min, "maxima": np.max}.get(field, np.sum)
+            np.testing.assert_array_equal(reduce(together, axis=0), getattr(raw, field)[0])
+        return matched
 
     whole = sums(0, height, 0, width)
     ids = np.unique(cell[cell > 0])
@@ -162,7 +178,7 @@ def test_overlapping_layers_are_refused():
     nucleus = np.array([[1, 1], [0, 2]], np.uint32)
     cytoplasm = np.array([[0, 1], [2, 0]], np.uint32)
     with pytest.raises(InputError, match="layers of one object overlap"):
-        chunk_sums([nucleus, cytoplasm], lambda c: np.ones((2, 2), np.uint16), 1,
+        chunk_sums([[nucleus, cytoplasm]], lambda g: np.ones((len(g), 2, 2), np.uint16), 1,
                    np.dtype(np.uint16), (0, 0))
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from codexdask.errors import InputError
-from codexdask.quantify.kernels import (
+from codexdask.quantification.kernels import (
     accumulate,
     compact_labels,
     object_tally,
@@ -38,7 +38,7 @@ class ObjectSums:
     counts : numpy.ndarray
         ``(L, K)`` int64 pixels per layer.
     sums : numpy.ndarray
-        ``(L, C, K)`` channel sums per layer (:func:`~codexdask.quantify.kernels.sum_dtype`).
+        ``(L, C, K)`` channel sums per layer (:func:`~codexdask.quantification.kernels.sum_dtype`).
     boxes : numpy.ndarray
         ``(K, 4)`` int64 ``(top, left, bottom, right)`` of the object's pixels in the patch
         (exclusive ends), over every layer.
@@ -82,25 +82,54 @@ def _kernel_input(values: np.ndarray, extra: bool) -> np.ndarray:
     return values
 
 
+#: Bytes of pixels a task reads at once: channels are read in groups of this size (at least
+#: one channel), so memory does not grow with the channel count.
+GROUP_BYTES = 64 * 2**20
+
+
+class _Layers:
+    """One object set of a chunk: its ids, each pixel's (object, layer) slot, its tallies."""
+
+    def __init__(self, layers: Sequence[np.ndarray], origin: tuple[int, int]) -> None:
+        stacked = np.stack([np.asarray(layer, dtype=np.uint32) for layer in layers])
+        self.n_layers = stacked.shape[0]
+        self.ids, index = compact_labels(stacked)
+        self.counts, self.coords, self.boxes = object_tally(index, len(self.ids))
+        self.coords += np.array(origin, np.int64)[None, :, None] * self.counts[:, None, :]
+        self.boxes += np.array([origin[0], origin[1], origin[0], origin[1]])
+        # The layers are disjoint, so each pixel feeds one slot: object * L + layer.
+        inside = index >= 0
+        if self.n_layers > 1 and (inside.sum(axis=0) > 1).any():
+            raise InputError(
+                "the layers of one object overlap (a nucleus pixel that is also cytoplasm); the "
+                "repaired masks are inconsistent: segment the slide again")
+        slots = np.full(index.shape[1:], -1, np.int32)
+        for layer in range(self.n_layers):
+            slots[inside[layer]] = index[layer][inside[layer]] * self.n_layers + layer
+        self.slots = slots.reshape(-1)
+
+
 def chunk_sums(
-    layers: Sequence[np.ndarray],
-    read_channel: Callable[[int], np.ndarray],
+    object_sets: Sequence[Sequence[np.ndarray]],
+    read_channels: Callable[[list[int]], np.ndarray],
     n_channels: int,
     dtype: np.dtype,
     origin: tuple[int, int],
     *,
     extra: bool = False,
-) -> ObjectSums:
-    """The sums of every object with pixels in one chunk.
+    group_bytes: int = GROUP_BYTES,
+) -> list[ObjectSums]:
+    """The sums of every object with pixels in one chunk, for one or more object sets.
 
     Parameters
     ----------
-    layers : sequence of numpy.ndarray
-        ``L`` label images ``(h, w)`` uint32 over the chunk, sharing one id space (an object's
-        layers hold disjoint pixels).
-    read_channel : callable
-        ``read_channel(c)`` -> ``(h, w)`` pixels of channel ``c`` over the chunk (read one at a
-        time, so memory does not grow with the channel count).
+    object_sets : sequence of sequences of numpy.ndarray
+        Per object set, its ``L`` label images ``(h, w)`` uint32 over the chunk, sharing one id
+        space (an object's layers hold disjoint pixels). Sets have id spaces of their own.
+    read_channels : callable
+        ``read_channels([c, ...])`` -> ``(G, h, w)`` pixels of those channels over the chunk;
+        channels are asked for in groups of at most ``group_bytes``, and each group once for
+        every object set.
     n_channels : int
         C.
     dtype : numpy.dtype
@@ -109,51 +138,46 @@ def chunk_sums(
         The chunk's top-left pixel in patch coordinates (boxes are in patch coordinates).
     extra : bool
         Also keep sums of squares, minima and maxima.
+    group_bytes : int
+        Largest group of channels read at once, in pixel bytes.
 
     Returns
     -------
-    ObjectSums
+    list of ObjectSums
+        One per object set.
     """
     dtype = np.dtype(dtype)
-    stacked = np.stack([np.asarray(layer, dtype=np.uint32) for layer in layers])
-    n_layers = stacked.shape[0]
-    ids, index = compact_labels(stacked)
-    k = len(ids)
-    counts, coords, boxes = object_tally(index, k)
-    coords += np.array(origin, np.int64)[None, :, None] * counts[:, None, :]
-    boxes += np.array([origin[0], origin[1], origin[0], origin[1]])
-    out = ObjectSums(ids, counts, np.zeros((n_layers, n_channels, k), sum_dtype(dtype)), boxes,
-                     coords)
-    if extra:
-        low, high = _limits(dtype)
-        out.squares = np.zeros((n_layers, n_channels, k), square_sum_dtype(dtype))
-        out.minima = np.full((n_layers, n_channels, k), low, dtype)
-        out.maxima = np.full((n_layers, n_channels, k), high, dtype)
-    if k == 0:
-        return out
-    # One pass per channel: the layers are disjoint, so each pixel feeds one (object, layer).
-    both = index >= 0
-    if n_layers > 1 and (both.sum(axis=0) > 1).any():
-        raise InputError(
-            "the layers of one object overlap (a nucleus pixel that is also cytoplasm); the "
-            "repaired masks are inconsistent: segment the slide again")
-    combined = np.full(index.shape[1:], -1, np.int32)
-    for layer in range(n_layers):
-        combined[both[layer]] = index[layer][both[layer]] * n_layers + layer
-    flat = {name: np.zeros((n_channels, k * n_layers), getattr(out, name).dtype)
-            for name in ("sums", "squares", "minima", "maxima") if getattr(out, name) is not None}
-    if extra:
-        flat["minima"][:] = low
-        flat["maxima"][:] = high
-    empty = np.zeros(0, np.float64)
-    for channel in range(n_channels):
-        values = _kernel_input(np.ascontiguousarray(read_channel(channel)).reshape(-1), extra)
-        rows = [flat[name][channel] if name in flat else empty
-                for name in ("sums", "squares", "minima", "maxima")]
-        accumulate(combined.reshape(-1), values, *rows)
-    for name, values in flat.items():  # (C, K * L) -> (L, C, K)
-        setattr(out, name, np.ascontiguousarray(
-            values.reshape(n_channels, k, n_layers).transpose(2, 0, 1)))
+    sets = [_Layers(layers, origin) for layers in object_sets]
+    names = ("sums", "squares", "minima", "maxima") if extra else ("sums",)
+    kinds = {"sums": sum_dtype(dtype), "squares": square_sum_dtype(dtype), "minima": dtype,
+             "maxima": dtype}
+    low, high = _limits(dtype)
+    starts = {"sums": 0, "squares": 0, "minima": low, "maxima": high}
+    # Accumulators (slots, C): an object's channels side by side, as the kernel adds them.
+    flats = [{name: np.full((len(one.ids) * one.n_layers, n_channels), starts[name],
+                            kinds[name]) for name in names} for one in sets]
+    pixels = max(1, int(sets[0].slots.size)) if sets else 1
+    per_group = max(1, group_bytes // (pixels * dtype.itemsize))
+    empty = np.zeros((0, 0), np.float64)
+    if any(len(one.ids) for one in sets):
+        for first in range(0, n_channels, per_group):
+            group = list(range(first, min(first + per_group, n_channels)))
+            values = _kernel_input(np.asarray(read_channels(group)).reshape(len(group), -1),
+                                   extra)
+            for one, flat in zip(sets, flats, strict=True):
+                if len(one.ids):
+                    columns = slice(group[0], group[-1] + 1)
+                    accumulate(one.slots, values, *(flat[name][:, columns] if name in flat
+                                                     else empty for name in
+                                                     ("sums", "squares", "minima", "maxima")))
+    out = []
+    for one, flat in zip(sets, flats, strict=True):
+        k, n_layers = len(one.ids), one.n_layers
+        arrays = {name: np.ascontiguousarray(  # (K * L, C) -> (L, C, K)
+            values.reshape(k, n_layers, n_channels).transpose(1, 2, 0))
+            for name, values in flat.items()}
+        out.append(ObjectSums(one.ids, one.counts, arrays["sums"], one.boxes, one.coords,
+                              arrays.get("squares"), arrays.get("minima"), arrays.get("maxima")))
     return out
 
 

@@ -22,6 +22,7 @@ from helpers.quant_slides import (
     assert_matches_reference,
     cell_slide,
     reference_table,
+    run_from_masks,
     segmented_run,
     write_slide,
 )
@@ -41,9 +42,11 @@ from codexdask.layout import (
     compartment_csv_name,
 )
 from codexdask.outputs import open_result_store
-from codexdask.quantify import quantify
+from codexdask.quantification import quantify
+from codexdask.store.patch_store import open_patch_store
 
 SHAPE = (203, 237)
+REAL_DATA = Path(__file__).resolve().parents[3] / "shared" / "real_data"
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +100,54 @@ def test_tables_do_not_depend_on_chunks_or_workers(tmp_path, full_run, client, c
     for compartment in ("cell", "nucleus", "cytoplasm"):
         pd.testing.assert_frame_equal(read_csv(tmp_path / "two", compartment),
                                       read_csv(reference.out_dir, compartment))
+
+
+@pytest.mark.parametrize("name", ["mibi_tnbc_ark_fov8", "tissuenet_cellsam_sample"])
+def test_real_masks_equal_bincount_and_regionprops(tmp_path, client, name):
+    """Real cell masks (and nuclei: each cell eroded, so that some cells have none), a slide of
+    the real two channels plus random 16-bit channels, read in chunks that cut the cells."""
+    data = np.load(REAL_DATA / f"{name}.npz")
+    mask_key = next(k for k in data.files if k.startswith("cell_ref"))
+    cell = data[mask_key].astype(np.uint32)
+    nucleus = np.where(ndi.grey_erosion(cell, size=5) == cell, cell, 0).astype(np.uint32)
+    rng = np.random.default_rng(0)
+    image = np.concatenate([np.moveaxis(data["image"], -1, 0).astype(np.uint16),
+                            rng.integers(0, 65536, (3, *cell.shape), dtype=np.uint16)])
+    out = run_from_masks(tmp_path / "run", image, cell, nucleus, CHANNELS)
+    quantify(out, tmp_path / "q", client=client, chunk_size=96)
+    masks_read = open_result_store(out / RESULT_STORE, mode="r")
+    matched = {n: np.asarray(masks_read[n][0]) for n in (
+        CELL_MATCHED_MASK, NUCLEUS_MATCHED_MASK, CELL_OUTSIDE_NUCLEUS_MASK)}
+    worst = 0.0
+    for compartment, labels, shapes in (
+            ("cell", matched[CELL_MATCHED_MASK], matched[CELL_MATCHED_MASK]),
+            ("nucleus", matched[NUCLEUS_MATCHED_MASK], matched[NUCLEUS_MATCHED_MASK]),
+            ("cytoplasm", matched[CELL_OUTSIDE_NUCLEUS_MASK], matched[CELL_MATCHED_MASK])):
+        expected = reference_table(image, labels, shapes=shapes)
+        measured = read_csv(tmp_path / "q", compartment)
+        np.testing.assert_array_equal(measured["CellID"], expected["label"])
+        worst = max(worst, assert_matches_reference(measured, expected, CHANNELS))
+    assert len(read_csv(tmp_path / "q", "cell")) > 100 and worst < 1e-9
+
+
+def test_quarters_are_measured_patch_by_patch(tmp_path, image, client):
+    """In quarters the key is (patch_id, label); each quarter equals its own reference."""
+    out = segmented_run(tmp_path / "run", image, client, split_mode="quarters")
+    quantify(out, tmp_path / "q", client=client, masks="raw")
+    measured = read_csv(tmp_path / "q", "cell")
+    store = open_patch_store(tmp_path / "run" / "slide.zarr")
+    group = open_result_store(out / RESULT_STORE, mode="r")
+    assert sorted(measured["patch_id"].unique()) == [0, 1, 2, 3]
+    assert measured["CellID"].tolist() == list(range(1, len(measured) + 1))
+    for patch in range(4):
+        box = store.patch_box(patch)
+        labels = np.asarray(group[CELL][patch])[: box.shape[0], : box.shape[1]]
+        expected = reference_table(image[(slice(None), *box.slices())], labels)
+        expected["X_centroid"] += box.left
+        expected["Y_centroid"] += box.top
+        mine = measured[measured["patch_id"] == patch].reset_index(drop=True)
+        np.testing.assert_array_equal(mine["label"], expected["label"])
+        assert_matches_reference(mine, expected, CHANNELS)
 
 
 def test_extra_statistics_equal_numpy(tmp_path, full_run, image, client):

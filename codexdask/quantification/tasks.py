@@ -27,8 +27,8 @@ from codexdask.layout import (
     NUCLEUS,
     NUCLEUS_MATCHED_MASK,
 )
-from codexdask.quantify.sums import ObjectSums, chunk_sums, combine
-from codexdask.quantify.windows import window_measures
+from codexdask.quantification.sums import ObjectSums, chunk_sums, combine
+from codexdask.quantification.windows import window_measures
 from codexdask.readers import READ_ERRORS
 from codexdask.store.slide import Slide, open_slide
 
@@ -116,23 +116,25 @@ def _slide(path: str) -> Slide:
     return open_slide(path)
 
 
-def _channel_reader(path: str, box: Box) -> Callable[[int], np.ndarray]:
-    """A reader of one channel over ``box`` (slide coordinates; zeros beyond the slide)."""
+def _channel_reader(path: str, box: Box) -> Callable[[list[int]], np.ndarray]:
+    """A reader of channels over ``box`` (slide coordinates; zeros beyond the slide):
+    ``read([c, ...])`` -> ``(G, h, w)``, one read of the file per call."""
     slide = _slide(path)
     inside = box.intersection(Box.whole((slide.height, slide.width)))
 
-    def read(channel: int) -> np.ndarray:
-        out = np.zeros(box.shape, slide.dtype)
+    def read(channels: list[int]) -> np.ndarray:
+        out = np.zeros((len(channels), *box.shape), slide.dtype)
         if inside.is_empty():
             return out
+        picked = slice(channels[0], channels[-1] + 1)  # the groups asked for are runs
         try:
-            out[inside.slices(box)] = slide.data[(channel,) + inside.slices()].compute(
-                scheduler="synchronous")
+            out[(slice(None),) + inside.slices(box)] = slide.data[
+                (picked,) + inside.slices()].compute(scheduler="synchronous")
         except READ_ERRORS as exc:
             raise SlideError(
-                f"could not read channel {channel} over rows {box.top}-{box.bottom}, columns "
-                f"{box.left}-{box.right} of {path}: the file is truncated or unreadable ({exc}); "
-                "re-export or re-copy the slide") from exc
+                f"could not read channels {channels[0]}-{channels[-1]} over rows {box.top}-"
+                f"{box.bottom}, columns {box.left}-{box.right} of {path}: the file is truncated "
+                f"or unreadable ({exc}); re-export or re-copy the slide") from exc
         return out
     return read
 
@@ -172,23 +174,13 @@ def sums_task(sources: Sources, chunk: Chunk, file_name: str) -> dict[str, Objec
     """Phase 1 of one chunk: each object set's sums over it (kept in the work folder)."""
 
     def compute() -> dict[str, ObjectSums]:
-        read = _channel_reader(sources.slide, chunk.region.shift(*chunk.origin))
-        cache: dict[int, np.ndarray] = {}
-
-        def read_once(channel: int) -> np.ndarray:  # two object sets share one reading
-            if channel not in cache:
-                cache.clear()
-                cache[channel] = read(channel)
-            return cache[channel]
-
-        out = {}
         sets = OBJECT_SETS[sources.masks]
-        for name, (layers, _, _) in sets.items():
-            masks = _masks(sources, layers, chunk.patch, chunk.region, chunk.origin)
-            out[name] = chunk_sums(masks, read_once if len(sets) > 1 else read,
-                                   sources.n_channels, np.dtype(sources.dtype),
-                                   (chunk.region.top, chunk.region.left), extra=sources.extra)
-        return out
+        masks = [_masks(sources, layers, chunk.patch, chunk.region, chunk.origin)
+                 for layers, _, _ in sets.values()]
+        found = chunk_sums(masks, _channel_reader(sources.slide, chunk.region.shift(*chunk.origin)),
+                           sources.n_channels, np.dtype(sources.dtype),
+                           (chunk.region.top, chunk.region.left), extra=sources.extra)
+        return dict(zip(sets, found, strict=True))
 
     return _kept(sources.work, file_name, compute)
 
@@ -206,15 +198,22 @@ def window_task(
 
     def compute() -> dict[str, Any]:
         _, shape_names, compartment_names = OBJECT_SETS[sources.masks][object_set]
+        if not sources.quantiles:
+            compartment_names = {}
+        if not sources.morphology:
+            shape_names = {}
         names = sorted(set(shape_names.values()) | set(compartment_names.values()))
         arrays = dict(zip(names, _masks(sources, names, patch, window, origin), strict=True))
         reader = None
         if sources.quantiles:
-            reader = _channel_reader(sources.slide, window.shift(*origin))
+            read = _channel_reader(sources.slide, window.shift(*origin))
+
+            def reader(channel: int) -> np.ndarray:
+                return read([channel])[0]
         slide_origin = (origin[0] + window.top, origin[1] + window.left)
-        shapes = {k: arrays[v] for k, v in shape_names.items()} if sources.morphology else {}
         return window_measures(
-            shapes, {k: arrays[v] for k, v in compartment_names.items()}, ids, slide_origin,
+            {k: arrays[v] for k, v in shape_names.items()},
+            {k: arrays[v] for k, v in compartment_names.items()}, ids, slide_origin,
             reader, sources.n_channels, np.asarray(sources.quantiles))
 
     return _kept(sources.work, file_name, compute)

@@ -4,13 +4,14 @@ Two passes over a finished run, each a Dask graph on the same cluster:
 
 1. **Sums** — one task per chunk of each patch reads the chunk's masks and, one channel at a
    time, the slide under it, and sums each object's pixels per layer
-   (:mod:`codexdask.quantify.sums`); a tree of ``combine`` tasks adds the chunks of a patch up.
+   (:mod:`codexdask.quantification.sums`); a tree of ``combine`` tasks adds the chunks of a
+   patch up.
 2. **Windows** — each object is owned by the chunk holding its box's centre; one task per owner
    reads the union of its objects' boxes and measures their shapes (and pixel quantiles).
 
 In ``patches`` mode, where patches overlap, an object is kept only by the patch whose core holds
 its box's centre and whose inner edges it does not touch (``docs/quantification.md``). The
-tables are written by :mod:`codexdask.quantify.writers`, ``quant_manifest.json`` last.
+tables are written by :mod:`codexdask.quantification.writers`, ``quant_manifest.json`` last.
 """
 
 from __future__ import annotations
@@ -44,18 +45,18 @@ from codexdask.layout import (
     quant_part_name,
 )
 from codexdask.outputs import open_result_store
-from codexdask.quantify.names import marker_names
-from codexdask.quantify.ownership import patch_cores, patches_mode_keep
-from codexdask.quantify.sums import ObjectSums
-from codexdask.quantify.table import (
+from codexdask.quantification.names import marker_names
+from codexdask.quantification.ownership import patch_cores, patches_mode_keep
+from codexdask.quantification.sums import ObjectSums
+from codexdask.quantification.table import (
     COMPARTMENT_LAYERS,
     Measured,
     compartment_stats,
     concat_measured,
     empty_shapes,
 )
-from codexdask.quantify.tasks import Chunk, Sources, combine_parts, sums_task, window_task
-from codexdask.quantify.writers import write_manifest, write_tables
+from codexdask.quantification.tasks import Chunk, Sources, combine_parts, sums_task, window_task
+from codexdask.quantification.writers import write_manifest, write_tables
 from codexdask.store.patch_store import PatchStore, open_patch_store
 from codexdask.store.slide import open_slide
 
