@@ -53,9 +53,17 @@ from codexdask.quantification.table import (
     Measured,
     compartment_stats,
     concat_measured,
-    empty_shapes,
 )
-from codexdask.quantification.tasks import Chunk, Sources, combine_parts, sums_task, window_task
+from codexdask.quantification.tasks import (
+    SHAPE_COMPARTMENTS,
+    Chunk,
+    ChunkResult,
+    Sources,
+    combine_parts,
+    sums_task,
+    window_task,
+)
+from codexdask.quantification.windows import align_measures
 from codexdask.quantification.writers import write_manifest, write_tables
 from codexdask.store.patch_store import PatchStore, open_patch_store
 from codexdask.store.slide import open_slide
@@ -172,9 +180,9 @@ def quantify(
         timings["sums_s"] = time.perf_counter() - start
         kept, left_out = _keep(patch_store, sums, patches)
         start = time.perf_counter()
-        windows = _windows_pass(dask_client, sources, patch_store, chunks, size, kept, progress)
+        windows = _windows_pass(dask_client, sources, patch_store, size, kept, progress)
         timings["windows_s"] = time.perf_counter() - start
-    tables = {name: _measured(name, config, patch_store, kept, windows, size)
+    tables = {name: _measured(name, config, patch_store, kept, windows, slide.n_channels)
               for name in COMPARTMENT_LAYERS[config.masks]}
     start = time.perf_counter()
     manifest = {
@@ -254,7 +262,8 @@ def plan_chunks(patch_store: PatchStore, group: Any, patches: list[int],
         height, width = box.shape
         corners = [(y, x) for y in range(0, height, rows) for x in range(0, width, cols)]
         out[patch] = [Chunk(patch, n, Box(y, x, min(y + rows, height), min(x + cols, width)),
-                            (box.top, box.left)) for n, (y, x) in enumerate(corners)]
+                            (box.top, box.left), (height, width))
+                      for n, (y, x) in enumerate(corners)]
     return out, (int(rows), int(cols))
 
 
@@ -266,7 +275,7 @@ def _tree(parts: list[Any]) -> Any:
 
 
 def _sums_pass(client: Client, sources: Sources, chunks: dict[int, list[Chunk]],
-               progress: bool) -> dict[int, dict[str, ObjectSums]]:
+               progress: bool) -> dict[int, dict[str, ChunkResult]]:
     """Pass 1: each patch's sums, chunk sums added up in a tree."""
     # Fresh keys on every call: a retry on the same cluster never meets a failed call's results.
     task = dask.delayed(sums_task, pure=False)
@@ -279,22 +288,22 @@ def _sums_pass(client: Client, sources: Sources, chunks: dict[int, list[Chunk]],
     return dict(zip(graphs, client.gather(futures), strict=True))
 
 
-def _keep(patch_store: PatchStore, sums: dict[int, dict[str, ObjectSums]],
-          patches: list[int]) -> tuple[dict[int, dict[str, ObjectSums]], dict[str, int]]:
+def _keep(patch_store: PatchStore, sums: dict[int, dict[str, ChunkResult]],
+          patches: list[int]) -> tuple[dict[int, dict[str, ChunkResult]], dict[str, int]]:
     """Each patch's objects measured by it: all of them, except in ``patches`` mode."""
     left_out = {"outside_core": 0, "touching_patch_edge": 0}
     if patch_store.split_mode != "patches":
         return sums, left_out
     cores = patch_cores(patch_store)
-    kept: dict[int, dict[str, ObjectSums]] = {}
+    kept: dict[int, dict[str, ChunkResult]] = {}
     for patch in patches:
         kept[patch] = {}
         for name, found in sums[patch].items():
             keep, outside, touching = patches_mode_keep(patch_store, patch, cores[patch],
-                                                        found.boxes)
+                                                        found.sums.boxes)
             left_out["outside_core"] += outside
             left_out["touching_patch_edge"] += touching
-            kept[patch][name] = select(found, keep)
+            kept[patch][name] = ChunkResult(select(found.sums, keep), found.measures)
     return kept, left_out
 
 
@@ -315,10 +324,10 @@ def _owners(found: ObjectSums, size: tuple[int, int], width: int) -> np.ndarray:
 
 
 def _windows_pass(client: Client, sources: Sources, patch_store: PatchStore,
-                  chunks: dict[int, list[Chunk]], size: tuple[int, int],
-                  kept: dict[int, dict[str, ObjectSums]],
-                  progress: bool) -> dict[tuple[str, int], dict[int, dict[str, Any]]]:
-    """Pass 2: shapes and quantiles, one task per owner chunk; results by (set, patch)."""
+                  size: tuple[int, int], kept: dict[int, dict[str, ChunkResult]],
+                  progress: bool) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """Pass 2: shapes (of the objects no chunk held whole) and quantiles (of every object),
+    one task per owner chunk; results by (object set, patch)."""
     if not sources.morphology and not sources.quantiles:
         return {}
     task = dask.delayed(window_task, pure=False)
@@ -326,64 +335,49 @@ def _windows_pass(client: Client, sources: Sources, patch_store: PatchStore,
     for patch, sets in kept.items():
         box = patch_store.patch_box(patch)
         for name, found in sets.items():
-            owners = _owners(found, size, box.shape[1])
-            for owner in np.unique(owners):
-                mine = owners == owner
-                b = found.boxes[mine]
+            wanted = np.ones(len(found.sums.ids), bool)
+            if not sources.quantiles:  # shapes only: those pass 1 could not measure
+                done = [m["ids"] for m in found.measures] + [np.zeros(0, np.uint32)]
+                wanted = ~np.isin(found.sums.ids, np.concatenate(done))
+            owners = _owners(found.sums, size, box.shape[1])
+            for owner in np.unique(owners[wanted]):
+                mine = wanted & (owners == owner)
+                b = found.sums.boxes[mine]
                 window = Box(int(b[:, 0].min()), int(b[:, 1].min()), int(b[:, 2].max()),
                              int(b[:, 3].max()))
                 graphs[(name, patch, int(owner))] = task(
-                    sources, name, patch, window, (box.top, box.left), found.ids[mine],
+                    sources, name, patch, window, (box.top, box.left), found.sums.ids[mine],
                     quant_part_name(f"window_{name}", patch, int(owner)))
     futures = client.compute(list(graphs.values()))
     if progress and futures:
         show_progress(futures, label="quantify (shapes)")
-    out: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}
-    for (name, patch, owner), value in zip(graphs, client.gather(futures), strict=True):
-        out.setdefault((name, patch), {})[owner] = value
+    out: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for (name, patch, _), value in zip(graphs, client.gather(futures), strict=True):
+        out.setdefault((name, patch), []).append(value)
     return out
 
 
 def _measured(name: str, config: QuantifyConfig, patch_store: PatchStore,
-              kept: dict[int, dict[str, ObjectSums]],
-              windows: dict[tuple[str, int], dict[int, dict[str, Any]]],
-              size: tuple[int, int]) -> Measured:
+              kept: dict[int, dict[str, ChunkResult]],
+              windows: dict[tuple[str, int], list[dict[str, Any]]],
+              n_channels: int) -> Measured:
     """The table of one object set: every kept object of every patch, in patch order."""
     parts = []
     compartments = COMPARTMENT_LAYERS[config.masks][name]
     quantile_names = list(config.quantiles())
+    shape_names = [c for c in SHAPE_COMPARTMENTS if c in compartments] if config.morphology \
+        else []
     for patch, sets in kept.items():
-        found = sets[name]
+        found = sets[name].sums
         box = patch_store.patch_box(patch)
-        owners = _owners(found, size, box.shape[1])
-        by_owner = windows.get((name, patch), {})
-        shapes: dict[str, pd.DataFrame] = {}
-        quantiles: dict[str, dict[str, np.ndarray]] = {c: {} for c in compartments}
-        if by_owner:
-            # Window results list their objects owner by owner; position: where each row is.
-            position = np.empty(len(found.ids), np.int64)
-            order: list[dict[str, Any]] = []
-            done = 0
-            for owner, value in by_owner.items():
-                rows = np.flatnonzero(owners == owner)
-                position[rows] = np.arange(done, done + len(rows))
-                done += len(rows)
-                order.append(value)
-            for shape in (order[0] if order else {}):
-                if shape.endswith("_quantiles"):
-                    compartment = shape[: -len("_quantiles")]
-                    joined = np.concatenate([v[shape] for v in order], axis=-1)[..., position]
-                    quantiles[compartment] = dict(zip(quantile_names, joined, strict=True))
-                else:
-                    joined_table = pd.concat([v[shape] for v in order], ignore_index=True)
-                    shapes[shape] = joined_table.iloc[position].reset_index(drop=True)
-        if config.morphology and not shapes:
-            shapes = {s: empty_shapes(len(found.ids)) for s in ("cell", "nucleus")
-                      if s in compartments}
+        measures = sets[name].measures + windows.get((name, patch), [])
+        shapes, quantiles = align_measures(measures, found.ids, shape_names, list(compartments),
+                                           len(quantile_names), n_channels)
         stats, places = {}, {}
         for compartment, layers in compartments.items():
             stats[compartment], places[compartment] = compartment_stats(
-                found, layers, (box.top, box.left), config.stats, quantiles[compartment])
+                found, layers, (box.top, box.left), config.stats,
+                dict(zip(quantile_names, quantiles.get(compartment, ()), strict=False)))
         keys = pd.DataFrame({"patch_index": patch,
                              "patch_id": int(patch_store.metadata["patch_id"].iloc[patch]),
                              "label": found.ids.astype(np.int64)})

@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from codexdask.quantification.shapes import SHAPE_COLUMNS
 from codexdask.quantification.sums import ObjectSums
 
 __all__ = ["COMPARTMENT_LAYERS", "Measured", "compartment_stats"]
@@ -119,8 +118,3 @@ def concat_measured(parts: Sequence[Measured]) -> Measured:
     shapes = {name: pd.concat([p.shapes[name] for p in parts], ignore_index=True)
               for name in parts[0].shapes}
     return Measured(keys, stats, places, shapes)
-
-
-def empty_shapes(n: int) -> pd.DataFrame:
-    """A shape table of ``n`` unmeasured rows."""
-    return pd.DataFrame(np.nan, index=range(n), columns=list(SHAPE_COLUMNS))

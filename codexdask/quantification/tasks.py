@@ -10,7 +10,7 @@ import dataclasses
 import functools
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,33 +22,53 @@ from codexdask.boxes import Box
 from codexdask.errors import SlideError
 from codexdask.layout import (
     CELL,
-    CELL_MATCHED_MASK,
     CELL_OUTSIDE_NUCLEUS_MASK,
     NUCLEUS,
     NUCLEUS_MATCHED_MASK,
 )
 from codexdask.quantification.sums import ObjectSums, chunk_sums, combine
-from codexdask.quantification.windows import window_measures
+from codexdask.quantification.table import COMPARTMENT_LAYERS
+from codexdask.quantification.windows import interior, window_measures
 from codexdask.readers import READ_ERRORS
 from codexdask.store.slide import Slide, open_slide
 
-__all__ = ["OBJECT_SETS", "Chunk", "Sources", "combine_parts", "sums_task", "window_task"]
+__all__ = ["OBJECT_SETS", "Chunk", "ChunkResult", "Sources", "combine_parts", "sums_task",
+           "window_task"]
 
-#: The objects measured, by ``masks`` setting: object set -> (the mask arrays of its layers in
-#: Phase 1, its shape masks, its compartments as mask arrays). A matched cell's layers are its
-#: nucleus and its cytoplasm (disjoint; together the cell).
-OBJECT_SETS: dict[str, dict[str, tuple[tuple[str, ...], dict[str, str], dict[str, str]]]] = {
-    "matched": {
-        "cell": ((NUCLEUS_MATCHED_MASK, CELL_OUTSIDE_NUCLEUS_MASK),
-                 {"cell": CELL_MATCHED_MASK, "nucleus": NUCLEUS_MATCHED_MASK},
-                 {"cell": CELL_MATCHED_MASK, "nucleus": NUCLEUS_MATCHED_MASK,
-                  "cytoplasm": CELL_OUTSIDE_NUCLEUS_MASK}),
-    },
-    "raw": {
-        "cell": ((CELL,), {"cell": CELL}, {"cell": CELL}),
-        "nucleus": ((NUCLEUS,), {"nucleus": NUCLEUS}, {"nucleus": NUCLEUS}),
-    },
+#: The objects measured, by ``masks`` setting: object set -> the mask arrays of its layers. A
+#: matched cell's layers are its nucleus and its cytoplasm (disjoint; together the cell): every
+#: compartment and shape is built from them (``COMPARTMENT_LAYERS``).
+OBJECT_SETS: dict[str, dict[str, tuple[str, ...]]] = {
+    "matched": {"cell": (NUCLEUS_MATCHED_MASK, CELL_OUTSIDE_NUCLEUS_MASK)},
+    "raw": {"cell": (CELL,), "nucleus": (NUCLEUS,)},
 }
+#: The compartments whose shape is measured.
+SHAPE_COMPARTMENTS = ("cell", "nucleus")
+
+
+def _compose(layers: list[np.ndarray], masks: str, object_set: str,
+             names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Compartment label images from the layers (disjoint: their maximum is their union)."""
+    wanted = COMPARTMENT_LAYERS[masks][object_set]
+    return {name: layers[wanted[name][0]] if len(wanted[name]) == 1
+            else np.maximum.reduce([layers[i] for i in wanted[name]])
+            for name in names if name in wanted}
+
+
+@dataclasses.dataclass
+class ChunkResult:
+    """What the sums pass keeps of a chunk (or of several, combined).
+
+    Attributes
+    ----------
+    sums : ObjectSums
+    measures : list of dict
+        :func:`~codexdask.quantification.windows.window_measures` results of the objects the
+        chunks held whole (their shapes, measured without a second reading).
+    """
+
+    sums: ObjectSums
+    measures: list[dict[str, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,12 +123,15 @@ class Chunk:
         Patch coordinates.
     origin : (int, int)
         Slide coordinates of the patch's top-left pixel.
+    patch_shape : (int, int)
+        The patch's true height and width.
     """
 
     patch: int
     number: int
     region: Box
     origin: tuple[int, int]
+    patch_shape: tuple[int, int]
 
 
 @functools.lru_cache(maxsize=4)
@@ -170,50 +193,59 @@ def _kept(work: str, name: str, compute: Callable[[], Any]) -> Any:
     return value
 
 
-def sums_task(sources: Sources, chunk: Chunk, file_name: str) -> dict[str, ObjectSums]:
-    """Phase 1 of one chunk: each object set's sums over it (kept in the work folder)."""
+def sums_task(sources: Sources, chunk: Chunk, file_name: str) -> dict[str, ChunkResult]:
+    """Pass 1 of one chunk: each object set's sums, and the shapes of the objects it holds
+    whole when no quantile needs a second reading anyway (kept in the work folder)."""
 
-    def compute() -> dict[str, ObjectSums]:
+    def compute() -> dict[str, ChunkResult]:
         sets = OBJECT_SETS[sources.masks]
-        masks = [_masks(sources, layers, chunk.patch, chunk.region, chunk.origin)
-                 for layers, _, _ in sets.values()]
-        found = chunk_sums(masks, _channel_reader(sources.slide, chunk.region.shift(*chunk.origin)),
-                           sources.n_channels, np.dtype(sources.dtype),
+        layers = [_masks(sources, names, chunk.patch, chunk.region, chunk.origin)
+                  for names in sets.values()]
+        read = _channel_reader(sources.slide, chunk.region.shift(*chunk.origin))
+        found = chunk_sums(layers, read, sources.n_channels, np.dtype(sources.dtype),
                            (chunk.region.top, chunk.region.left), extra=sources.extra)
-        return dict(zip(sets, found, strict=True))
+        out = {}
+        for name, masks, sums in zip(sets, layers, found, strict=True):
+            measures = []
+            if sources.morphology and not sources.quantiles:
+                whole = interior(sums.boxes, chunk.region, chunk.patch_shape)
+                origin = (chunk.origin[0] + chunk.region.top, chunk.origin[1] + chunk.region.left)
+                measures.append(window_measures(
+                    _compose(masks, sources.masks, name, SHAPE_COMPARTMENTS), {},
+                    sums.ids[whole], origin, None, 0, np.zeros(0)))
+            out[name] = ChunkResult(sums, measures)
+        return out
 
     return _kept(sources.work, file_name, compute)
 
 
-def combine_parts(*parts: dict[str, ObjectSums]) -> dict[str, ObjectSums]:
-    """Add up the Phase 1 results of chunks of one patch, object set by object set."""
-    return {name: combine([part[name] for part in parts]) for name in parts[0]}
+def combine_parts(*parts: dict[str, ChunkResult]) -> dict[str, ChunkResult]:
+    """Add up the pass 1 results of chunks of one patch, object set by object set."""
+    return {name: ChunkResult(combine([part[name].sums for part in parts]),
+                              [m for part in parts for m in part[name].measures])
+            for name in parts[0]}
 
 
 def window_task(
     sources: Sources, object_set: str, patch: int, window: Box, origin: tuple[int, int],
     ids: np.ndarray, file_name: str,
 ) -> dict[str, Any]:
-    """Phase 2 of one owner: shapes and quantiles of ``ids``, whole in ``window``."""
+    """Pass 2 of one owner: shapes and quantiles of ``ids``, whole in ``window``."""
 
     def compute() -> dict[str, Any]:
-        _, shape_names, compartment_names = OBJECT_SETS[sources.masks][object_set]
-        if not sources.quantiles:
-            compartment_names = {}
-        if not sources.morphology:
-            shape_names = {}
-        names = sorted(set(shape_names.values()) | set(compartment_names.values()))
-        arrays = dict(zip(names, _masks(sources, names, patch, window, origin), strict=True))
+        layers = _masks(sources, OBJECT_SETS[sources.masks][object_set], patch, window, origin)
+        compartments = COMPARTMENT_LAYERS[sources.masks][object_set]
         reader = None
         if sources.quantiles:
             read = _channel_reader(sources.slide, window.shift(*origin))
 
             def reader(channel: int) -> np.ndarray:
                 return read([channel])[0]
-        slide_origin = (origin[0] + window.top, origin[1] + window.left)
         return window_measures(
-            {k: arrays[v] for k, v in shape_names.items()},
-            {k: arrays[v] for k, v in compartment_names.items()}, ids, slide_origin,
-            reader, sources.n_channels, np.asarray(sources.quantiles))
+            _compose(layers, sources.masks, object_set,
+                     SHAPE_COMPARTMENTS if sources.morphology else ()),
+            _compose(layers, sources.masks, object_set, tuple(compartments)),
+            ids, (origin[0] + window.top, origin[1] + window.left), reader, sources.n_channels,
+            np.asarray(sources.quantiles))
 
     return _kept(sources.work, file_name, compute)

@@ -8,11 +8,13 @@ all there (``docs/quantification.md``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from codexdask.boxes import Box
 from codexdask.quantification.kernels import (
     grouped_quantiles,
     object_tally,
@@ -20,7 +22,7 @@ from codexdask.quantification.kernels import (
 )
 from codexdask.quantification.shapes import SHAPE_COLUMNS, measure_shapes
 
-__all__ = ["owned_index", "window_measures"]
+__all__ = ["align_measures", "interior", "owned_index", "window_measures"]
 
 
 def owned_index(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -51,7 +53,7 @@ def window_measures(
     read_channel: Callable[[int], np.ndarray] | None,
     n_channels: int,
     quantiles: np.ndarray,
-) -> dict[str, pd.DataFrame | np.ndarray]:
+) -> dict[str, Any]:
     """Shapes and pixel quantiles of the objects ``ids``, which the window holds whole.
 
     Parameters
@@ -77,30 +79,77 @@ def window_measures(
     Returns
     -------
     dict
-        ``"{name}"`` -> DataFrame of :data:`~codexdask.quantification.shapes.SHAPE_COLUMNS`,
-        ``K`` rows (NaN for an object without pixels in that mask); ``"{compartment}_quantiles"`` ->
-        ``(Q, C, K)`` float64.
+        ``"ids"`` -> ``ids``; ``"shapes"`` -> name -> DataFrame of
+        :data:`~codexdask.quantification.shapes.SHAPE_COLUMNS`, ``K`` rows (NaN for an object
+        without pixels in that mask); ``"quantiles"`` -> compartment -> ``(Q, C, K)`` float64.
     """
     ids = np.ascontiguousarray(ids, dtype=np.uint32)
-    out: dict[str, pd.DataFrame | np.ndarray] = {}
+    shapes: dict[str, pd.DataFrame] = {}
     for name, labels in shape_masks.items():
         labels = np.ascontiguousarray(labels, dtype=np.uint32)
-        index = owned_index(labels, ids)
-        counts, _, boxes = object_tally(index[None], len(ids))
+        counts, _, boxes = object_tally(owned_index(labels, ids)[None], len(ids))
         present = counts[0] > 0
         table = pd.DataFrame(np.nan, index=range(len(ids)), columns=list(SHAPE_COLUMNS))
         if present.any():
             measured = measure_shapes(labels, ids[present], boxes[present], origin)
             table.loc[present, :] = measured.to_numpy()
-        out[name] = table
-    if read_channel is None or len(quantiles) == 0:
-        return out
-    indices = {name: owned_index(np.asarray(labels, np.uint32), ids).reshape(-1)
-               for name, labels in compartments.items()}
-    found = {name: np.empty((len(quantiles), n_channels, len(ids))) for name in compartments}
-    for channel in range(n_channels):
-        values = np.asarray(read_channel(channel)).reshape(-1)
-        for name, index in indices.items():
-            found[name][:, channel] = grouped_quantiles(index, values, len(ids), quantiles)
-    out.update({f"{name}_quantiles": value for name, value in found.items()})
-    return out
+        shapes[name] = table
+    found: dict[str, np.ndarray] = {}
+    if read_channel is not None and len(quantiles):
+        indices = {name: owned_index(np.asarray(labels, np.uint32), ids).reshape(-1)
+                   for name, labels in compartments.items()}
+        found = {name: np.empty((len(quantiles), n_channels, len(ids))) for name in indices}
+        for channel in range(n_channels):
+            values = np.asarray(read_channel(channel)).reshape(-1)
+            for name, index in indices.items():
+                found[name][:, channel] = grouped_quantiles(index, values, len(ids), quantiles)
+    return {"ids": ids, "shapes": shapes, "quantiles": found}
+
+
+def interior(boxes: np.ndarray, region: Box, patch_shape: tuple[int, int]) -> np.ndarray:
+    """Which objects a chunk holds whole: boxes ``(K, 4)`` (patch coordinates) that touch no
+    edge of the chunk ``region`` (top, left, bottom, right) lying inside the patch."""
+    top, left, bottom, right = region
+    return (((boxes[:, 0] > top) | (top == 0))
+            & ((boxes[:, 1] > left) | (left == 0))
+            & ((boxes[:, 2] < bottom) | (bottom >= patch_shape[0]))
+            & ((boxes[:, 3] < right) | (right >= patch_shape[1])))
+
+
+def align_measures(parts: Sequence[Mapping[str, Any]], ids: np.ndarray,
+                   shape_names: Sequence[str], compartments: Sequence[str],
+                   n_quantiles: int, n_channels: int) -> tuple[dict[str, pd.DataFrame],
+                                                               dict[str, np.ndarray]]:
+    """The measures of several windows (or chunks), in the order of ``ids``.
+
+    Returns
+    -------
+    shapes : dict
+        Name -> DataFrame, one row per id (NaN where no part measured it).
+    quantiles : dict
+        Compartment -> ``(Q, C, K)`` (NaN where no part measured it); empty when ``Q == 0``.
+    """
+    measured = np.concatenate([np.asarray(p["ids"], np.uint32) for p in parts] + [
+        np.zeros(0, np.uint32)])
+    known = np.zeros(len(ids), bool)
+    where = np.zeros(len(ids), np.int64)  # row of each id among the parts' rows
+    if len(measured):
+        order = np.argsort(measured, kind="stable")
+        where = order[np.minimum(np.searchsorted(measured[order], ids), len(measured) - 1)]
+        known = measured[where] == ids
+    shapes = {}
+    for name in shape_names:
+        table = pd.DataFrame(np.nan, index=range(len(ids)), columns=list(SHAPE_COLUMNS))
+        tables = [p["shapes"][name] for p in parts if name in p.get("shapes", {})]
+        if tables and known.any():
+            joined = pd.concat(tables, ignore_index=True).to_numpy()
+            table.loc[known, :] = joined[where[known]]
+        shapes[name] = table
+    quantiles = {}
+    for name in compartments if n_quantiles else ():
+        values = np.full((n_quantiles, n_channels, len(ids)), np.nan)
+        arrays = [p["quantiles"][name] for p in parts if name in p.get("quantiles", {})]
+        if arrays and known.any():
+            values[..., known] = np.concatenate(arrays, axis=-1)[..., where[known]]
+        quantiles[name] = values
+    return shapes, quantiles

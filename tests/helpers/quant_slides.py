@@ -145,3 +145,21 @@ def assert_matches_reference(measured: pd.DataFrame, expected: pd.DataFrame,
             assert error.max(initial=0) <= 1e-9, (column, error.max())
             worst = max(worst, float(error.max(initial=0)))
     return worst
+
+
+def _injected_failure(*args, **kwargs):
+    raise RuntimeError("injected failure of the shapes pass")
+
+
+def break_shapes_pass() -> None:
+    """Make this process's shapes-pass task fail (run on every worker with ``client.run``)."""
+    from codexdask.quantification import tasks
+
+    tasks.window_task, tasks.working_window_task = _injected_failure, tasks.window_task
+
+
+def mend_shapes_pass() -> None:
+    """Undo :func:`break_shapes_pass`."""
+    from codexdask.quantification import tasks
+
+    tasks.window_task = tasks.working_window_task

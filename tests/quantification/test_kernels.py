@@ -114,10 +114,10 @@ def test_window_measures_find_each_objects_box_and_offset_it():
     inside = np.unique(window[window > 0])
     whole = [i for i in inside if (labels == i).sum() == (window == i).sum()]
     measured = window_measures({"cell": window}, {}, np.asarray(whole, np.uint32), (10, 5),
-                               None, 0, np.zeros(0))["cell"]
+                               None, 0, np.zeros(0))["shapes"]["cell"]
     assert_shapes_equal_regionprops(labels, measured, np.asarray(whole))
     absent = window_measures({"cell": window[:5, :5] * 0}, {}, ids[:2], (0, 0), None, 0,
-                             np.zeros(0))["cell"]
+                             np.zeros(0))["shapes"]["cell"]
     assert absent.isna().all().all() and list(absent.columns) == list(SHAPE_COLUMNS)
 
 

@@ -7,8 +7,6 @@ cells with three channels of random 16-bit pixels (``helpers.quant_slides``).
 
 from __future__ import annotations
 
-import shutil
-import time
 from pathlib import Path
 
 import anndata
@@ -20,7 +18,9 @@ from helpers.large_objects import THRESHOLD
 from helpers.quant_slides import (
     CHANNELS,
     assert_matches_reference,
+    break_shapes_pass,
     cell_slide,
+    mend_shapes_pass,
     reference_table,
     run_from_masks,
     segmented_run,
@@ -28,6 +28,7 @@ from helpers.quant_slides import (
 )
 from scipy import ndimage as ndi
 
+from codexdask.errors import OutputExistsError
 from codexdask.layout import (
     CELL,
     CELL_MATCHED_MASK,
@@ -237,26 +238,21 @@ def test_patches_mode_leaves_out_objects_wider_than_the_overlap(tmp_path, image,
 
 def test_resume_reuses_the_sums_of_an_interrupted_run(tmp_path, image, client):
     out = segmented_run(tmp_path / "run", image, client)
-    fresh = quantify(out, tmp_path / "fresh", client=client)
-    array = out / RESULT_STORE / CELL_MATCHED_MASK  # read by the shapes pass only
-    shutil.copytree(array, tmp_path / "saved")
-    for chunk in array.glob("[0-9]*"):
-        chunk.write_bytes(b"damaged")
-    with pytest.raises(Exception):  # noqa: B017 - whatever the decompressor raises
-        quantify(out, client=client)
-    while any(client.processing().values()):  # tasks still running read the damaged array
-        time.sleep(0.05)
+    options = {"chunk_size": 40}  # cells cross chunk edges: the shapes pass has work
+    fresh = quantify(out, tmp_path / "fresh", client=client, **options)
+    client.run(break_shapes_pass)
+    try:
+        with pytest.raises(Exception, match="injected failure"):
+            quantify(out, client=client, **options)
+    finally:
+        client.run(mend_shapes_pass)
     assert not (out / QUANT_DIR / QUANT_MANIFEST).exists()
     assert not (out / QUANT_DIR / compartment_csv_name("cell")).exists()
-    shutil.rmtree(array)
-    shutil.copytree(tmp_path / "saved", array)
     # A slide of zeros now: only sums kept from the first attempt give the right means.
     write_slide(Path(fresh.manifest["slide"]), np.zeros_like(image))
-    from codexdask.errors import OutputExistsError
-
     with pytest.raises(OutputExistsError, match="--resume"):
-        quantify(out, client=client)
-    quantify(out, client=client, resume=True)
+        quantify(out, client=client, **options)
+    quantify(out, client=client, resume=True, **options)
     pd.testing.assert_frame_equal(read_csv(out / QUANT_DIR, "cell"),
                                   read_csv(fresh.out_dir, "cell"))
     assert (out / QUANT_DIR / QUANT_MANIFEST).is_file()
