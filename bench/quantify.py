@@ -15,13 +15,13 @@ chunked 1024², and the patch store and manifest a run leaves. Then, on one ``Lo
   shape properties of cells and nuclei). Reported: seconds and the ratios
   ``quantify / floor`` (aim <= 2) and ``regionprops / quantify`` (aim >= 10), and the largest
   difference between the two tables' means and shape columns.
-- ``memory``: the slide grown (``--sizes``, multiples of the area) past ``--ratio`` times the
-  workers' total memory limit (``--memory-limit`` each); each size on a fresh cluster, peak RSS
-  (``VmHWM``) of each worker against the slide's bytes.
+- ``memory``: the slide grown (``--sizes``, multiples of the workers' total memory limit, 2 x
+  ``--memory-limit``); each size on a fresh cluster, peak RSS (``VmHWM``) of each worker
+  against the slide's bytes.
 
     python bench/quantify.py --quick         # 10,000 cells, 8 channels: a smoke run
     python bench/quantify.py                 # 100,000 cells x 20 channels (a few minutes)
-    python bench/quantify.py memory          # slides of 1x, 2x, 4x, 6x 1.2 GB, 2 x 600 MiB workers
+    python bench/quantify.py memory          # slides of 1x, 2x, 4x 1 GiB, 2 x 500 MiB workers
 """
 
 from __future__ import annotations
@@ -259,8 +259,8 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=100_000)
     parser.add_argument("--channels", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--memory-limit", default="600MiB")
-    parser.add_argument("--sizes", type=float, nargs="+", default=[1, 2, 4, 6])
+    parser.add_argument("--memory-limit", default="500MiB")
+    parser.add_argument("--sizes", type=float, nargs="+", default=[1, 2, 4])
     parser.add_argument("--quick", action="store_true", help="10,000 cells, 8 channels")
     args = parser.parse_args()
     if args.quick:

@@ -2,12 +2,13 @@
 
 Two passes over a finished run, each a Dask graph on the same cluster:
 
-1. **Sums** — one task per chunk of each patch reads the chunk's masks and, one channel at a
-   time, the slide under it, and sums each object's pixels per layer
-   (:mod:`codexdask.quantification.sums`); a tree of ``combine`` tasks adds the chunks of a
-   patch up.
-2. **Windows** — each object is owned by the chunk holding its box's centre; one task per owner
-   reads the union of its objects' boxes and measures their shapes (and pixel quantiles).
+1. **Sums** — one task per chunk of each patch reads the chunk's masks and, a group of channels
+   at a time, the slide under it, sums each object's pixels per layer
+   (:mod:`codexdask.quantification.sums`) and measures the shapes of the objects the chunk
+   holds whole; a tree of ``combine`` tasks adds the chunks of a patch up.
+2. **Windows** — each other object (crossing a chunk edge; every object when quantiles are
+   asked for) is owned by the chunk holding its box's centre; one task per owner reads the
+   union of its objects' boxes and measures their shapes and pixel quantiles.
 
 In ``patches`` mode, where patches overlap, an object is kept only by the patch whose core holds
 its box's centre and whose inner edges it does not touch (``docs/quantification.md``). The
@@ -70,7 +71,7 @@ from codexdask.store.slide import open_slide
 
 __all__ = ["QuantResult", "quantify"]
 
-#: Chunks added up per combine task.
+#: Chunks added up per combine task on a worker.
 FAN_IN = 8
 
 
@@ -267,25 +268,27 @@ def plan_chunks(patch_store: PatchStore, group: Any, patches: list[int],
     return out, (int(rows), int(cols))
 
 
-def _tree(parts: list[Any]) -> Any:
-    while len(parts) > 1:
-        parts = [dask.delayed(combine_parts)(*parts[i:i + FAN_IN])
-                 for i in range(0, len(parts), FAN_IN)]
-    return parts[0]
-
-
 def _sums_pass(client: Client, sources: Sources, chunks: dict[int, list[Chunk]],
                progress: bool) -> dict[int, dict[str, ChunkResult]]:
-    """Pass 1: each patch's sums, chunk sums added up in a tree."""
+    """Pass 1: each patch's sums. Workers add up groups of :data:`FAN_IN` neighbouring chunks
+    (so a task never holds more than that many chunks' objects: worker memory stays flat as the
+    slide grows); the driver, which holds the table anyway, adds up the groups."""
     # Fresh keys on every call: a retry on the same cluster never meets a failed call's results.
     task = dask.delayed(sums_task, pure=False)
-    graphs = {patch: _tree([task(sources, c, quant_part_name("sums", patch, c.number))
-                            for c in patch_chunks])
-              for patch, patch_chunks in chunks.items()}
-    futures = client.compute(list(graphs.values()))
+    groups = []
+    for patch, patch_chunks in chunks.items():
+        leaves = [task(sources, c, quant_part_name("sums", patch, c.number))
+                  for c in patch_chunks]
+        groups += [(patch, dask.delayed(combine_parts)(*leaves[i:i + FAN_IN]))
+                   for i in range(0, len(leaves), FAN_IN)]
+    futures = client.compute([group for _, group in groups])
     if progress and futures:
         show_progress(futures, label="quantify (sums)")
-    return dict(zip(graphs, client.gather(futures), strict=True))
+    by_patch: dict[int, list[dict[str, ChunkResult]]] = {}
+    for (patch, _), found in zip(groups, client.gather(futures), strict=True):
+        by_patch.setdefault(patch, []).append(found)
+    del futures  # the workers drop their copies
+    return {patch: combine_parts(*parts) for patch, parts in by_patch.items()}
 
 
 def _keep(patch_store: PatchStore, sums: dict[int, dict[str, ChunkResult]],
