@@ -146,13 +146,16 @@ def _channel_reader(path: str, box: Box) -> Callable[[list[int]], np.ndarray]:
     inside = box.intersection(Box.whole((slide.height, slide.width)))
 
     def read(channels: list[int]) -> np.ndarray:
-        out = np.zeros((len(channels), *box.shape), slide.dtype)
         if inside.is_empty():
-            return out
+            return np.zeros((len(channels), *box.shape), slide.dtype)
         picked = slice(channels[0], channels[-1] + 1)  # the groups asked for are runs
         try:
-            out[(slice(None),) + inside.slices(box)] = slide.data[
-                (picked,) + inside.slices()].compute(scheduler="synchronous")
+            pixels = np.asarray(slide.data[(picked,) + inside.slices()].compute(
+                scheduler="synchronous"))
+            if inside == box:
+                return pixels
+            out = np.zeros((len(channels), *box.shape), slide.dtype)
+            out[(slice(None),) + inside.slices(box)] = pixels
         except READ_ERRORS as exc:
             raise SlideError(
                 f"could not read channels {channels[0]}-{channels[-1]} over rows {box.top}-"
