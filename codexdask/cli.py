@@ -85,13 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     quantify.add_argument("--chunk-size", type=int,
                           help="side of the chunks read (default: the result store's)")
     quantify.add_argument("--config", help="YAML file with the same keys (flags override it)")
-    quantify.add_argument("--scheduler", help="address of an existing Dask scheduler")
-    quantify.add_argument("--n-workers", type=int, help="local worker processes (default: cores)")
-    quantify.add_argument("--memory-limit", help="memory limit per local worker, e.g. 4GiB")
-    quantify.add_argument("--resume", action="store_const", const=True,
-                          help="finish an interrupted quantification")
-    quantify.add_argument("--overwrite", action="store_const", const=True,
-                          help="replace the quantification in --out")
+    add_cluster_options(quantify, "a quantification", gpus=False)
 
     demo = commands.add_parser("demo", help="synthetic slide -> patch store -> segmentation")
     demo.add_argument("--out", required=True, help="output directory")
@@ -143,15 +137,21 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-mosaics", dest="save_mosaics", action="store_const", const=False,
                         help="skip the whole-slide label mosaics")
     parser.add_argument("--n-overlays", type=int, help="overlay PNGs to write (default 4)")
+    add_cluster_options(parser, "a run", gpus=True)
+
+
+def add_cluster_options(parser: argparse.ArgumentParser, what: str, *, gpus: bool) -> None:
+    """The flags of where the work runs, and of what to do with an earlier ``what`` in --out."""
     parser.add_argument("--scheduler", help="address of an existing Dask scheduler")
-    parser.add_argument("--gpus", action="store_const", const=True,
-                        help="one worker per local GPU (dask-cuda)")
+    if gpus:
+        parser.add_argument("--gpus", action="store_const", const=True,
+                            help="one worker per local GPU (dask-cuda)")
     parser.add_argument("--n-workers", type=int, help="local worker processes (default: cores)")
     parser.add_argument("--memory-limit", help="memory limit per local worker, e.g. 4GiB")
     parser.add_argument("--resume", action="store_const", const=True,
-                        help="finish an interrupted run, computing only missing patches")
+                        help=f"finish {what} that was interrupted, keeping the work done")
     parser.add_argument("--overwrite", action="store_const", const=True,
-                        help="replace the run in --out")
+                        help=f"replace {what} in --out")
 
 
 #: Argument names that are not configuration keys.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,11 @@ from typing import Any
 import dask
 import numpy as np
 import pandas as pd
-from distributed import Client
+from distributed import Client, as_completed
 
 from codexdask.boxes import Box
 from codexdask.config import QuantifyConfig, make_config
 from codexdask.engine import cluster
-from codexdask.engine.progress import show_progress
 from codexdask.errors import OutputExistsError, SlideError, StateError
 from codexdask.layout import (
     CELL,
@@ -281,14 +281,33 @@ def _sums_pass(client: Client, sources: Sources, chunks: dict[int, list[Chunk]],
                   for c in patch_chunks]
         groups += [(patch, dask.delayed(combine_parts)(*leaves[i:i + FAN_IN]))
                    for i in range(0, len(leaves), FAN_IN)]
-    futures = client.compute([group for _, group in groups])
-    if progress and futures:
-        show_progress(futures, label="quantify (sums)")
+    results = collect(client, [group for _, group in groups], "quantify (sums)", progress)
     by_patch: dict[int, list[dict[str, ChunkResult]]] = {}
-    for (patch, _), found in zip(groups, client.gather(futures), strict=True):
+    for (patch, _), found in zip(groups, results, strict=True):
         by_patch.setdefault(patch, []).append(found)
-    del futures  # the workers drop their copies
     return {patch: combine_parts(*parts) for patch, parts in by_patch.items()}
+
+
+def collect(client: Client, graphs: list[Any], label: str, progress: bool) -> list[Any]:
+    """Compute ``graphs`` on the cluster; their results, in order.
+
+    Each result is fetched as soon as it is ready and its future released, so a worker never
+    holds more than the results still being fetched (its memory stays flat as the slide grows).
+    With ``progress``, a line every 10 % of the tasks.
+    """
+    futures = client.compute(graphs)
+    position = {future.key: i for i, future in enumerate(futures)}
+    results: list[Any] = [None] * len(futures)
+    started, shown = time.perf_counter(), -1
+    for done, (future, value) in enumerate(as_completed(futures, with_results=True), start=1):
+        results[position[future.key]] = value
+        future.release()
+        percent = 100 * done // len(futures)
+        if progress and percent // 10 > shown:
+            shown = percent // 10
+            print(f"{label}: {percent}% done ({done} of {len(futures)} tasks, "
+                  f"{time.perf_counter() - started:.1f} s)", file=sys.stderr, flush=True)
+    return results
 
 
 def _keep(patch_store: PatchStore, sums: dict[int, dict[str, ChunkResult]],
@@ -351,11 +370,9 @@ def _windows_pass(client: Client, sources: Sources, patch_store: PatchStore,
                 graphs[(name, patch, int(owner))] = task(
                     sources, name, patch, window, (box.top, box.left), found.sums.ids[mine],
                     quant_part_name(f"window_{name}", patch, int(owner)))
-    futures = client.compute(list(graphs.values()))
-    if progress and futures:
-        show_progress(futures, label="quantify (shapes)")
+    results = collect(client, list(graphs.values()), "quantify (shapes)", progress)
     out: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for (name, patch, _), value in zip(graphs, client.gather(futures), strict=True):
+    for (name, patch, _), value in zip(graphs, results, strict=True):
         out.setdefault((name, patch), []).append(value)
     return out
 
