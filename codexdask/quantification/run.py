@@ -359,7 +359,7 @@ def _windows_pass(client: Client, sources: Sources, patch_store: PatchStore,
         for name, found in sets.items():
             wanted = np.ones(len(found.sums.ids), bool)
             if not sources.quantiles:  # shapes only: those pass 1 could not measure
-                done = [m["ids"] for m in found.measures] + [np.zeros(0, np.uint32)]
+                done = [m["labels"] for m in found.measures] + [np.zeros(0, np.uint32)]
                 wanted = ~np.isin(found.sums.ids, np.concatenate(done))
             owners = _owners(found.sums, size, box.shape[1])
             for owner in np.unique(owners[wanted]):

@@ -79,7 +79,7 @@ def window_measures(
     Returns
     -------
     dict
-        ``"ids"`` -> ``ids``; ``"shapes"`` -> name -> DataFrame of
+        ``"labels"`` -> ``ids``; ``"shapes"`` -> name -> DataFrame of
         :data:`~codexdask.quantification.shapes.SHAPE_COLUMNS`, ``K`` rows (NaN for an object
         without pixels in that mask); ``"quantiles"`` -> compartment -> ``(Q, C, K)`` float64.
     """
@@ -103,7 +103,7 @@ def window_measures(
             values = np.asarray(read_channel(channel)).reshape(-1)
             for name, index in indices.items():
                 found[name][:, channel] = grouped_quantiles(index, values, len(ids), quantiles)
-    return {"ids": ids, "shapes": shapes, "quantiles": found}
+    return {"labels": ids, "shapes": shapes, "quantiles": found}
 
 
 def interior(boxes: np.ndarray, region: Box, patch_shape: tuple[int, int]) -> np.ndarray:
@@ -129,7 +129,7 @@ def align_measures(parts: Sequence[Mapping[str, Any]], ids: np.ndarray,
     quantiles : dict
         Compartment -> ``(Q, C, K)`` (NaN where no part measured it); empty when ``Q == 0``.
     """
-    measured = np.concatenate([np.asarray(p["ids"], np.uint32) for p in parts] + [
+    measured = np.concatenate([np.asarray(p["labels"], np.uint32) for p in parts] + [
         np.zeros(0, np.uint32)])
     known = np.zeros(len(ids), bool)
     where = np.zeros(len(ids), np.int64)  # row of each id among the parts' rows
