@@ -1,9 +1,9 @@
 """From per-object sums and window measures to the table's columns, object set by object set.
 
-Phase 1 gives each object's exact sums per layer; a compartment is a union of layers (a matched
-cell is its nucleus plus its cytoplasm), so its sums are added up here, and the statistics are
-derived from them: ``mean = sum / count``, ``std`` (population) from the sum of squares,
-``min``/``max``; the quantiles and shapes come from Phase 2.
+The sums pass gives each object's exact sums per layer; a compartment is a union of layers (a
+matched cell is its nucleus plus its cytoplasm), so its sums are added up here, and the
+statistics are derived from them: ``mean = sum / count``, ``std`` (population) from the sum of
+squares, ``min``/``max``; the quantiles come from the windows pass.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pandas as pd
 
 from codexdask.quantification.sums import ObjectSums
 
-__all__ = ["COMPARTMENT_LAYERS", "Measured", "compartment_stats"]
+__all__ = ["COMPARTMENT_LAYERS", "Measured", "compartment_stats", "concat_measured"]
 
-#: Compartments of each object set and the layers (positions in its Phase 1 layers) they unite.
+#: Compartments of each object set and the layers (positions in its pass 1 layers) they unite.
 COMPARTMENT_LAYERS: dict[str, dict[str, dict[str, tuple[int, ...]]]] = {
     "matched": {"cell": {"cell": (0, 1), "nucleus": (0,), "cytoplasm": (1,)}},
     "raw": {"cell": {"cell": (0,)}, "nucleus": {"nucleus": (0,)}},
@@ -69,7 +69,7 @@ def compartment_stats(
     stats : sequence of str
         Statistics besides the mean: ``sum``, ``std``, ``min``, ``max`` (others are quantiles).
     quantiles : mapping of str to numpy.ndarray
-        Quantile name -> ``(C, K)`` from Phase 2.
+        Quantile name -> ``(C, K)`` from the windows pass.
 
     Returns
     -------
