@@ -18,6 +18,7 @@ from codexdask.postprocess._jit import jit
 __all__ = [
     "PERIMETER_WEIGHTS",
     "accumulate",
+    "layer_slots",
     "positions_by_table",
     "object_tally",
     "compact_labels",
@@ -193,6 +194,23 @@ def accumulate(
 
 
 @jit
+def layer_slots(index: np.ndarray) -> tuple[np.ndarray, bool]:  # pragma: no cover - compiled
+    """Each pixel's slot ``object * L + layer`` from ``(L, P)`` int32 per-layer objects
+    (``-1``: none); and whether some pixel belongs to two layers (then its last layer wins)."""
+    layers, pixels = index.shape
+    slots = np.full(pixels, -1, np.int32)
+    overlap = False
+    for layer in range(layers):
+        for i in range(pixels):
+            k = index[layer, i]
+            if k >= 0:
+                if slots[i] >= 0:
+                    overlap = True
+                slots[i] = k * layers + layer
+    return slots, overlap
+
+
+@jit
 def object_tally(
     index: np.ndarray, n_objects: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
@@ -346,48 +364,61 @@ def convex_areas(
         ``(K,)`` int64.
     """
     areas = np.zeros(ids.size, np.int64)
+    most = 1
+    for k in range(ids.size):
+        most = max(most, boxes[k, 2] - boxes[k, 0])
+    first = np.empty(most, np.int64)
+    last = np.empty(most, np.int64)
+    ys = np.empty(4 * most + 4, np.int64)
+    xs = np.empty(4 * most + 4, np.int64)
+    hull_y = np.empty(8 * most + 9, np.int64)
+    hull_x = np.empty(8 * most + 9, np.int64)
     for k in range(ids.size):
         label = ids[k]
         top, left, bottom, right = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
         rows = bottom - top
-        # Each row's leftmost and rightmost pixel hold every hull vertex: 6 midpoints per row.
-        ys = np.empty(6 * rows, np.int64)
-        xs = np.empty(6 * rows, np.int64)
-        n = 0
-        for row in range(top, bottom):
-            first = -1
-            last = -1
+        for row in range(rows):  # each row's leftmost and rightmost pixel (-1: none)
+            first[row] = -1
             for col in range(left, right):
-                if labels[row, col] == label:
-                    if first < 0:
-                        first = col
-                    last = col
-            if first < 0:
-                continue
-            y = 2 * (row - top)
-            for side in (-1, 1):
-                x = 2 * ((first if side < 0 else last) - left)
-                ys[n], xs[n] = y - 1, x
-                ys[n + 1], xs[n + 1] = y + 1, x
-                ys[n + 2], xs[n + 2] = y, x + side
-                n += 3
-        hull_y, hull_x = _hull(ys[:n], xs[:n])
-        areas[k] = _centres_in_polygon(hull_y, hull_x, rows)
+                if labels[top + row, col] == label:
+                    if first[row] < 0:
+                        first[row] = col - left
+                    last[row] = col - left
+        # The candidate vertices in (y, x) order, doubled coordinates: at an even y = 2r the
+        # row's outer side midpoints, at an odd y the top and bottom midpoints of the rows
+        # around it. Only each y's leftmost and rightmost point can be a vertex.
+        n = 0
+        for y in range(-1, 2 * rows):
+            low, high = 1 << 40, -(1 << 40)
+            if y % 2 == 0:
+                if first[y // 2] >= 0:
+                    low, high = 2 * first[y // 2] - 1, 2 * last[y // 2] + 1
+            else:
+                for row in ((y + 1) // 2, (y - 1) // 2):
+                    if 0 <= row < rows and first[row] >= 0:
+                        low = min(low, 2 * first[row])
+                        high = max(high, 2 * last[row])
+            if low <= high:
+                ys[n], xs[n] = y, low
+                n += 1
+                if high != low:
+                    ys[n], xs[n] = y, high
+                    n += 1
+        size = _hull(ys, xs, n, hull_y, hull_x)
+        areas[k] = _centres_in_polygon(hull_y[:size], hull_x[:size], rows)
     return areas
 
 
 @jit
-def _hull(ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
-    """Vertices of the convex hull of integer points, counter-clockwise (monotone chain)."""
-    order = np.argsort((ys + 4) * (1 << 32) + (xs + 4))
-    n = order.size
-    hull_y = np.empty(2 * n + 1, np.int64)
-    hull_x = np.empty(2 * n + 1, np.int64)
+def _hull(ys: np.ndarray, xs: np.ndarray, n: int, hull_y: np.ndarray,
+          hull_x: np.ndarray) -> int:  # pragma: no cover - compiled
+    """The convex hull of the first ``n`` points, given in (y, x) order (monotone chain): its
+    vertices into ``hull_y``, ``hull_x`` (room for ``2n + 1``); returns their count."""
     size = 0
     for sweep in range(2):
         start = size
         for j in range(n):
-            i = order[j] if sweep == 0 else order[n - 1 - j]
+            i = j if sweep == 0 else n - 1 - j
             py, px = ys[i], xs[i]
             while size >= start + 2:
                 ay, ax = hull_y[size - 2], hull_x[size - 2]
@@ -399,7 +430,7 @@ def _hull(ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # p
             hull_y[size], hull_x[size] = py, px
             size += 1
         size -= 1  # the last point of a sweep starts the next
-    return hull_y[:size], hull_x[:size]
+    return size
 
 
 @jit

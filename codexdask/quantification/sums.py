@@ -19,6 +19,7 @@ from codexdask.errors import InputError
 from codexdask.quantification.kernels import (
     accumulate,
     compact_labels,
+    layer_slots,
     object_tally,
     square_sum_dtype,
     sum_dtype,
@@ -98,15 +99,11 @@ class _Layers:
         self.coords += np.array(origin, np.int64)[None, :, None] * self.counts[:, None, :]
         self.boxes += np.array([origin[0], origin[1], origin[0], origin[1]])
         # The layers are disjoint, so each pixel feeds one slot: object * L + layer.
-        inside = index >= 0
-        if self.n_layers > 1 and (inside.sum(axis=0) > 1).any():
+        self.slots, overlap = layer_slots(index.reshape(self.n_layers, -1))
+        if overlap:
             raise InputError(
                 "the layers of one object overlap (a nucleus pixel that is also cytoplasm); the "
                 "repaired masks are inconsistent: segment the slide again")
-        slots = np.full(index.shape[1:], -1, np.int32)
-        for layer in range(self.n_layers):
-            slots[inside[layer]] = index[layer][inside[layer]] * self.n_layers + layer
-        self.slots = slots.reshape(-1)
 
 
 def chunk_sums(
