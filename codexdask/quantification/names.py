@@ -2,8 +2,8 @@
 
 Names come from mcquant's ``markers.csv`` (``--markers``, column ``marker_name``) or an antibodies
 TSV (``--antibodies``), else from the slide's own metadata (OME ``Channel@Name``, QPTIFF), else
-``Channel_i``. The count is checked against the slide's channels. Duplicate names are numbered
-as mcquant numbers them (every occurrence gets ``_1``, ``_2``, ... in channel order) and logged.
+``Channel_i``. The count is checked against the slide's channels. A repeated name is numbered
+(every occurrence gets ``_1``, ``_2``, ... in channel order) and logged.
 """
 
 from __future__ import annotations
