@@ -8,7 +8,8 @@
 - :mod:`~codexdask.quantification.table`, :mod:`~codexdask.quantification.writers` — columns
   and files;
 - :mod:`~codexdask.quantification.names` — the channels' marker names;
-- :mod:`~codexdask.quantification.kernels` — the compiled kernels.
+- :mod:`~codexdask.quantification.kernels`, :mod:`~codexdask.quantification.hull` — the
+  compiled kernels.
 """
 
 from __future__ import annotations

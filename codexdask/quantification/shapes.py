@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 from skimage.measure import moments_central
 
-from codexdask.quantification.kernels import convex_areas, shape_sums
+from codexdask.quantification.hull import convex_areas
+from codexdask.quantification.kernels import shape_sums
 
 __all__ = ["SHAPE_COLUMNS", "measure_shapes"]
 
