@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import ssl
 from collections.abc import Iterator
 from typing import Any
 
 import dask
 import psutil
 from distributed import Client, LocalCluster
+from distributed.comm.addressing import parse_host_port
 from distributed.exceptions import WorkerStartTimeoutError
 from distributed.security import Security
 
@@ -238,6 +241,29 @@ def has_tls_credentials() -> bool:
     )
 
 
+def speaks_tls(address: str, timeout: float = CONNECT_TIMEOUT_S) -> bool:
+    """Whether the server at ``address`` (``tcp://HOST:PORT`` or ``HOST:PORT``) answers in TLS.
+
+    Only asked after a plain connection failed: a TLS scheduler completes a TLS handshake (or
+    answers it with a TLS alert), while a plain Dask server does not understand it.
+    """
+    try:
+        host, port = parse_host_port(address.split("://", 1)[-1])
+    except ValueError:
+        return False
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # only which protocol answers matters, not whose
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw, \
+                context.wrap_socket(raw, server_hostname=host):
+            return True
+    except ssl.SSLError as exc:  # an alert from the server is TLS too; garbage is not
+        return "ALERT" in str(exc.reason or "")
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def _connect_existing(address: str) -> Iterator[Client]:
     tls = address.startswith("tls://")
@@ -246,6 +272,12 @@ def _connect_existing(address: str) -> Iterator[Client]:
     try:
         existing = Client(address, timeout=CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError) as exc:
+        if not tls and speaks_tls(address):
+            tls_address = "tls://" + address.split("://", 1)[-1]
+            raise ClusterError(
+                f"the scheduler at {address!r} only speaks TLS: connect to {tls_address!r} and "
+                f"{TLS_HINT}"
+            ) from exc
         hint = (f"check that its certificates are the cluster's: {TLS_HINT}" if tls else
                 "start one with `dask scheduler` or check the address (tcp://HOST:8786)")
         raise ClusterError(

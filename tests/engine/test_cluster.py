@@ -168,3 +168,20 @@ def test_a_tls_scheduler_refuses_other_certificates(tls_cluster, tmp_path, monke
         with pytest.raises(ClusterError, match="certificates are the cluster's"):
             with cluster.connect(SegmentConfig(scheduler=address)):
                 pass
+
+
+def test_a_tcp_address_of_a_tls_scheduler_says_to_use_tls(tls_cluster, monkeypatch):
+    address, _ = tls_cluster
+    tcp_address = address.replace("tls://", "tcp://")
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 2)
+    with pytest.raises(ClusterError, match=f"only speaks TLS: connect to '{address}'"):
+        with cluster.connect(SegmentConfig(scheduler=tcp_address)):
+            pass
+
+
+def test_tls_probe_tells_a_plain_scheduler_from_a_tls_one(tls_cluster):
+    address, _ = tls_cluster
+    assert cluster.speaks_tls(address.replace("tls://", "tcp://"), timeout=5)
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as plain:
+        assert not cluster.speaks_tls(plain.scheduler_address, timeout=5)
+    assert not cluster.speaks_tls("tcp://127.0.0.1:1", timeout=1)  # nothing listens there
