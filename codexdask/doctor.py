@@ -130,6 +130,10 @@ def _self_check_line(check: Any) -> str:
 
 
 def _version(name: str) -> str | None:
+    if name == "codexdask":  # the code that runs, not an editable install's stale metadata
+        from codexdask._version import __version__
+
+        return __version__
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
