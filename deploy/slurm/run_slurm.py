@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,8 @@ DEFAULT_CLUSTER_CONFIG = Path(__file__).resolve().with_name("cluster.yaml")
 CLUSTER_FLAGS = ("scheduler", "gpus", "n_workers", "memory_limit")
 #: Arguments of this script that are not SegmentConfig keys.
 DRIVER_ARGS = ("cluster_config", "minimum", "maximum", "wait_timeout")
+#: Seconds between looks at the worker jobs while waiting for the first worker.
+WORKER_POLL_S = 2.0
 
 
 def jobqueue_settings(path: str | Path) -> dict[str, Any]:
@@ -117,6 +122,101 @@ def cluster_security(settings: dict[str, Any]) -> Security:
     return security
 
 
+def check_worker_job(job_script: str, cluster_config: str | Path) -> None:
+    """Ask SLURM whether it would ever run the worker job, before any is submitted.
+
+    ``sbatch --test-only`` validates the job script (partition, account, cores, memory, ``gres``)
+    without submitting it. Without this, a worker job SLURM refuses would leave the driver waiting
+    for workers that never come.
+
+    Parameters
+    ----------
+    job_script : str
+        The worker job script (``SLURMCluster.job_script()``).
+    cluster_config : str or Path
+        The file the script was made from, named in the error.
+
+    Raises
+    ------
+    ClusterError
+        If ``sbatch`` is missing or refuses the job, with SLURM's own reason.
+    """
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="codexdask-worker-") as script:
+        script.write(job_script)
+        script.flush()
+        try:
+            checked = subprocess.run(["sbatch", "--test-only", script.name], capture_output=True,
+                                     text=True, timeout=60, check=False)
+        except FileNotFoundError as exc:
+            raise ClusterError("sbatch not found: run this on a node of the SLURM cluster (the "
+                               "driver job, or a login node)") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise ClusterError("sbatch --test-only did not answer within 60 s: is slurmctld "
+                               "up? (`sinfo`)") from exc
+    if checked.returncode != 0:
+        reason = "; ".join(line.removeprefix("sbatch: error: ").strip()
+                           for line in checked.stderr.splitlines() if line.strip())
+        raise ClusterError(
+            f"SLURM would not run the worker job described by {str(cluster_config)!r}: {reason}; "
+            "check its queue (partition), account, cores, memory and job-extra-directives "
+            "against `sinfo -o '%P %c %m %G'`"
+        )
+
+
+def wait_for_first_worker(client: Any, cluster: Any, timeout: float | None,
+                          log_directory: str | None) -> None:
+    """Wait until a worker joins the scheduler; fail at once if SLURM ended every worker job.
+
+    dask-jobqueue does not notice a worker job that exits before its worker connects (a bad
+    worker argument, a missing environment on the compute node): without this check the driver
+    would wait for ever.
+
+    Raises
+    ------
+    ClusterError
+        When the worker jobs submitted so far have all left the queue with no worker joined
+        (with the last line of a job's error log), or after ``timeout`` seconds.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not client.scheduler_info(n_workers=-1)["workers"]:
+        submitted = {str(job.job_id) for job in cluster.workers.values()
+                     if getattr(job, "job_id", None)}
+        queued = queued_job_ids()
+        if submitted and queued is not None and not submitted & queued:
+            raise ClusterError(
+                f"worker job(s) {', '.join(sorted(submitted))} ended before any worker joined the "
+                f"scheduler{last_error_line(log_directory, submitted)}; see their logs in "
+                f"{log_directory or 'the job directory'} and the cluster config's worker settings"
+            )
+        if deadline is not None and time.monotonic() > deadline:
+            raise ClusterError(
+                f"no worker job started within {timeout} s; check `squeue --me` and the logs in "
+                "the cluster config's log-directory"
+            )
+        time.sleep(WORKER_POLL_S)
+
+
+def queued_job_ids() -> set[str] | None:
+    """Ids of the jobs SLURM holds now (pending or running); None if squeue did not answer."""
+    try:
+        listed = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True,
+                                timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return set(listed.stdout.split())
+
+
+def last_error_line(log_directory: str | None, job_ids: set[str]) -> str:
+    """``: LAST LINE`` of the first worker job's ``.err`` log that has one, else ''."""
+    for job_id in sorted(job_ids):
+        for path in sorted(Path(log_directory or ".").glob(f"*-{job_id}.err")):
+            lines = [line.strip() for line in path.read_text(errors="replace").splitlines()
+                     if line.strip()]
+            if lines:
+                return f" (job {job_id}: {lines[-1]})"
+    return ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Arguments: the store, ``--out``, cluster sizing and every ``codexdask segment`` flag."""
     parser = argparse.ArgumentParser(
@@ -162,18 +262,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from codexdask import run
 
         security = cluster_security(settings)
+        if config.model_path:  # worker jobs inherit it: `codexdask doctor` checks these weights
+            os.environ["CODEXDASK_MODEL_PATH"] = str(Path(config.model_path).resolve())
         with dask.config.set(settings), SLURMCluster(security=security) as cluster:
+            check_worker_job(cluster.job_script(), args.cluster_config)
             cluster.adapt(minimum=args.minimum, maximum=args.maximum)
             with Client(cluster) as client:
                 print(f"scheduler {cluster.scheduler_address}, dashboard {client.dashboard_link}",
                       file=sys.stderr)
-                try:
-                    client.wait_for_workers(1, timeout=args.wait_timeout)
-                except TimeoutError as exc:
-                    raise ClusterError(
-                        f"no worker job started within {args.wait_timeout} s; check `squeue "
-                        "--me` and the logs in the cluster config's log-directory"
-                    ) from exc
+                wait_for_first_worker(client, cluster, args.wait_timeout,
+                                      settings.get("jobqueue.slurm.log-directory"))
                 # Workers resolve relative paths from their own directory: pass absolute ones.
                 result = run(Path(args.store).resolve(), Path(args.out).resolve(), config,
                              client=client, progress=True)
