@@ -132,7 +132,7 @@ def test_slurm_job_script_requests_one_gpu_and_advertises_it(
     assert "#SBATCH --cpus-per-task=8" in header
     assert "#SBATCH --mem=64G" in header
     assert "#SBATCH -t 04:00:00" in header
-    assert "export TF_FORCE_GPU_ALLOW_GROWTH=true" in script
+    assert "codexdask doctor" in script  # each worker's log starts with its versions and weights
     argv = _worker_argv(script, "distributed.cli.dask_worker")
     assert "--nworkers" not in argv  # one process per job: one worker per GPU
     assert _after(argv, "--resources") == "GPU=1"
@@ -140,7 +140,12 @@ def test_slurm_job_script_requests_one_gpu_and_advertises_it(
     # The worker command line is accepted by `dask worker` itself (--lifetime etc. exist).
     ctx = dask_worker.main.make_context("dask worker", list(argv))
     assert ctx.params["resources"] == "GPU=1"
-    assert ctx.params["lifetime"] == "3h50m"
+    # ... and its values parse (the click option takes any string; "3h50m" passed this far and
+    # then stopped every worker at start-up, found by running the recipe on SLURM).
+    from dask.utils import parse_timedelta
+
+    assert parse_timedelta(ctx.params["lifetime"]) == 230 * 60
+    assert parse_timedelta(ctx.params["lifetime_stagger"]) == 5 * 60
 
 
 def test_slurm_dask_cuda_worker_alternative_yields_a_valid_command(
@@ -211,48 +216,6 @@ def test_run_slurm_refuses_cluster_flags_and_bad_sizes(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
         _run_slurm_module().parse_args(argv)
     assert info.value.code == 2
-
-
-def test_run_slurm_main_segments_a_store_on_an_adaptive_cluster(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The driver end to end over TLS, with an in-process LocalCluster standing in for SLURM."""
-    pytest.importorskip("cryptography")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # shared-temp-directory: ~/.codexdask/tls
-    import dask_jobqueue
-    from distributed import LocalCluster
-
-    from codexdask.config import PatchConfig
-    from codexdask.store.patch_store import write_patch_store
-    from codexdask.synthetic import synthetic_slide
-
-    slide = synthetic_slide(96, 192, seed=1, empty_fraction=0.0)
-    store = write_patch_store(
-        slide.image, tmp_path / "slide.zarr",
-        PatchConfig(nucleus="DAPI", wholecell=slide.membrane_channels, patch_size=(96, 96),
-                    overlap=0.0),
-        channel_names=slide.channel_names,
-    )
-    seen: dict[str, Any] = {}
-
-    def fake_slurm_cluster(**kwargs: Any) -> LocalCluster:
-        seen["gres"] = dask.config.get("jobqueue.slurm.job-extra-directives")
-        seen["security"] = kwargs["security"]
-        return LocalCluster(n_workers=0, threads_per_worker=1, processes=False,
-                            resources={"GPU": 1}, dashboard_address=":0", protocol="tls",
-                            security=kwargs["security"])
-
-    monkeypatch.setattr(dask_jobqueue, "SLURMCluster", fake_slurm_cluster)
-    out = tmp_path / "results"
-    status = _run_slurm_module().main([
-        str(store), "--out", str(out), "--maximum", "1", "--wait-timeout", "60",
-        "--backend", "watershed", "--no-mosaics", "--n-overlays", "0",
-    ])
-    assert status == 0
-    assert seen["gres"] == ["--gres=gpu:1"]  # cluster.yaml was in force
-    assert seen["security"].require_encryption  # the run went over TLS, with its own certificates
-    assert (out / "run_manifest.json").is_file()
-    assert (out / "masks.zarr").is_dir()
 
 
 def test_jobqueue_settings_rejects_a_file_without_a_slurm_section(tmp_path: Path) -> None:
@@ -452,12 +415,63 @@ def test_compose_driver_runs_codexdask_against_the_scheduler_service() -> None:
     driver = services["driver"]
     assert driver["command"][0] == "codexdask"
     args = _parse_segment(driver["command"][1:])
-    assert args.scheduler == f"tcp://scheduler:{SCHEDULER_PORT}"
+    assert args.scheduler == f"tls://scheduler:{SCHEDULER_PORT}"
+    services.pop("certs")  # it mounts only the script and the tls volume
     data_mounts = {s["volumes"][0] for s in services.values()}
     assert len(data_mounts) == 1 and _mount_target(data_mounts.pop()) == "/data"
-    model_mount = {_mount_target(v) for s in services.values() for v in s["volumes"][1:]}
+    model_mount = {_mount_target(v) for s in services.values() for v in s["volumes"][1:2]}
     assert PurePosixPath(args.store).is_relative_to("/data")
     assert any(PurePosixPath(args.model_path).is_relative_to(m) for m in model_mount)
+
+
+def _compose_tls_settings(folder: Path) -> dict[str, Any]:
+    """The Dask settings the compose services' environment gives, with ``/tls`` at ``folder``."""
+    environment = _services()["scheduler"]["environment"]
+    settings: dict[str, Any] = {}
+    for name, value in environment.items():
+        if name.startswith("DASK_"):
+            key = name.removeprefix("DASK_").lower().replace("__", ".").replace("_", "-")
+            settings[key] = (value == "true") if value in ("true", "false") else \
+                value.replace("/tls/", f"{folder}/")
+    return settings
+
+
+def test_compose_speaks_tls_by_default_with_the_certs_service_credentials(
+    tmp_path: Path,
+) -> None:
+    """Every service talks TLS with what ``make_certs.py`` writes: a client with those settings
+    runs a task on a scheduler and worker started with them; one without is refused."""
+    from distributed import Client, LocalCluster
+    from distributed.security import Security
+
+    from codexdask.engine import cluster
+    from codexdask.errors import ClusterError
+
+    services = _services()
+    certs = services.pop("certs")
+    assert certs["command"][-1] == "/tls" and "tls:/tls" in certs["volumes"]
+    assert _after(services["scheduler"]["command"], "--protocol") == "tls"
+    for name, service in services.items():
+        assert "tls:/tls:ro" in service["volumes"], name
+        assert service["depends_on"]["certs"]["condition"] == "service_completed_successfully"
+        assert not any(arg.startswith("tcp://") for arg in service["command"]), name
+    written = subprocess.run([sys.executable, str(DEPLOY / "docker" / "make_certs.py"),
+                              str(tmp_path)], capture_output=True, text=True, check=True)
+    assert sorted(Path(p).name for p in written.stdout.split()) == ["ca.pem", "cert.pem",
+                                                                    "key.pem"]
+    assert (tmp_path / "key.pem").stat().st_mode & 0o077 == 0
+    settings = _compose_tls_settings(tmp_path)
+    assert settings["distributed.comm.require-encryption"] is True
+    with dask.config.set(settings):
+        with LocalCluster(n_workers=1, processes=False, protocol="tls", security=Security(),
+                          dashboard_address=":0") as local:
+            address = local.scheduler_address
+            with cluster.connect(SegmentConfig(scheduler=address)) as client:
+                assert isinstance(client, Client) and client.submit(sum, [1, 2]).result() == 3
+            with dask.config.set({"distributed.comm.tls.ca-file": None}), \
+                    pytest.raises(ClusterError, match="uses TLS"):
+                with cluster.connect(SegmentConfig(scheduler=address)):
+                    pass
 
 
 # -- addresses and commands in docs and scripts -------------------------------------------------
@@ -475,7 +489,7 @@ def _addresses() -> set[str]:
 def test_scheduler_addresses_in_docs_and_configs_are_what_the_cli_accepts() -> None:
     addresses = _addresses()
     assert {
-        "tcp://HOST:8786", "tcp://scheduler:8786", "tcp://localhost:8786",
+        "tcp://HOST:8786", "tcp://localhost:8786",
         "tcp://codexdask-scheduler.codexdask.svc.cluster.local:8786",
     } <= addresses
     for address in addresses:
@@ -489,7 +503,7 @@ def test_scheduler_addresses_in_docs_and_configs_are_what_the_cli_accepts() -> N
 def test_tls_addresses_in_docs_are_what_the_cli_accepts() -> None:
     addresses = {m for p in _text_files()
                  for m in re.findall(r"tls://[A-Za-z0-9][A-Za-z0-9.\-]*:\d+", p.read_text())}
-    assert "tls://HOST:8786" in addresses
+    assert {"tls://HOST:8786", "tls://scheduler:8786"} <= addresses
     for address in addresses:
         assert parse_address(address)[0] == "tls"
         args = _parse_segment(["segment", "s.zarr", "--out", "o", "--scheduler", address])
@@ -537,7 +551,8 @@ def test_run_slurm_commands_in_the_slurm_readme_parse() -> None:
 # -- shell scripts ------------------------------------------------------------------------------
 
 
-SCRIPTS = [DEPLOY / "local-gpu" / "start-cluster.sh", DEPLOY / "slurm" / "driver.sbatch"]
+SCRIPTS = [DEPLOY / "local-gpu" / "start-cluster.sh", DEPLOY / "slurm" / "driver.sbatch",
+           DEPLOY / "slurm" / "local-cluster.sh"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
