@@ -46,8 +46,6 @@ from codexdask.engine import cluster
 from codexdask.engine.runner import run
 from codexdask.errors import ClusterError
 from codexdask.layout import MANIFEST
-from codexdask.mesmer import network
-from codexdask.mesmer.convert import save_network
 from codexdask.outputs import load_manifest
 from codexdask.store.patch_store import write_patch_store
 from codexdask.synthetic import synthetic_slide
@@ -74,6 +72,9 @@ def slurm():
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, slurm) -> dict[str, Path]:
     """Shared storage of the 'site': weights, two patch stores, segment configs, cluster.yaml."""
+    from codexdask.mesmer import network  # PyTorch: the main environment only
+    from codexdask.mesmer.convert import save_network
+
     folder = tmp_path_factory.mktemp("slurm-site")
     weights = folder / "mesmer.safetensors"
     save_network(network.random_network(seed=0), weights, source_name="random seed 0")
