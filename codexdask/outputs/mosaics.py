@@ -81,7 +81,7 @@ class PatchStoreLike(Protocol):
 
     @property
     def attrs(self) -> Mapping[str, Any]:
-        """Store facts: padded_shape, image_mpp, nucleus_channel, wholecell_channels."""
+        """Store facts: slide_shape, padded_shape, image_mpp, nucleus and whole-cell channels."""
 
 
 def pyramid_shapes(height: int, width: int) -> list[tuple[int, int]]:
@@ -365,9 +365,11 @@ def write_mosaics(
 ) -> dict[str, Path]:
     """Whole-slide mosaics of the image and of the cell / nucleus labels (original and matched).
 
-    Canvas: the patch store's ``padded_shape`` (He, We); placement and label IDs as in
-    :func:`place_patches`. Written under ``out_dir/mosaics/`` (built in a temporary sibling,
-    then renamed; an existing ``mosaics/`` is replaced):
+    Canvas: the slide's shape ``(He, We)`` (the patch store's ``slide_shape``; patches are cut to
+    it, leaving out the grid's zero padding; stores without it use ``padded_shape``); placement
+    and label IDs as in :func:`place_patches` (a patch's labels beyond the slide do not count).
+    Written under ``out_dir/mosaics/`` (built in a temporary sibling, then renamed; an existing
+    ``mosaics/`` is replaced):
 
     - ``slide.ome.zarr``: OME-NGFF 0.4 (zarr v2) image (2, He, We) (nucleus, whole-cell; the
       patch store dtype) with ``labels/{cells,nuclei,cells_matched,nuclei_matched}``, each
@@ -384,7 +386,7 @@ def write_mosaics(
         The result store; every informative patch must be done.
     patch_store : PatchStore
         ``.read_patch``, ``.metadata`` (x_start, y_start, height, width, is_informative),
-        ``.attrs`` (padded_shape, optionally image_mpp and channel names).
+        ``.attrs`` (slide_shape and padded_shape, optionally image_mpp and channel names).
     out_dir : path
         The run's output directory.
     exp_id : str
@@ -404,7 +406,10 @@ def write_mosaics(
                          "`codexdask patch`")
     mpp = float(image_mpp if image_mpp is not None
                 else attrs.get("image_mpp") or DEFAULT_IMAGE_MPP)
-    canvas_shape = (int(attrs["padded_shape"][0]), int(attrs["padded_shape"][1]))
+    # The slide's own shape, so that the mosaics overlay it; the patch grid's zero padding (at
+    # the bottom and right) is left out. Stores without slide_shape keep the padded canvas.
+    canvas = attrs.get("slide_shape") or attrs["padded_shape"]
+    canvas_shape = (int(canvas[0]), int(canvas[1]))
     metadata = patch_store.metadata.reset_index(drop=True)
     n, ph, pw = (int(v) for v in group[MASK_NAMES[0]].shape)
     if len(metadata) != n or patch_store.n_patches != n:

@@ -20,7 +20,8 @@ def test_pyramid_shapes_follow_the_reference_rule():
     assert pyramid_shapes(511, 5000) == [(511, 5000)]
 
 
-def fake_patch_store(tmp_path, boxes, informative, patch_shape, padded_shape, seed=0):
+def fake_patch_store(tmp_path, boxes, informative, patch_shape, padded_shape, seed=0,
+                     slide_shape=None):
     """A patch store built in memory: zarr patches (N, H, W, 2) uint16, metadata, attrs."""
     n = len(boxes)
     rng = np.random.default_rng(seed)
@@ -30,24 +31,27 @@ def fake_patch_store(tmp_path, boxes, informative, patch_shape, padded_shape, se
     patches[:] = rng.integers(1, 1000, size=(n, *patch_shape, 2), dtype=np.uint16)
     metadata = pd.DataFrame(boxes, columns=["y_start", "x_start", "height", "width"])
     metadata["is_informative"] = informative
-    attrs = {"padded_shape": list(padded_shape), "slide_shape": list(padded_shape),
+    attrs = {"padded_shape": list(padded_shape), "slide_shape": list(slide_shape or padded_shape),
              "image_mpp": 0.5, "nucleus_channel": "DAPI", "wholecell_channels": ["CD45"]}
     return PatchStore(path=tmp_path, patches=patches, metadata=metadata, attrs=attrs)
 
 
 def reference_mosaic(patch_store, masks, keys):
-    """In-memory version of the mosaics' running-offset merge for ``keys`` sharing one offset."""
-    canvas = {k: np.zeros(tuple(patch_store.attrs["padded_shape"]), np.uint32) for k in keys}
+    """In-memory version of the mosaics' running-offset merge for ``keys`` sharing one offset,
+    on a canvas of the slide's shape (patches cut to it)."""
+    height, width = patch_store.attrs["slide_shape"]
+    canvas = {k: np.zeros((height, width), np.uint32) for k in keys}
     offset = 1
     for i, (y, x, h, w, flag) in enumerate(patch_store.metadata.itertuples(index=False)):
         if not flag:
             continue
+        h, w = max(min(h, height - y), 0), max(min(w, width - x), 0)
         crops = {k: masks[i][k][:h, :w] for k in keys}
         for k in keys:
             region = canvas[k][y : y + h, x : x + w]
             write = (region == 0) & (crops[k] > 0)
             region[write] = crops[k][write] + offset - 1
-        offset += max(int(c.max()) for c in crops.values())
+        offset += max(int(c.max(initial=0)) for c in crops.values())
     return canvas
 
 
@@ -124,6 +128,36 @@ def test_mosaic_labels_offsets_overlap_and_placement(tmp_path, small_mosaic):
         np.testing.assert_array_equal(image[:, y : y + h, x + local.start : x + local.stop],
                                       np.moveaxis(patch_store.patches[i, :h, local], -1, 0))
     assert image[:, 7].max() == 0  # below the true height of patches 2 and 3
+
+
+def test_mosaics_have_the_slides_shape_not_the_padded_grids(tmp_path):
+    """A 9 x 13 slide cut into 6 x 8 patches with step 4 x 6 (padded to 10 x 14): the mosaics are
+    9 x 13, every patch is cut to the slide, and the labels equal the merge on that canvas."""
+    boxes = [(y, x, 6, 8) for y in (0, 4) for x in (0, 6)]
+    patch_store = fake_patch_store(tmp_path, boxes, [True] * 4, (6, 8), (10, 14), seed=3,
+                                   slide_shape=(9, 13))
+    group = create_result_store(tmp_path / "masks.zarr", 4, (6, 8), patch_store="x")
+    rng = np.random.default_rng(5)
+    masks = []
+    for i in range(4):
+        cell = rng.integers(0, 6, size=(6, 8)).astype(np.uint32)
+        cell[5, 7] = 9  # the highest label lies where the bottom-right patches leave the slide
+        nucleus = np.where(cell % 2 == 1, cell, 0).astype(np.uint32)
+        masks.append({**{name: np.zeros((6, 8), np.uint32) for name in MASK_NAMES},
+                      "cell": cell, "nucleus": nucleus, "cell_matched_mask": cell,
+                      "nucleus_matched_mask": nucleus})
+        write_patch_result(group, i, masks[i], stats_for(6, 3, 3, 0.5))
+    paths = write_mosaics(group, patch_store, tmp_path / "out", exp_id="run1")
+    root = zarr.open_group(str(paths["ome_zarr"]), mode="r")
+    assert root["0"].shape == (2, 9, 13)
+    np.testing.assert_array_equal(root["0"][:, 4:9, 6:13],
+                                  np.moveaxis(patch_store.patches[3, :5, :7], -1, 0))
+    for label, keys in (("cells", ["cell"]), ("nuclei", ["nucleus"]),
+                        ("cells_matched", ["cell_matched_mask", "nucleus_matched_mask"])):
+        expected = reference_mosaic(patch_store, masks, keys)[keys[0]]
+        np.testing.assert_array_equal(root[f"labels/{label}/0"][0], expected)
+    tiff = tifffile.imread(paths["cell"])
+    assert tiff.shape[-2:] == (9, 13)
 
 
 def test_mosaic_ome_zarr_metadata(tmp_path, small_mosaic):
