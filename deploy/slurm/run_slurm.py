@@ -171,6 +171,17 @@ def wait_for_first_worker(client: Any, cluster: Any, timeout: float | None,
     worker argument, a missing environment on the compute node): without this check the driver
     would wait for ever.
 
+    Parameters
+    ----------
+    client : distributed.Client
+        A client of ``cluster``.
+    cluster : dask_jobqueue.SLURMCluster
+        Its ``workers`` hold the submitted jobs (``job_id``).
+    timeout : float or None
+        Seconds to wait at most (None: as long as worker jobs are queued or running).
+    log_directory : str or None
+        The worker jobs' log folder (``log-directory`` of the cluster config).
+
     Raises
     ------
     ClusterError

@@ -21,6 +21,7 @@ import ssl
 import time
 from pathlib import Path
 
+import dask
 import pytest
 import yaml
 from distributed.security import Security
@@ -196,8 +197,6 @@ def _tls_probes(address: str) -> dict[str, str]:
         ("codexdask_tcp", f"tcp://{host_port}", {}),
     ):
         try:
-            import dask
-
             with dask.config.set({**settings, "distributed.comm.timeouts.connect": "5s"}), \
                     cluster.connect(SegmentConfig(scheduler=scheduler)):
                 probes[name] = "connected"
