@@ -164,12 +164,12 @@ def check_worker_job(job_script: str, cluster_config: str | Path) -> None:
 
 
 def wait_for_first_worker(client: Any, cluster: Any, timeout: float | None,
-                          log_directory: str | None) -> None:
-    """Wait until a worker joins the scheduler; fail at once if SLURM ended every worker job.
+                          log_directory: str | None, start_timeout: float) -> None:
+    """Wait until a worker joins the scheduler; fail early when the worker jobs cannot start one.
 
-    dask-jobqueue does not notice a worker job that exits before its worker connects (a bad
-    worker argument, a missing environment on the compute node): without this check the driver
-    would wait for ever.
+    dask-jobqueue does not notice a worker job that never connects (a bad worker argument, an
+    environment missing on the compute node): without these checks the driver would wait for
+    ever. Pending jobs may wait as long as the queue makes them; running ones may not.
 
     Parameters
     ----------
@@ -178,28 +178,39 @@ def wait_for_first_worker(client: Any, cluster: Any, timeout: float | None,
     cluster : dask_jobqueue.SLURMCluster
         Its ``workers`` hold the submitted jobs (``job_id``).
     timeout : float or None
-        Seconds to wait at most (None: as long as worker jobs are queued or running).
+        Seconds to wait at most (None: as long as worker jobs are queued or starting).
     log_directory : str or None
         The worker jobs' log folder (``log-directory`` of the cluster config).
+    start_timeout : float
+        Seconds a worker job may run before its worker joins.
 
     Raises
     ------
     ClusterError
-        When the worker jobs submitted so far have all left the queue with no worker joined
-        (with the last line of a job's error log), or after ``timeout`` seconds.
+        When every worker job submitted so far has left the queue, or one has run for
+        ``start_timeout`` seconds, with no worker joined (with the last line of a job's error
+        log); or after ``timeout`` seconds.
     """
-    deadline = None if timeout is None else time.monotonic() + timeout
+    started = time.monotonic()
+    running_since: dict[str, float] = {}
     while not client.scheduler_info(n_workers=-1)["workers"]:
+        now = time.monotonic()
         submitted = {str(job.job_id) for job in cluster.workers.values()
                      if getattr(job, "job_id", None)}
-        queued = queued_job_ids()
-        if submitted and queued is not None and not submitted & queued:
-            raise ClusterError(
-                f"worker job(s) {', '.join(sorted(submitted))} ended before any worker joined the "
-                f"scheduler{last_error_line(log_directory, submitted)}; see their logs in "
-                f"{log_directory or 'the job directory'} and the cluster config's worker settings"
-            )
-        if deadline is not None and time.monotonic() > deadline:
+        states = queued_jobs()
+        if submitted and states is not None:
+            stuck = sorted(job for job in submitted if states.get(job) == "RUNNING"
+                           and now - running_since.setdefault(job, now) > start_timeout)
+            if not submitted & states.keys() or stuck:
+                what = (f"worker job {stuck[0]} has run for {start_timeout:.0f} s" if stuck else
+                        f"worker job(s) {', '.join(sorted(submitted))} ended")
+                raise ClusterError(
+                    f"{what} before any worker joined the scheduler"
+                    f"{last_error_line(log_directory, submitted)}; see their logs in "
+                    f"{log_directory or 'the job directory'} and the cluster config's worker "
+                    "settings"
+                )
+        if timeout is not None and now - started > timeout:
             raise ClusterError(
                 f"no worker job started within {timeout} s; check `squeue --me` and the logs in "
                 "the cluster config's log-directory"
@@ -207,25 +218,38 @@ def wait_for_first_worker(client: Any, cluster: Any, timeout: float | None,
         time.sleep(WORKER_POLL_S)
 
 
-def queued_job_ids() -> set[str] | None:
-    """Ids of the jobs SLURM holds now (pending or running); None if squeue did not answer."""
+def queued_jobs() -> dict[str, str] | None:
+    """``{job id: state}`` of the jobs SLURM holds now; None if squeue did not answer."""
     try:
-        listed = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True,
+        listed = subprocess.run(["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True,
                                 timeout=60, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
-    return set(listed.stdout.split())
+    return dict(line.split(maxsplit=1) for line in listed.stdout.splitlines() if line.strip())
 
 
 def last_error_line(log_directory: str | None, job_ids: set[str]) -> str:
-    """``: LAST LINE`` of the first worker job's ``.err`` log that has one, else ''."""
+    """`` (job ID: LINE)`` from the first worker job's ``.err`` log that has one, else ''.
+
+    LINE is the last line naming an error (an exception's), else the log's last line.
+    """
     for job_id in sorted(job_ids):
         for path in sorted(Path(log_directory or ".").glob(f"*-{job_id}.err")):
             lines = [line.strip() for line in path.read_text(errors="replace").splitlines()
                      if line.strip()]
+            errors = [line for line in lines if "Error" in line]
             if lines:
-                return f" (job {job_id}: {lines[-1]})"
+                return f" (job {job_id}: {(errors or lines)[-1]})"
     return ""
+
+
+def worker_start_timeout(settings: dict[str, Any]) -> float:
+    """Seconds a running worker job may take to join: twice its ``death-timeout`` (default 60 s),
+    the time a worker itself keeps trying to reach the scheduler."""
+    from dask.utils import parse_timedelta
+
+    death_timeout = settings.get("jobqueue.slurm.death-timeout") or 60
+    return 2 * float(parse_timedelta(death_timeout, default="seconds") or 60)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,7 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"scheduler {cluster.scheduler_address}, dashboard {client.dashboard_link}",
                       file=sys.stderr)
                 wait_for_first_worker(client, cluster, args.wait_timeout,
-                                      settings.get("jobqueue.slurm.log-directory"))
+                                      settings.get("jobqueue.slurm.log-directory"),
+                                      worker_start_timeout(settings))
                 # Workers resolve relative paths from their own directory: pass absolute ones.
                 result = run(Path(args.store).resolve(), Path(args.out).resolve(), config,
                              client=client, progress=True)

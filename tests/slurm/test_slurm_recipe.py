@@ -299,10 +299,17 @@ def test_a_cancelled_driver_job_resumes_with_only_the_missing_work(site, local_r
 @pytest.mark.parametrize("overrides, message", [
     ({"queue": "no-such-partition"}, "invalid partition specified: no-such-partition"),
     ({"memory": "4000GiB"}, "Requested node configuration is not available"),
-    # A worker argument `dask worker` accepts but cannot use: every job exits at start-up.
+    # The environment is missing on the compute node: every worker job exits at once.
+    ({"python": "/nonexistent/bin/python"}, "ended before any worker joined the scheduler"),
+    # A worker argument `dask worker` accepts but cannot use: the worker fails to start, and its
+    # job either exits or (a race in distributed's nanny) hangs; both end the driver.
     ({"worker-extra-args": ["--resources", "GPU=1", "--lifetime", "3h50m"]},
-     "ended before any worker joined the scheduler"),
-], ids=["bad-partition", "memory-over-the-node", "worker-exits-at-start"])
+     "before any worker joined the scheduler (job "),
+    # A worker that hangs at start-up (the job script runs `sleep 3600; true -m ...`): its job
+    # runs on, so the driver gives up after twice the death-timeout (2 x 20 s here).
+    ({"python": "sleep 3600; true"}, "has run for 40 s before any worker joined the scheduler"),
+], ids=["bad-partition", "memory-over-the-node", "no-environment", "worker-fails-to-start",
+        "worker-hangs"])
 def test_a_worker_job_that_cannot_start_is_a_clear_error(overrides, message, site, tmp_path):
     config = node_cluster_config(site["folder"], **overrides)
     started = time.monotonic()
