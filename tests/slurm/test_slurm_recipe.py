@@ -231,7 +231,7 @@ def test_workers_ran_as_slurm_jobs_over_tls(recipe_run, site):
         logs = "".join(path.read_text() for path in
                        sorted((site["folder"] / "dask-logs").glob(f"codexdask-gpu-{job_id}.*")))
         assert re.search(rf"Registered to:\s+{re.escape(recipe_run['address'])}", logs), logs
-        assert "codexdask" in logs and "mesmer weights" in logs  # the prologue's doctor report
+        assert "mesmer weights ok: model_path" in logs  # the prologue's doctor found them
     # The driver closed its cluster: no worker job outlives it.
     wait_for(lambda: not worker_jobs(after=recipe_run["job"], states=("PENDING", "RUNNING")), 60,
              "the worker jobs to end with the driver")
