@@ -18,22 +18,20 @@ DIR="${CODEXDASK_SLURM_DIR:-/tmp/codexdask-slurm}"
 CONF="$DIR/slurm.conf"
 SOCKET="$DIR/munge/munge.socket"
 PACKAGES=(munge slurmctld slurmd slurm-client)
+TOOLS=(munged mungekey slurmctld slurmd sinfo sbatch)   # what PACKAGES give that this script runs
 
 die() { echo "local-cluster.sh: error: $*" >&2; exit 2; }
 
 require_tools() {
-  installed && return 0
   local missing=()
-  for tool in munged mungekey slurmctld slurmd sinfo sbatch; do
-    command -v "$tool" >/dev/null || missing+=("$tool")
-  done
+  for tool in "${TOOLS[@]}"; do command -v "$tool" >/dev/null || missing+=("$tool"); done
   [ ${#missing[@]} -eq 0 ] || die "not installed: ${missing[*]}; run '$0 install' as root (Debian/Ubuntu: apt-get install ${PACKAGES[*]})"
 }
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 installed() {
-  for tool in munged mungekey slurmctld slurmd sinfo sbatch; do command -v "$tool" >/dev/null || return 1; done
+  for tool in "${TOOLS[@]}"; do command -v "$tool" >/dev/null || return 1; done
 }
 
 cmd_install() {

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import dask
+from dask.utils import parse_timedelta
 from distributed.security import Security
 
 from codexdask.cli import add_segment_options, segment_config
@@ -199,8 +200,11 @@ def wait_for_first_worker(client: Any, cluster: Any, timeout: float | None,
                      if getattr(job, "job_id", None)}
         states = queued_jobs()
         if submitted and states is not None:
-            stuck = sorted(job for job in submitted if states.get(job) == "RUNNING"
-                           and now - running_since.setdefault(job, now) > start_timeout)
+            for job in submitted:
+                if states.get(job) == "RUNNING":
+                    running_since.setdefault(job, now)  # first seen running
+            stuck = sorted(job for job, since in running_since.items()
+                           if states.get(job) == "RUNNING" and now - since > start_timeout)
             if not submitted & states.keys() or stuck:
                 what = (f"worker job {stuck[0]} has run for {start_timeout:.0f} s" if stuck else
                         f"worker job(s) {', '.join(sorted(submitted))} ended")
@@ -246,8 +250,6 @@ def last_error_line(log_directory: str | None, job_ids: set[str]) -> str:
 def worker_start_timeout(settings: dict[str, Any]) -> float:
     """Seconds a running worker job may take to join: twice its ``death-timeout`` (default 60 s),
     the time a worker itself keeps trying to reach the scheduler."""
-    from dask.utils import parse_timedelta
-
     death_timeout = settings.get("jobqueue.slurm.death-timeout") or 60
     return 2 * float(parse_timedelta(death_timeout, default="seconds") or 60)
 

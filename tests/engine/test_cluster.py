@@ -1,12 +1,12 @@
 """Cluster selection: what can be checked without a GPU (the GPU path itself runs on a GPU box)."""
 
 import time
-from pathlib import Path
 
 import dask
 import pytest
 from distributed import Client, LocalCluster
 from distributed.security import Security
+from helpers.tls import client_tls_settings
 
 from codexdask.config import PatchConfig, SegmentConfig
 from codexdask.engine import cluster
@@ -121,19 +121,6 @@ def tls_cluster():
         yield local.scheduler_address, security
 
 
-def _tls_settings(security: Security, folder: Path) -> dict[str, str]:
-    """Dask configuration naming certificate files, as a user sets it (YAML or DASK_* env)."""
-    folder.mkdir(exist_ok=True)
-    files = {"ca-file": security.tls_ca_file, "client.cert": security.tls_client_cert,
-             "client.key": security.tls_client_key}
-    settings = {}
-    for key, pem in files.items():
-        path = folder / key.replace(".", "-")
-        path.write_text(pem)
-        settings[f"distributed.comm.tls.{key}"] = str(path)
-    return settings
-
-
 def test_segment_on_a_tls_scheduler_with_its_certificates(tls_cluster, tmp_path):
     from codexdask.cli import main
     from codexdask.outputs import load_manifest
@@ -147,7 +134,7 @@ def test_segment_on_a_tls_scheduler_with_its_certificates(tls_cluster, tmp_path)
         PatchConfig(wholecell=slide.membrane_channels, patch_size=(96, 96), overlap=0.0),
         channel_names=slide.channel_names,
     )
-    with dask.config.set(_tls_settings(security, tmp_path / "certs")):
+    with dask.config.set(client_tls_settings(security, tmp_path / "certs")):
         assert main(["segment", str(store), "--out", str(tmp_path / "out"), "--scheduler",
                      address, "--no-mosaics", "--n-overlays", "0"]) == 0
     manifest = load_manifest(tmp_path / "out")
@@ -164,7 +151,7 @@ def test_a_tls_scheduler_refuses_a_client_without_certificates(tls_cluster):
 def test_a_tls_scheduler_refuses_other_certificates(tls_cluster, tmp_path, monkeypatch):
     address, _ = tls_cluster
     monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 5)
-    with dask.config.set(_tls_settings(Security.temporary(), tmp_path)):
+    with dask.config.set(client_tls_settings(Security.temporary(), tmp_path)):
         with pytest.raises(ClusterError, match="certificates are the cluster's"):
             with cluster.connect(SegmentConfig(scheduler=address)):
                 pass

@@ -6,6 +6,7 @@ as a user would type them; ``SLURM_CONF`` names the cluster (``deploy/slurm/loca
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -31,8 +32,9 @@ WORKER_JOB_NAME = "codexdask-gpu"
 REQUIRE_ENV = "CODEXDASK_REQUIRE_SLURM"
 
 
+@functools.cache
 def slurm_conf() -> str:
-    """``$SLURM_CONF``, else the file ``local-cluster.sh`` writes."""
+    """``$SLURM_CONF``, else the file ``local-cluster.sh`` writes (asked once)."""
     if os.environ.get("SLURM_CONF"):
         return os.environ["SLURM_CONF"]
     line = subprocess.run([str(LOCAL_CLUSTER), "env"], capture_output=True, text=True,
@@ -43,8 +45,8 @@ def slurm_conf() -> str:
 def unavailable_reason() -> str | None:
     """Why no SLURM cluster can run jobs here, or None when one answers with a usable node."""
     if shutil.which("sbatch") is None:
-        return ("SLURM is not installed: run `deploy/slurm/local-cluster.sh install` as root "
-                "(or `make test-slurm`, which installs and starts it)")
+        return ("SLURM is not installed: run `make slurm-install` (or "
+                "`deploy/slurm/local-cluster.sh install`) as root, then `make test-slurm`")
     try:
         states = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True,
                                 timeout=30, env=slurm_env()).stdout.split()

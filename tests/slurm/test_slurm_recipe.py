@@ -41,6 +41,7 @@ from helpers.slurm import (
     wait_for_job_end,
     worker_jobs,
 )
+from helpers.tls import client_tls_settings
 
 from codexdask.config import PatchConfig, SegmentConfig, load_yaml
 from codexdask.engine import cluster
@@ -166,7 +167,7 @@ def recipe_run(site, local_reference, tmp_path_factory):
     job_id = _start(site, "patches", out)
     address = _scheduler_address(site, job_id)
     workers_seen = wait_for(lambda: worker_jobs(after=job_id), 120, "a worker job to run")
-    probes = _tls_probes(address)
+    probes = _tls_probes(address, tmp_path_factory.mktemp("other-ca"))
     in_flight_after_probes = str(job_id) in {job["id"] for job in queued_jobs()}
     workers_seen |= worker_jobs(after=job_id)
     log = _assert_completed(site, job_id)
@@ -174,7 +175,7 @@ def recipe_run(site, local_reference, tmp_path_factory):
             "workers": workers_seen, "in_flight_after_probes": in_flight_after_probes}
 
 
-def _tls_probes(address: str) -> dict[str, str]:
+def _tls_probes(address: str, other_ca: Path) -> dict[str, str]:
     """Connect to the SLURM-started scheduler the ways an outsider could; what each one got."""
     host_port = address.split("://", 1)[1]
     host, port = host_port.rsplit(":", 1)
@@ -193,7 +194,7 @@ def _tls_probes(address: str) -> dict[str, str]:
     # codexdask with no certificates, with another CA's, and over tcp://.
     for name, scheduler, settings in (
         ("codexdask_no_credentials", address, {}),
-        ("codexdask_other_ca", address, _certificate_settings(Security.temporary())),
+        ("codexdask_other_ca", address, client_tls_settings(Security.temporary(), other_ca)),
         ("codexdask_tcp", f"tcp://{host_port}", {}),
     ):
         try:
@@ -203,18 +204,6 @@ def _tls_probes(address: str) -> dict[str, str]:
         except ClusterError as exc:
             probes[name] = f"refused: {exc}"
     return probes
-
-
-def _certificate_settings(security: Security) -> dict[str, str]:
-    folder = Path(os.environ.get("TMPDIR", "/tmp")) / f"codexdask-other-ca-{os.getpid()}"
-    folder.mkdir(exist_ok=True)
-    settings = {}
-    for key, pem in (("ca-file", security.tls_ca_file), ("client.cert", security.tls_client_cert),
-                     ("client.key", security.tls_client_key)):
-        path = folder / key.replace(".", "-")
-        path.write_text(pem)
-        settings[f"distributed.comm.tls.{key}"] = str(path)
-    return settings
 
 
 def test_recipe_finishes_with_the_local_clusters_outputs(recipe_run, local_reference):
