@@ -4,6 +4,9 @@
 #                 dask-cuda; no TensorFlow. Everything a user runs, `make demo` included.
 # .venv-deepcell  the reference environment: Python 3.10, deepcell 0.12.10, TensorFlow 2.8; used
 #                 only to convert Mesmer weights and to prove parity with deepcell (`make test`).
+#                 No zarr 3 there (it needs 3.11), so no stores: its tests exchange arrays.
+# .venv-reader    Python 3.12 with ome-zarr-py >= 0.21: reads the mosaics back, and resolves
+#                 codexdask's extras next to spatialdata and ome-zarr (`make test`).
 
 VENV     := .venv
 PY       := $(VENV)/bin/python
@@ -11,6 +14,8 @@ STAMP    := $(VENV)/.installed
 REF      := .venv-deepcell
 REF_PY   := $(REF)/bin/python
 REF_STAMP := $(REF)/.installed
+READER   := .venv-reader
+READER_STAMP := $(READER)/.installed
 DEMO_OUT ?= demo_out
 # Any torch >= 2.4 works. 2.13.0 is the CPU build this project's machines keep on disk (pip takes
 # it from there; elsewhere pip downloads the CUDA build of the same release).
@@ -21,6 +26,7 @@ find_python = $(shell for p in python$(1) $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}
 	$$p -c 'import sys; assert sys.version_info[:2] == tuple(map(int, "$(1)".split(".")))' >/dev/null 2>&1 && { echo $$p; break; }; done)
 PYTHON311 := $(call find_python,3.11)
 PYTHON310 := $(call find_python,3.10)
+PYTHON312 := $(call find_python,3.12)
 
 .PHONY: help venv venv-reference demo test lint typecheck pytest pytest-reference test-slurm \
 	slurm-install clean
@@ -30,6 +36,7 @@ help:  ## List the targets
 
 venv: $(STAMP)  ## Build the main environment (.venv)
 venv-reference: $(REF_STAMP)  ## Build the reference environment (.venv-deepcell)
+venv-reader: $(READER_STAMP)  ## Build the OME-Zarr reader environment (.venv-reader)
 
 $(STAMP): pyproject.toml
 	@if [ -z "$(PYTHON311)" ]; then \
@@ -52,6 +59,15 @@ $(REF_STAMP): pyproject.toml
 	$(REF_PY) -m pip install -q -e '.[deepcell,dev]'
 	touch $(REF_STAMP)
 
+$(READER_STAMP):
+	@if [ -z "$(PYTHON312)" ]; then \
+	  echo "error: Python 3.12 not found (the reader environment: ome-zarr-py 0.21 needs it)." >&2; \
+	  echo "  Install it, e.g. 'pyenv install 3.12', then run make again." >&2; exit 1; fi
+	$(PYTHON312) -m venv $(READER)
+	$(READER)/bin/python -m pip install -q --upgrade pip
+	$(READER)/bin/python -m pip install -q 'ome-zarr>=0.21'
+	touch $(READER_STAMP)
+
 demo: $(STAMP)  ## Run the demo on a synthetic slide (local cluster, watershed) into demo_out/
 	$(VENV)/bin/codexdask demo --out $(DEMO_OUT)
 
@@ -61,9 +77,10 @@ lint: $(STAMP)  ## ruff over the code, tests, benchmarks, recipes and notebooks
 typecheck: $(STAMP)  ## mypy (every function of the pure kernels typed)
 	$(VENV)/bin/mypy codexdask
 
-# The main suite, with the cross-environment parity tests (they call the reference python).
-pytest: $(STAMP) $(REF_STAMP)  ## The main suite, with the cross-environment parity tests
+# The main suite, with the cross-environment tests (they call the reference and reader pythons).
+pytest: $(STAMP) $(REF_STAMP) $(READER_STAMP)  ## The main suite, with the cross-environment tests
 	CODEXDASK_REFERENCE_PYTHON=$(abspath $(REF_PY)) CODEXDASK_REQUIRE_REFERENCE=1 \
+	  CODEXDASK_READER_PYTHON=$(abspath $(READER)/bin/python) CODEXDASK_REQUIRE_READER=1 \
 	  $(PY) -m pytest -q -m "not reference and not slurm"
 
 # Tests against deepcell and TensorFlow themselves, in the reference environment.
@@ -85,5 +102,5 @@ test-slurm: $(STAMP)  ## The SLURM recipe on a real one-node SLURM cluster (root
 slurm-install:  ## Install munge and SLURM from the system's packages (root, apt-get)
 	deploy/slurm/local-cluster.sh install
 
-clean:  ## Remove both environments and the demo's output
-	rm -rf $(VENV) $(REF) $(DEMO_OUT)
+clean:  ## Remove the three environments and the demo's output
+	rm -rf $(VENV) $(REF) $(READER) $(DEMO_OUT)

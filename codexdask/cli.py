@@ -22,6 +22,7 @@ from codexdask.config import (
     SPLIT_DIRECTIONS,
     SPLIT_MODES,
     TIE_BREAKS,
+    ZARR_FORMATS,
     PatchConfig,
     QuantifyConfig,
     SegmentConfig,
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"microns per pixel (default: from OME, {DEFAULT_IMAGE_MPP})")
     patch.add_argument("--chunk-size", type=int,
                        help="chunk side of the slide in full_image/halves/quarters (default 1024)")
+    patch.add_argument("--zarr-format", type=int, choices=ZARR_FORMATS,
+                       help="Zarr format of the store (default 3; 2 for readers of v2 only)")
     patch.add_argument("--config", help="YAML file with the same keys (flags override it)")
     patch.add_argument("--overwrite", action="store_true", help="replace an existing store")
 
@@ -136,6 +139,9 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
                         help="skip the two seg_res pickles")
     parser.add_argument("--no-mosaics", dest="save_mosaics", action="store_const", const=False,
                         help="skip the whole-slide label mosaics")
+    parser.add_argument("--zarr-format", type=int, choices=ZARR_FORMATS,
+                        help="result store and mosaics: 3 (default; sharded, OME-Zarr 0.5) or 2 "
+                             "(OME-Zarr 0.4, for readers of Zarr v2 only)")
     parser.add_argument("--n-overlays", type=int, help="overlay PNGs to write (default 4)")
     add_cluster_options(parser, "a run", gpus=True)
 

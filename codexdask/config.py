@@ -33,6 +33,10 @@ PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 #: pipeline's CPU iteration order (for bit-for-bit comparisons with it).
 TieBreakName = Literal["lowest-label", "aegle-cpu"]
 TIE_BREAKS: tuple[str, ...] = get_args(TieBreakName)
+#: The Zarr formats of the stores codexdask writes; new stores are v3 (``docs/architecture.md``,
+#: "Store formats").
+ZARR_FORMATS = (2, 3)
+DEFAULT_ZARR_FORMAT = 3
 
 
 @dataclasses.dataclass
@@ -64,6 +68,8 @@ class PatchConfig:
     chunk_size : int
         Side of the Zarr chunks of the slide in ``full_image``, ``halves`` and ``quarters``
         modes, whose logical patches are stored as one chunked image.
+    zarr_format : {3, 2}
+        Zarr format of the patch store (2 for readers that only read Zarr v2).
     """
 
     nucleus: str = "DAPI"
@@ -77,6 +83,7 @@ class PatchConfig:
     non_zero_perc_threshold: float = 0.05
     mean_intensity_threshold: float = 1.0
     chunk_size: int = 1024
+    zarr_format: int = DEFAULT_ZARR_FORMAT
 
     def __post_init__(self) -> None:
         if isinstance(self.wholecell, str):
@@ -105,6 +112,7 @@ class PatchConfig:
         self.chunk_size = int(auto_or_positive_int("chunk_size", self.chunk_size))
         if self.chunk_size < 64:
             raise ConfigError(f"chunk_size must be at least 64 pixels, got {self.chunk_size}")
+        self.zarr_format = check_zarr_format(self.zarr_format)
 
 
 @dataclasses.dataclass
@@ -148,6 +156,10 @@ class SegmentConfig:
     pickle_compression_level : int or None
     save_mosaics : bool
         Write whole-slide label mosaics (OME-Zarr labels and pyramidal OME-TIFF).
+    zarr_format : {3, 2}
+        Zarr format of a new result store, work folder and mosaics (3: OME-Zarr 0.5 mosaics,
+        sharded; 2: OME-Zarr 0.4, for readers that only read Zarr v2). A resumed run keeps its
+        result store's format.
     n_overlays : int
         Overlay PNGs written for the first informative patches.
     scheduler : str or None
@@ -178,6 +190,7 @@ class SegmentConfig:
     pickle_compression: str = "none"
     pickle_compression_level: int | None = None
     save_mosaics: bool = True
+    zarr_format: int = DEFAULT_ZARR_FORMAT
     n_overlays: int = 4
     scheduler: str | None = None
     gpus: bool = False
@@ -214,6 +227,7 @@ class SegmentConfig:
                 raise ConfigError(f"max_window must be 'auto' or pixels >= 0, got "
                                   f"{self.max_window}")
         self.pickle_compression = pickle_compression(self.pickle_compression)
+        self.zarr_format = check_zarr_format(self.zarr_format)
         _check_mpp(self.image_mpp)
         if self.n_workers is not None and int(self.n_workers) < 1:
             raise ConfigError(f"n_workers must be >= 1, got {self.n_workers!r}")
@@ -396,6 +410,22 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         close = difflib.get_close_matches(str(value), choices, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}{hint}")
+
+
+def check_zarr_format(value: Any) -> int:
+    """``value`` as a Zarr format (2 or 3), else a :class:`ConfigError` that names both.
+
+    >>> check_zarr_format("2")
+    2
+    """
+    try:
+        fmt = int(value)
+    except (TypeError, ValueError):
+        fmt = 0
+    if fmt not in ZARR_FORMATS or isinstance(value, bool):
+        raise ConfigError(f"zarr_format must be 2 or 3, got {value!r} (3, the default: sharded "
+                          "stores and OME-Zarr 0.5 mosaics; 2 for readers of Zarr v2 only)")
+    return fmt
 
 
 def _check_mpp(value: float | None) -> None:

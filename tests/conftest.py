@@ -33,6 +33,27 @@ collect_ignore = (
                                                       "mesmer/test_mesmer_network.py",
                                                       "segmenters/test_mesmer_torch.py"])
 )
+#: The modules of the reference suite. The reference environment (Python 3.10, TensorFlow 2.8)
+#: has no zarr 3, so no stores: its tests exchange arrays and files with codexdask, and only
+#: these modules are collected there. A reference test anywhere else is an error.
+REFERENCE_MODULES = frozenset({
+    "mesmer/test_convert.py", "mesmer/test_mesmer_deepcell_parity.py", "mesmer/test_weights.py",
+    "postprocess/test_postprocess_labels.py", "postprocess/test_postprocess_pipeline.py",
+    "segmenters/test_mesmer.py", "statistics/test_statistics.py", "test_doctor.py",
+})
+HAS_STORES = importlib.util.find_spec("zarr") is not None
+_TESTS = Path(__file__).parent
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Without zarr (the reference environment), collect only :data:`REFERENCE_MODULES`."""
+    if HAS_STORES or collection_path.is_dir() or collection_path.suffix != ".py":
+        return None
+    try:
+        name = collection_path.relative_to(_TESTS).as_posix()
+    except ValueError:  # codexdask's own modules (doctests)
+        return True
+    return True if name not in REFERENCE_MODULES and name != "conftest.py" else None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -49,6 +70,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if (item.get_closest_marker("mesmer") is not None
                 or "mesmer_model_dir" in getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.reference)
+        if item.get_closest_marker("reference") is not None:
+            module = Path(str(item.fspath)).relative_to(_TESTS).as_posix()
+            if module not in REFERENCE_MODULES:
+                raise pytest.UsageError(
+                    f"{item.nodeid} is a reference test outside conftest.REFERENCE_MODULES: the "
+                    "reference environment would not run it (move it, or list its module)")
     markexpr = config.getoption("-m") or ""
     if (config.getoption("--run-slow") or os.environ.get("CODEXDASK_RUN_SLOW") == "1"
             or "slow" in markexpr):

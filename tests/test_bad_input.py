@@ -26,7 +26,6 @@ output or task: the engine checks these inputs before it creates the result stor
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -50,9 +49,6 @@ from codexdask.synthetic import synthetic_slide
 
 SUMMARY_FILES = (MANIFEST, "patches_metadata.csv", "matched_seg_res_batch.pickle",
                  "original_seg_res_batch.pickle")
-NO_DEEPCELL = importlib.util.find_spec("deepcell") is None
-mesmer = [pytest.mark.mesmer,
-          pytest.mark.skipif(NO_DEEPCELL, reason="deepcell (the mesmer extra) is not installed")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,7 +116,7 @@ def patch_args(slide: Path, out: Path, *extra: str) -> list[str]:
 def replace_patches(store: Path, data: np.ndarray) -> None:
     root = zarr.open_group(str(store), mode="a")
     del root["patches"]
-    root.create_dataset("patches", data=data)
+    root.create_array("patches", data=data)
 
 
 def float_store_with_nan(path: Path) -> Path:
@@ -149,7 +145,7 @@ def test_missing_store(tmp_path, capsys):
 
 def test_not_a_codexdask_store(tmp_path, capsys):
     plain = zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
-    plain.create_dataset("patches", shape=(2, 8, 8, 2), dtype=np.uint16)
+    plain.create_array("patches", shape=(2, 8, 8, 2), dtype=np.uint16)
     err = cli(["segment", tmp_path / "plain.zarr", "--out", tmp_path / "out"], capsys)
     assert "not a codexdask patch store" in err and "codexdask patch" in err
     assert not (tmp_path / "out").exists()
@@ -305,8 +301,6 @@ def test_tls_scheduler_without_certificates(good_store, tmp_path, capsys):
     assert_nothing_complete(out)
 
 
-@pytest.mark.mesmer
-@pytest.mark.skipif(NO_DEEPCELL, reason="deepcell (the mesmer extra) is not installed")
 @pytest.mark.parametrize("kind", ["missing", "not-a-savedmodel"])
 def test_mesmer_model_path(good_store, tmp_path, scheduler, capsys, kind):
     model = tmp_path / "model"
@@ -345,9 +339,8 @@ def _mesmer_not_savedmodel(store: Path, out: Path, tmp_path: Path, client: Clien
 @pytest.mark.parametrize("case, error", [
     pytest.param(_unreachable, ClusterError, id="unreachable-scheduler"),
     pytest.param(_nan_store, InputError, id="nan-in-store"),
-    pytest.param(_mesmer_missing, ModelLoadError, id="mesmer-missing", marks=mesmer),
-    pytest.param(_mesmer_not_savedmodel, ModelLoadError, id="mesmer-not-savedmodel",
-                 marks=mesmer),
+    pytest.param(_mesmer_missing, ModelLoadError, id="mesmer-missing"),
+    pytest.param(_mesmer_not_savedmodel, ModelLoadError, id="mesmer-not-savedmodel"),
 ])
 def test_refused_before_any_output(good_store, tmp_path, scheduler, monkeypatch, case, error):
     """The error comes before the result store exists, so no task ran and a retry with the

@@ -172,7 +172,8 @@ def run(
         # behind, so a retry with the input fixed is not refused as "already holds a run".
         check_finite(dask_client, patch_store, np.asarray(plan.informative, dtype=np.int64))
         group = prepare_result_store(out_dir, patch_store, resume=config.resume,
-                                     overwrite=config.overwrite, blocks=plan.blocks)
+                                     overwrite=config.overwrite, blocks=plan.blocks,
+                                     zarr_format=config.zarr_format)
         if progress:
             print(f"Dask dashboard: {dask_client.dashboard_link}", file=sys.stderr)
         graph_start = time.perf_counter()

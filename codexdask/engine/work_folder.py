@@ -3,9 +3,11 @@
 A block task writes its owned objects, a table of first pixels and then its ``done`` flag; the
 numbering task writes each block's global ids; a stitching task writes its core's tally and its
 stitched labels with the repair's margin; a band task writes its labels' matching. Every file
-is written whole under a temporary name (or, for Zarr chunks, by one task only), so a task that
+is written whole under a temporary name (or, for a Zarr shard, by one task only), so a task that
 runs twice writes the same bytes again. The folder is written once and read once, so its labels
-use lz4 (fast) where the result store uses zstd (small). Names come from :mod:`codexdask.layout`.
+use lz4 (fast) where the result store uses zstd (small). Only codexdask reads it, so it is Zarr v3
+whatever the run's ``zarr_format`` (a resumed run of an older version keeps its v2 arrays). Names
+come from :mod:`codexdask.layout`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numcodecs
 import numpy as np
 import zarr
 
@@ -38,6 +39,7 @@ from codexdask.repair.bands import BandMatching
 from codexdask.repair.matching import RepairTally
 from codexdask.seamless.blocks import LogicalPatch
 from codexdask.seamless.regions import REPAIR_MARGIN
+from codexdask.store.formats import Blosc, create_array, unit_shards
 
 __all__ = ["COMPARTMENTS", "RunPaths", "band_file", "block_file", "blocks_done",
            "create_work_folder", "load_arrays", "load_band", "load_tally", "owned_group",
@@ -45,12 +47,12 @@ __all__ = ["COMPARTMENTS", "RunPaths", "band_file", "block_file", "blocks_done",
 
 #: The two compartments, in label-channel order (whole-cell, nucleus).
 COMPARTMENTS = (CELL, NUCLEUS)
-#: Side of the chunks of a block's stored window: a neighbour reading the strip of the window
-#: that reaches into its core decodes a strip of chunks, not the whole window.
+#: Side of the inner chunks of a block's stored window (one shard per block): a neighbour reading
+#: the strip of the window that reaches into its core decodes a strip of chunks, not the window.
 OWNED_CHUNK = 256
 #: Compressor of the work folder's labels: written and read once each, so speed over size (lz4
 #: encoded 2x and decoded 3x faster than the result store's zstd, at about half its ratio).
-WORK_COMPRESSOR = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE)
+WORK_COMPRESSOR = Blosc("lz4", 5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,32 +80,40 @@ def create_work_folder(
     """Create the work folder's arrays unless they exist (a resumed run keeps them).
 
     In ``owned.zarr``, ``cell`` and ``nucleus`` ``(n_blocks, h, w)`` uint32 hold each block's
-    kept objects (``h, w`` the largest window; square chunks of :data:`OWNED_CHUNK` px) and
-    ``done`` ``(n_blocks,)`` bool is set last for a block. In ``stitched.zarr``, ``cell`` and
-    ``nucleus`` ``(n_blocks, s, s)`` uint32 (``s`` = ``block_size`` + 2 x the repair's margin,
-    one chunk per block) hold each core's stitched labels with that margin, for the repair.
+    kept objects (``h, w`` the largest window; one shard per block, inner chunks of about
+    :data:`OWNED_CHUNK` px) and ``done`` ``(n_blocks,)`` bool is set last for a block. In
+    ``stitched.zarr``, ``cell`` and ``nucleus`` ``(n_blocks, s, s)`` uint32 (``s`` =
+    ``block_size`` + 2 x the repair's margin, one chunk per block) hold each core's stitched
+    labels with that margin, for the repair.
     """
-    root = zarr.open_group(str(Path(path) / OWNED_ZARR), mode="a")
+    root = _work_group(Path(path) / OWNED_ZARR)
     height, width = window_shape
-    _create_labels(root, (n_blocks, height, width),
-                   (1, min(height, OWNED_CHUNK), min(width, OWNED_CHUNK)))
+    _create_labels(root, *unit_shards((1, height, width), OWNED_CHUNK), n_blocks)
     side = block_size + 2 * REPAIR_MARGIN
-    _create_labels(zarr.open_group(str(Path(path) / STITCHED_ZARR), mode="a"),
-                   (n_blocks, side, side), (1, side, side))
+    _create_labels(_work_group(Path(path) / STITCHED_ZARR), (1, side, side), None, n_blocks)
     if DONE_ARRAY not in root:
-        root.create_dataset(DONE_ARRAY, shape=(n_blocks,), chunks=(1,), dtype=bool,
-                            fill_value=False)
+        create_array(root, DONE_ARRAY, shape=(n_blocks,), chunks=(1,), dtype=bool,
+                     fill_value=False)
     for folder in WORK_FILE_DIRS:
         (Path(path) / folder).mkdir(parents=True, exist_ok=True)
 
 
-def _create_labels(group: zarr.Group, shape: tuple[int, int, int],
-                   chunks: tuple[int, int, int]) -> None:
-    """``cell`` and ``nucleus`` uint32 arrays of the work folder, unless they exist."""
+def _work_group(path: Path) -> zarr.Group:
+    """The Zarr group at ``path``: the one there (resume), else a new v3 group."""
+    if path.exists():
+        return zarr.open_group(str(path), mode="r+")
+    return zarr.open_group(str(path), mode="w", zarr_format=3)
+
+
+def _create_labels(group: zarr.Group, chunks: tuple[int, ...],
+                   shards: tuple[int, ...] | None, n_blocks: int) -> None:
+    """``cell`` and ``nucleus`` ``(n_blocks, h, w)`` uint32 arrays, unless they exist; ``(h, w)``
+    is the last two sides of ``shards`` (else of ``chunks``)."""
+    height, width = (shards or chunks)[1:]
     for name in COMPARTMENTS:
         if name not in group:
-            group.create_dataset(name, shape=shape, chunks=chunks, dtype=np.uint32, fill_value=0,
-                                 compressor=WORK_COMPRESSOR, write_empty_chunks=False)
+            create_array(group, name, shape=(n_blocks, height, width), chunks=chunks,
+                         shards=shards, dtype=np.uint32, fill_value=0, compressor=WORK_COMPRESSOR)
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,13 +1,16 @@
 """Whole-slide mosaics: the image and the label masks placed on the slide, as OME-Zarr and OME-TIFF.
 
-Four steps, each bounded by one patch or one canvas block in memory:
+Five steps, each bounded by one patch or one canvas block in memory:
 
 1. :func:`place_patches` fills level 0 of every canvas patch by patch and, within a patch, block
    by block (image from every patch, labels from the informative ones, made unique across
    patches by a running offset), so a whole-slide patch never sits in memory;
 2. :func:`build_pyramid` strides each level 2x into the next;
-3. :func:`write_ngff_metadata` describes the OME-Zarr image and its label images (NGFF 0.4);
-4. :func:`write_label_tiffs` copies each label pyramid into a pyramidal OME-TIFF.
+3. :func:`write_label_tiffs` copies each label pyramid into a pyramidal OME-TIFF;
+4. for OME-Zarr 0.5 (Zarr v3), :func:`shard_canvases` copies every level, one shard at a time,
+   into arrays of :data:`MOSAIC_SHARD`² shards (steps 1-2 write small parts of many chunks,
+   which in a shard would mean rewriting the whole shard each time);
+5. :func:`write_ngff_metadata` describes the image and its label images (NGFF 0.5 or 0.4).
 
 :func:`write_mosaics` runs them in a temporary folder renamed to ``OUT/mosaics`` at the end.
 """
@@ -15,11 +18,11 @@ Four steps, each bounded by one patch or one canvas block in memory:
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import numcodecs
 import numpy as np
 import pandas as pd
 import tifffile
@@ -39,23 +42,30 @@ from codexdask.layout import (
     NUCLEUS_MATCHED_MASK,
     mosaic_tiff_name,
 )
+from codexdask.outputs.ngff import write_ngff_metadata
 from codexdask.outputs.result_store import LABEL_COMPRESSOR, require_done
+from codexdask.store.formats import Blosc, create_array, new_group, zarr_format_of
 
 __all__ = [
     "PatchStoreLike",
     "build_pyramid",
     "place_patches",
     "pyramid_shapes",
+    "shard_canvases",
     "write_label_tiffs",
     "write_mosaics",
-    "write_ngff_metadata",
 ]
 
 #: Side of the canvas chunks (and of the blocks the pyramid is built from).
 CANVAS_CHUNK = 512
+#: Side of the shards of the OME-Zarr 0.5 mosaics (Zarr v3): 16 canvas chunks a file.
+MOSAIC_SHARD = 2048
 #: Side of the OME-TIFF tiles.
 TIFF_TILE = 512
-_IMAGE_COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE)
+_IMAGE_COMPRESSOR = Blosc("zstd", 3)
+_AXES = ("c", "y", "x")
+#: The unsharded canvases of a Zarr v3 mosaic while it is built (removed at the end).
+_UNSHARDED_ZARR = "canvases.zarr"
 #: Label canvases whose IDs advance together: a matched cell and its nucleus keep one ID.
 _MATCHED_PAIR = tuple((label, mask) for label, mask in MOSAIC_LABELS.items()
                       if mask in (CELL_MATCHED_MASK, NUCLEUS_MATCHED_MASK))
@@ -101,50 +111,26 @@ def pyramid_shapes(height: int, width: int) -> list[tuple[int, int]]:
 
 
 def _create_level(group: zarr.Group, name: str, shape: tuple[int, ...], dtype: Any,
-                  compressor: Any) -> zarr.Array:
+                  compressor: Blosc, shard: int | None = None) -> zarr.Array:
+    """A ``(c, y, x)`` canvas level in CANVAS_CHUNK² chunks; in shards of ``shard``² if given."""
     chunks = (1,) + tuple(min(CANVAS_CHUNK, s) or 1 for s in shape[1:])
-    return group.create_dataset(
-        name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, compressor=compressor,
-        write_empty_chunks=False, dimension_separator="/",
-    )
+    shards = None if shard is None else (shape[0],) + tuple(
+        min(shard, -(-s // c) * c) for s, c in zip(shape[1:], chunks[1:]))
+    return create_array(group, name, shape=shape, chunks=chunks, shards=shards, dtype=dtype,
+                        fill_value=0, compressor=compressor, dimension_names=_AXES)
 
 
-def _downsample(src: zarr.Array, dst: zarr.Array) -> None:
-    """dst = src[:, ::2, ::2], one destination block (CANVAS_CHUNK²) at a time."""
+def _copy_blocks(src: zarr.Array, dst: zarr.Array, stride: int = 1) -> None:
+    """``dst = src[:, ::stride, ::stride]``, one write unit of ``dst`` (a shard, else a chunk)
+    at a time; blocks of zeros are skipped (``dst`` is empty)."""
     _, h, w = dst.shape
-    step = CANVAS_CHUNK
-    for y in range(0, h, step):
-        for x in range(0, w, step):
-            y1, x1 = min(y + step, h), min(x + step, w)
-            block = src[:, 2 * y : 2 * y1 : 2, 2 * x : 2 * x1 : 2]
+    step_y, step_x = (dst.shards or dst.chunks)[1:]
+    for y in range(0, h, step_y):
+        for x in range(0, w, step_x):
+            y1, x1 = min(y + step_y, h), min(x + step_x, w)
+            block = src[:, stride * y : stride * y1 : stride, stride * x : stride * x1 : stride]
             if block.any():
                 dst[:, y:y1, x:x1] = block
-
-
-def _multiscales(name: str, n_levels: int, mpp: float) -> list[dict]:
-    """NGFF 0.4 ``multiscales`` for (c, y, x) levels 0..n_levels-1, each 2x the previous."""
-    axes = [
-        {"name": "c", "type": "channel"},
-        {"name": "y", "type": "space", "unit": "micrometer"},
-        {"name": "x", "type": "space", "unit": "micrometer"},
-    ]
-    datasets = [
-        {
-            "path": str(level),
-            "coordinateTransformations": [
-                {"type": "scale", "scale": [1.0, mpp * 2**level, mpp * 2**level]}
-            ],
-        }
-        for level in range(n_levels)
-    ]
-    return [{
-        "version": "0.4",
-        "name": name,
-        "axes": axes,
-        "datasets": datasets,
-        "type": "nearest",
-        "metadata": {"method": "numpy striding [::2, ::2]"},
-    }]
 
 
 def _placements(metadata: pd.DataFrame, canvas: tuple[int, int],
@@ -223,6 +209,18 @@ def _write_ome_tiff(path: Path, levels: Sequence[zarr.Array], name: str, mpp: fl
 class Canvases:
     """The level pyramids of one mosaic: the image ``(2, h, w)`` and each label ``(1, h, w)``.
 
+    Parameters
+    ----------
+    path : Path
+        The new Zarr group.
+    shapes : sequence of (int, int)
+        ``(h, w)`` of each level.
+    dtype
+        The image's dtype.
+    zarr_format : {3, 2}
+    shard : int, optional
+        Shard side (Zarr v3); plain CANVAS_CHUNK² chunks without it.
+
     Attributes
     ----------
     root : zarr.Group
@@ -233,10 +231,11 @@ class Canvases:
         NGFF label name -> list of uint32 levels, for each name of ``MOSAIC_LABELS``.
     """
 
-    def __init__(self, path: Path, shapes: Sequence[tuple[int, int]], dtype: Any) -> None:
-        self.root = zarr.open_group(str(path), mode="w")
+    def __init__(self, path: Path, shapes: Sequence[tuple[int, int]], dtype: Any,
+                 zarr_format: int = 3, shard: int | None = None) -> None:
+        self.root = new_group(path, zarr_format)
         self.image = [
-            _create_level(self.root, str(k), (2, *s), dtype, _IMAGE_COMPRESSOR)
+            _create_level(self.root, str(k), (2, *s), dtype, _IMAGE_COMPRESSOR, shard)
             for k, s in enumerate(shapes)
         ]
         labels_root = self.root.create_group("labels")
@@ -244,9 +243,13 @@ class Canvases:
         for label in MOSAIC_LABELS:
             label_group = labels_root.create_group(label)
             self.labels[label] = [
-                _create_level(label_group, str(k), (1, *s), np.uint32, LABEL_COMPRESSOR)
+                _create_level(label_group, str(k), (1, *s), np.uint32, LABEL_COMPRESSOR, shard)
                 for k, s in enumerate(shapes)
             ]
+
+    def levels(self) -> list[list[zarr.Array]]:
+        """The image's levels, then each label's."""
+        return [self.image, *self.labels.values()]
 
 
 def place_patches(
@@ -310,43 +313,20 @@ def _blocks(height: int, width: int) -> list[Box]:
 
 def build_pyramid(canvases: Canvases) -> None:
     """Fill every level below 0 by 2x nearest-neighbour striding of the level above."""
-    for levels in (canvases.image, *canvases.labels.values()):
+    for levels in canvases.levels():
         for k in range(1, len(levels)):
-            _downsample(levels[k - 1], levels[k])
+            _copy_blocks(levels[k - 1], levels[k], stride=2)
 
 
-def write_ngff_metadata(
-    canvases: Canvases,
-    attrs: Mapping[str, Any],
-    dtype: Any,
-    window: tuple[float, float],
-    mpp: float,
-) -> None:
-    """Write the NGFF 0.4 ``multiscales``, ``omero`` and ``image-label`` attributes.
-
-    ``attrs`` are the patch store's (channel names); ``window`` the display maxima.
-    """
-    n_levels = len(canvases.image)
-    channels = [str(attrs.get("nucleus_channel", "nucleus")),
-                "+".join(attrs.get("wholecell_channels", [])) or "whole-cell"]
-    max_value = int(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1
-    canvases.root.attrs["multiscales"] = _multiscales("slide", n_levels, mpp)
-    canvases.root.attrs["omero"] = {
-        "name": "slide",
-        "version": "0.4",
-        "channels": [
-            {"label": label, "color": color, "active": True, "coefficient": 1,
-             "family": "linear", "inverted": False,
-             "window": {"min": 0, "max": max_value, "start": 0, "end": end or max_value}}
-            for label, color, end in zip(channels, ("0000FF", "00FF00"), window, strict=True)
-        ],
-        "rdefs": {"model": "color"},
-    }
-    labels_root = canvases.root["labels"]
-    labels_root.attrs["labels"] = list(MOSAIC_LABELS)
-    for label in MOSAIC_LABELS:
-        labels_root[label].attrs["multiscales"] = _multiscales(label, n_levels, mpp)
-        labels_root[label].attrs["image-label"] = {"version": "0.4", "source": {"image": "../../"}}
+def shard_canvases(canvases: Canvases, path: Path, shard: int = MOSAIC_SHARD) -> Canvases:
+    """Copy ``canvases`` into new Zarr v3 canvases at ``path`` in ``shard``² shards, one shard
+    at a time (each shard written once, whole)."""
+    shapes = [tuple(level.shape[1:]) for level in canvases.image]
+    sharded = Canvases(path, shapes, canvases.image[0].dtype, zarr_format=3, shard=shard)
+    for sources, targets in zip(canvases.levels(), sharded.levels()):
+        for src, dst in zip(sources, targets):
+            _copy_blocks(src, dst)
+    return sharded
 
 
 def write_label_tiffs(canvases: Canvases, folder: Path, exp_id: str, mpp: float) -> None:
@@ -362,6 +342,7 @@ def write_mosaics(
     *,
     exp_id: str = "codexdask",
     image_mpp: float | None = None,
+    zarr_format: int | None = None,
 ) -> dict[str, Path]:
     """Whole-slide mosaics of the image and of the cell / nucleus labels (original and matched).
 
@@ -371,9 +352,11 @@ def write_mosaics(
     Written under ``out_dir/mosaics/`` (built in a temporary sibling, then renamed; an existing
     ``mosaics/`` is replaced):
 
-    - ``slide.ome.zarr``: OME-NGFF 0.4 (zarr v2) image (2, He, We) (nucleus, whole-cell; the
-      patch store dtype) with ``labels/{cells,nuclei,cells_matched,nuclei_matched}``, each
-      (1, He, We) uint32 with the same number of levels as the image;
+    - ``slide.ome.zarr``: OME-Zarr 0.5 (Zarr v3, :data:`MOSAIC_SHARD`² shards of
+      :data:`CANVAS_CHUNK`² chunks) or 0.4 (Zarr v2, chunks) image (2, He, We) (nucleus,
+      whole-cell; the patch store dtype) with
+      ``labels/{cells,nuclei,cells_matched,nuclei_matched}``, each (1, He, We) uint32 with the
+      same number of levels as the image;
     - ``{exp_id}.{name}.segmentations.ome.tiff`` for name in cell, nucleus, cell_matched_mask,
       nucleus_matched_mask: pyramidal OME-TIFF of the same levels.
 
@@ -393,6 +376,8 @@ def write_mosaics(
         Base name of the OME-TIFF files.
     image_mpp : float, optional
         Microns per pixel (PhysicalSizeX/Y and NGFF scale); default the store's ``image_mpp``.
+    zarr_format : {3, 2}, optional
+        3 for OME-Zarr 0.5, 2 for 0.4; default the result store's format.
 
     Returns
     -------
@@ -422,13 +407,21 @@ def write_mosaics(
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / MOSAICS_DIR
     dtype = patch_store.dtype
+    zarr_format = zarr_format_of(group) if zarr_format is None else zarr_format
     with atomic_path(final, replace_dir=True) as tmp:
         tmp.mkdir()
-        canvases = Canvases(tmp / MOSAIC_ZARR, pyramid_shapes(*canvas_shape), dtype)
+        shapes = pyramid_shapes(*canvas_shape)
+        if zarr_format == 2:
+            canvases = Canvases(tmp / MOSAIC_ZARR, shapes, dtype, zarr_format=2)
+        else:  # placed and strided in chunks, then copied into shards
+            canvases = Canvases(tmp / _UNSHARDED_ZARR, shapes, dtype, zarr_format=3)
         window = place_patches(canvases, group, patch_store, placements, informative)
         build_pyramid(canvases)
-        write_ngff_metadata(canvases, attrs, dtype, window, mpp)
         write_label_tiffs(canvases, tmp, exp_id, mpp)
+        if zarr_format != 2:
+            canvases = shard_canvases(canvases, tmp / MOSAIC_ZARR)
+            shutil.rmtree(tmp / _UNSHARDED_ZARR)
+        write_ngff_metadata(canvases.root, len(shapes), attrs, dtype, window, mpp)
     paths = {"ome_zarr": final / MOSAIC_ZARR}
     for name in MOSAIC_LABELS.values():
         paths[name] = final / mosaic_tiff_name(exp_id, name)

@@ -1,10 +1,12 @@
 """The result store ``OUT/masks.zarr``: one entry per patch of the patch store.
 
-A Zarr v2 group holding, for a patch store of ``N`` patches of ``(H, W)`` pixels:
+A Zarr group (v3 by default, v2 on request: :mod:`codexdask.store.formats`) holding, for a patch
+store of ``N`` patches of ``(H, W)`` pixels:
 
-- one ``(N, H, W)`` uint32 array per name in :data:`~codexdask.layout.MASK_NAMES`, chunked one
-  patch per chunk, written with ``write_empty_chunks=False`` so that the entries of
-  non-informative patches cost nothing on disk;
+- one ``(N, H, W)`` uint32 array per name in :data:`~codexdask.layout.MASK_NAMES`, one patch per
+  shard (v3; inner chunks of at most :data:`INNER_CHUNK` px a side) or per chunk (v2); chunks
+  that hold only zeros are not stored, so the entries of non-informative patches cost nothing
+  on disk;
 - ``done`` ``(N,)`` bool, set for a patch once everything else of it is on disk (``--resume``
   recomputes the others);
 - ``stats`` ``(N, len(RESULT_STAT_COLUMNS))`` float64, NaN until written.
@@ -13,9 +15,9 @@ A patch smaller than ``(H, W)`` (a half or quarter of an odd-sized slide) is sto
 the bottom and right; its true size is in the patch metadata.
 
 Logical patches segmented block by block (a store of the image layout) keep the same ``(N, H, W)``
-arrays, chunked ``(1, T, T)`` by the compute block ``T`` instead of one patch per chunk: each
-block's core is one chunk, so tasks never share a chunk. ``attrs["codexdask"]["blocks"]`` records
-the block size and halo, which a resumed run must repeat.
+arrays, sharded (v3) or chunked (v2) ``(1, T, T)`` by the compute block ``T`` instead of one patch
+per shard: each block's core is one shard, so tasks never share a file.
+``attrs["codexdask"]["blocks"]`` records the block size and halo, which a resumed run must repeat.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-import numcodecs
 import numpy as np
 import pandas as pd
 import zarr
@@ -44,8 +45,16 @@ from codexdask.layout import (
     STATS_ARRAY,
 )
 from codexdask.seamless.blocks import Blocks
+from codexdask.store.formats import (
+    DEFAULT_ZARR_FORMAT,
+    Blosc,
+    create_array,
+    new_group,
+    unit_shards,
+)
 
 __all__ = [
+    "INNER_CHUNK",
     "LABEL_COMPRESSOR",
     "check_output_dir",
     "create_result_store",
@@ -60,13 +69,9 @@ __all__ = [
 #: Compressor of every label array codexdask writes (zstd level 1: labels compress well already;
 #: on uint32 labels the byte shuffle gave 1.1-1.5x the bit shuffle's ratio and encoded and decoded
 #: 1.1-1.3x faster).
-LABEL_COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=1, shuffle=numcodecs.Blosc.SHUFFLE)
-
-
-def _array(group: zarr.Group, name: str) -> zarr.Array:
-    """Open ``group[name]`` with ``write_empty_chunks=False`` (a runtime option, not stored)."""
-    path = f"{group.path}/{name}" if group.path else name
-    return zarr.Array(group.store, path=path, write_empty_chunks=False)
+LABEL_COMPRESSOR = Blosc("zstd", 1)
+#: Largest side of the inner chunks of a patch's or block's shard (v3).
+INNER_CHUNK = 512
 
 
 def create_result_store(
@@ -77,13 +82,14 @@ def create_result_store(
     patch_store: str | os.PathLike[str],
     overwrite: bool = False,
     blocks: Blocks | None = None,
+    zarr_format: int = DEFAULT_ZARR_FORMAT,
 ) -> zarr.Group:
     """Create an empty result store (``OUT/masks.zarr``).
 
     Parameters
     ----------
     path : path
-        Directory of the new zarr v2 group.
+        Directory of the new Zarr group.
     n_patches : int
         N, the number of patches of the patch store (informative or not).
     patch_shape : (int, int)
@@ -95,13 +101,16 @@ def create_result_store(
     blocks : Blocks, optional
         The compute blocks of logical patches (side ``T``): the mask arrays are chunked
         ``(1, T, T)``.
+    zarr_format : {3, 2}
+        The store's Zarr format.
 
     Returns
     -------
     zarr.Group
-        Holding the nine ``MASK_NAMES`` arrays (N, H, W) uint32 chunked (1, H, W), fill 0,
-        Blosc zstd + byte shuffle; ``done`` (N,) bool; ``stats`` (N, len(RESULT_STAT_COLUMNS))
-        float64, fill NaN. ``attrs["codexdask"]`` describes the store.
+        Holding the nine ``MASK_NAMES`` arrays (N, H, W) uint32, one shard (v3) or chunk (v2)
+        of (1, H, W) per patch, fill 0, Blosc zstd + byte shuffle; ``done`` (N,) bool;
+        ``stats`` (N, len(RESULT_STAT_COLUMNS)) float64, fill NaN; ``attrs["codexdask"]``
+        describes the store.
     """
     path = Path(path)
     n = int(n_patches)
@@ -111,18 +120,15 @@ def create_result_store(
                          f"{n_patches}, {tuple(patch_shape)}")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} already exists; rerun with --resume or --overwrite")
-    group = zarr.open_group(str(path), mode="w")
-    chunk = (1, h, w) if blocks is None else (1, *blocks.chunk((h, w)))
+    group = new_group(path, zarr_format)
+    unit = (1, h, w) if blocks is None else (1, *blocks.chunk((h, w)))
+    chunks, shards = unit_shards(unit, INNER_CHUNK) if zarr_format == 3 else (unit, None)
     for name in MASK_NAMES:
-        group.create_dataset(
-            name, shape=(n, h, w), chunks=chunk, dtype=np.uint32, fill_value=0,
-            compressor=LABEL_COMPRESSOR, write_empty_chunks=False,
-        )
-    group.create_dataset(DONE_ARRAY, shape=(n,), chunks=(1,), dtype=bool, fill_value=False)
-    group.create_dataset(
-        STATS_ARRAY, shape=(n, len(RESULT_STAT_COLUMNS)), chunks=(1, len(RESULT_STAT_COLUMNS)),
-        dtype=np.float64, fill_value=np.nan,
-    )
+        create_array(group, name, shape=(n, h, w), chunks=chunks, shards=shards,
+                     dtype=np.uint32, fill_value=0, compressor=LABEL_COMPRESSOR)
+    create_array(group, DONE_ARRAY, shape=(n,), chunks=(1,), dtype=bool, fill_value=False)
+    create_array(group, STATS_ARRAY, shape=(n, len(RESULT_STAT_COLUMNS)),
+                 chunks=(1, len(RESULT_STAT_COLUMNS)), dtype=np.float64, fill_value=np.nan)
     group.attrs["codexdask"] = {
         "kind": RESULT_STORE_KIND,
         "version": 1,
@@ -149,8 +155,8 @@ def open_result_store(path: str | os.PathLike[str], *, mode: str = "r+") -> zarr
         raise StoreError(f"no result store at {path}; run `codexdask segment` to create it")
     try:
         group = zarr.open_group(str(path), mode=mode)
-    except (zarr.errors.GroupNotFoundError, ValueError) as exc:
-        raise StoreError(f"{path} is not a zarr group ({exc}); point at OUT/{RESULT_STORE}")\
+    except (zarr.errors.NodeNotFoundError, ValueError, OSError) as exc:
+        raise StoreError(f"{path} is not a Zarr group ({exc}); point at OUT/{RESULT_STORE}")\
             from exc
     info = group.attrs.get("codexdask")
     if not isinstance(info, dict) or info.get("kind") != RESULT_STORE_KIND:
@@ -222,7 +228,7 @@ def write_patch_result(
                              f"holds {shape}")
         checked[name] = mask
     for name, mask in checked.items():
-        _array(group, name)[index] = mask
+        group[name][index] = mask
     group[STATS_ARRAY][index] = row
     group[DONE_ARRAY][index] = True
 
@@ -312,12 +318,13 @@ def prepare_result_store(
     resume: bool,
     overwrite: bool,
     blocks: Blocks | None = None,
+    zarr_format: int = DEFAULT_ZARR_FORMAT,
 ) -> zarr.Group:
     """Create, resume or replace the result store in ``out_dir`` (after :func:`check_output_dir`).
 
     The manifest is removed first: from here on the directory must not look complete until the
     new manifest is written. ``overwrite`` removes every file a run writes (``RUN_OUTPUTS``),
-    and only those.
+    and only those. A new store is written in ``zarr_format``; a resumed one keeps its own.
 
     Raises
     ------
@@ -361,5 +368,5 @@ def prepare_result_store(
         return group
     return create_result_store(
         result_path, patch_store.n_patches, patch_store.patch_shape, patch_store=store_path,
-        blocks=blocks,
+        blocks=blocks, zarr_format=zarr_format,
     )

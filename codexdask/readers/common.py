@@ -44,7 +44,8 @@ READ_ERRORS: tuple[type[Exception], ...] = (
     tifffile.TiffFileError,
 )
 #: Exceptions that opening a damaged file can raise.
-OPEN_ERRORS = (*READ_ERRORS, IndexError, TypeError, zarr.errors.PathNotFoundError)
+OPEN_ERRORS = (*READ_ERRORS, IndexError, TypeError, FileNotFoundError,
+               zarr.errors.NodeNotFoundError)
 
 _LENGTH_UNITS_UM = {
     "µm": 1.0, "μm": 1.0, "um": 1.0, "micron": 1.0, "micrometer": 1.0, "micrometre": 1.0,

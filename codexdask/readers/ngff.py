@@ -1,5 +1,6 @@
-"""Zarr and OME-Zarr slides (NGFF ``multiscales``: first dataset, ``axes`` for c/y/x, ``omero``
-channel labels, the x ``scale`` as ``image_mpp`` when its unit is a length)."""
+"""Zarr (v2, v3) and OME-Zarr (0.4, 0.5) slides (NGFF ``multiscales``: first dataset, ``axes``
+for c/y/x, ``omero`` channel labels, the x ``scale`` as ``image_mpp`` when its unit is a
+length; NGFF 0.5 keeps them under an ``ome`` attribute)."""
 
 from __future__ import annotations
 
@@ -24,18 +25,12 @@ __all__ = ["open_zarr"]
 
 
 def open_zarr(path: Path, axes: str | None) -> SlideFile:
-    """Open a Zarr v2 array or (OME-)Zarr group lazily (see the module docstring)."""
-    if (path / "zarr.json").exists() and not (path / ".zgroup").exists() and not (
-        path / ".zarray"
-    ).exists():
+    """Open a Zarr (v2 or v3) array or (OME-)Zarr group lazily (see the module docstring)."""
+    if path.is_dir() and not any((path / name).exists()
+                                 for name in ("zarr.json", ".zgroup", ".zarray")):
         raise SlideError(
-            f"slide {str(path)!r} is a Zarr v3 store; codexdask reads Zarr v2 (zarr<3). Re-save "
-            "it as Zarr v2 (zarr_format=2) or as OME-TIFF"
-        )
-    if path.is_dir() and not ((path / ".zgroup").exists() or (path / ".zarray").exists()):
-        raise SlideError(
-            f"{str(path)!r} is a directory but not a Zarr store (no .zgroup/.zarray); pass a "
-            "slide file or a Zarr/OME-Zarr directory"
+            f"{str(path)!r} is a directory but not a Zarr store (no zarr.json, .zgroup or "
+            ".zarray); pass a slide file or a Zarr/OME-Zarr directory"
         )
     try:
         node = zarr.open(str(path), mode="r")
@@ -44,8 +39,9 @@ def open_zarr(path: Path, axes: str | None) -> SlideFile:
     names: list[str] = []
     mpp = None
     fmt = "zarr"
-    if isinstance(node, zarr.hierarchy.Group):
+    if isinstance(node, zarr.Group):
         attrs = node.attrs.asdict()
+        attrs = {**attrs, **attrs.get("ome", {})}  # OME-Zarr 0.5 keeps its metadata under "ome"
         if "codexdask" in attrs:
             raise SlideError(
                 f"{str(path)!r} is a codexdask patch/result store, not a slide; segment it with "
@@ -67,7 +63,9 @@ def open_zarr(path: Path, axes: str | None) -> SlideFile:
     else:
         array = node
     if axes is None:
-        dims = array.attrs.get("_ARRAY_DIMENSIONS")
+        dims = (array.attrs.get("_ARRAY_DIMENSIONS")  # xarray's convention (v2)
+                or getattr(array.metadata, "dimension_names", None))  # Zarr v3
+        dims = list(dims) if isinstance(dims, (list, tuple)) and None not in dims else None
         if isinstance(dims, list) and len(dims) == array.ndim:
             axes = "".join(str(d)[:1].upper() for d in dims)
     if array.ndim < 2:
@@ -81,7 +79,7 @@ def open_zarr(path: Path, axes: str | None) -> SlideFile:
 
 
 def _ngff(
-    group: zarr.hierarchy.Group, attrs: dict[str, Any], path: Path
+    group: zarr.Group, attrs: dict[str, Any], path: Path
 ) -> tuple[zarr.Array, str | None, list[str], float | None]:
     try:
         multiscale = attrs["multiscales"][0]

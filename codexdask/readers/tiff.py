@@ -111,7 +111,7 @@ def _tiff_dask(path: Path, index: int, raw: dict[str, Any] | None, axes: str) ->
         # between reads (tifffile's default keeps it open until garbage collection).
         store = tif.aszarr(series=index, level=0, _openfiles=0)
     array = zarr.open(store, mode="r")
-    if isinstance(array, zarr.hierarchy.Group):  # pyramid view: take the full resolution
+    if isinstance(array, zarr.Group):  # pyramid view: take the full resolution
         array = array[sorted(array.array_keys())[0]]
     return da.from_zarr(array)
 

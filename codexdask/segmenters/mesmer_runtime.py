@@ -197,8 +197,7 @@ def worker_threads() -> int | None:
         worker = get_worker()
     except ValueError:  # not in a worker
         return None
-    state = getattr(worker, "state", worker)  # distributed >= 2023: the threads live in .state
-    return max(1, int(state.nthreads))
+    return max(1, int(worker.state.nthreads))
 
 
 def set_torch_threads() -> None:

@@ -1,6 +1,7 @@
 """Patch stores: write a slide as patches with their QC metadata, and open a store again.
 
-A patch store is a directory ``NAME.zarr`` (Zarr v2 group; names in :mod:`codexdask.layout`):
+A patch store is a directory ``NAME.zarr`` (a Zarr v3 group, v2 with ``zarr_format=2``; both are
+read; names in :mod:`codexdask.layout`):
 
 - in ``patches`` mode, array ``patches``: ``(N, H, W, 2)``, the slide's dtype, chunks
   ``(1, H, W, 2)``, Blosc zstd; channel 0 nucleus, channel 1 whole-cell (the "patches" layout);
@@ -46,6 +47,7 @@ from codexdask.layout import (
     QC_STAT_COLUMNS,
 )
 from codexdask.store import selection
+from codexdask.store.formats import create_array, new_group
 from codexdask.store.placement import PatchGrid, patch_grid
 from codexdask.store.slide import Slide, open_slide, read_window
 from codexdask.store.slide_store import PIXEL_COMPRESSOR, image_attrs, write_slide_image
@@ -192,7 +194,7 @@ def _write(
 ) -> None:
     ph, pw = grid.patch_shape
     dtype = slide.dtype
-    root = zarr.group(store=zarr.DirectoryStore(str(tmp)), overwrite=True)
+    root = new_group(tmp, config.zarr_format)
     if grid.split_mode == "patches":
         stats = _write_patches(slide, channels, grid, root, window_bytes, progress)
         layout: dict[str, Any] = {"layout": "patches"}
@@ -240,10 +242,9 @@ def _write_patches(
 ) -> list[dict[str, float]]:
     """Write ``grid``'s patches into ``root[PATCHES_ARRAY]`` one window at a time."""
     ph, pw = grid.patch_shape
-    patches = root.create_dataset(
-        PATCHES_ARRAY, shape=(grid.n_patches, ph, pw, 2), chunks=(1, ph, pw, 2),
-        dtype=slide.dtype, compressor=PIXEL_COMPRESSOR, fill_value=0,
-    )
+    patches = create_array(root, PATCHES_ARRAY, shape=(grid.n_patches, ph, pw, 2),
+                           chunks=(1, ph, pw, 2), dtype=slide.dtype, fill_value=0,
+                           compressor=PIXEL_COMPRESSOR)
     stats: list[dict[str, float]] = []
     bytes_per_pixel = 3 * slide.dtype.itemsize  # two output channels + the channel being read
     done = 0
@@ -416,8 +417,7 @@ def open_patch_store(path: str | Path) -> PatchStore:
         )
     try:
         root = zarr.open_group(str(path), mode="r")
-    except (zarr.errors.GroupNotFoundError, zarr.errors.ContainsArrayError, ValueError,
-            OSError) as exc:
+    except (zarr.errors.NodeNotFoundError, ValueError, OSError) as exc:
         raise StoreError(
             f"{str(path)!r} is not a Zarr group ({exc}); pass a patch store made by "
             "`codexdask patch`"
@@ -440,12 +440,12 @@ def open_patch_store(path: str | Path) -> PatchStore:
         )
     layout = attrs.get("layout", "patches")
     name = IMAGE_ARRAY if layout == "image" else PATCHES_ARRAY
-    if name not in root.array_keys():
+    array = root.get(name)
+    if not isinstance(array, zarr.Array):
         raise StoreError(
             f"{str(path)!r} has no '{name}' array; the store is incomplete, re-create it "
             "with `codexdask patch`"
         )
-    array = root[name]
     expected = 3 if layout == "image" else 4
     if array.ndim != expected or array.shape[-1] != 2:
         axes = "(H, W, 2)" if layout == "image" else "(N, H, W, 2)"

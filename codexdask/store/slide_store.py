@@ -14,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numcodecs
 import zarr
 
 from codexdask.boxes import Box
 from codexdask.config import PatchConfig
 from codexdask.layout import IMAGE_ARRAY
+from codexdask.store.formats import Blosc, create_array
 from codexdask.store.placement import PatchGrid
 from codexdask.store.selection import QCSums
 from codexdask.store.slide import Slide, read_window
@@ -27,7 +27,7 @@ from codexdask.store.slide import Slide, read_window
 __all__ = ["write_slide_image"]
 
 #: Compressor of the slide's pixels (as for patches).
-PIXEL_COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE)
+PIXEL_COMPRESSOR = Blosc("zstd", 3)
 
 
 def write_slide_image(
@@ -65,10 +65,9 @@ def write_slide_image(
     """
     height, width = grid.slide_shape
     size = config.chunk_size
-    image = root.create_dataset(
-        IMAGE_ARRAY, shape=(height, width, 2), chunks=(min(size, height), min(size, width), 2),
-        dtype=slide.dtype, compressor=PIXEL_COMPRESSOR, fill_value=0,
-    )
+    image = create_array(root, IMAGE_ARRAY, shape=(height, width, 2),
+                         chunks=(min(size, height), min(size, width), 2), dtype=slide.dtype,
+                         fill_value=0, compressor=PIXEL_COMPRESSOR)
     column_bytes = size * 3 * slide.dtype.itemsize
     span = max(size, (window_bytes // column_bytes) // size * size)
     sums = [QCSums() for _ in grid.boxes]

@@ -251,10 +251,13 @@ def big_store(path: Path, n_patches: int, *, size: int = 512, dtype: str = "floa
     seed = open_patch_store(small)
     assert seed.metadata["is_informative"].all()
     root = zarr.open_group(str(path), mode="w")
-    root.create_dataset("patches", shape=(n_patches, size, size, 2), chunks=(1, size, size, 2),
-                        dtype=seed.patches.dtype, compressor=seed.patches.compressor, fill_value=0)
-    for i in range(n_patches):
-        os.link(small / "patches" / f"{i % seed_count}.0.0.0", path / "patches" / f"{i}.0.0.0")
+    root.create_array("patches", shape=(n_patches, size, size, 2), chunks=(1, size, size, 2),
+                      dtype=seed.patches.dtype, compressors=seed.patches.compressors,
+                      fill_value=0)
+    for i in range(n_patches):  # one chunk per patch: c/<i>/0/0/0
+        target = path / "patches" / "c" / str(i) / "0" / "0"
+        target.mkdir(parents=True)
+        os.link(small / "patches" / "c" / str(i % seed_count) / "0" / "0" / "0", target / "0")
     meta = seed.metadata.iloc[np.arange(n_patches) % seed_count].reset_index(drop=True)
     meta["patch_id"] = np.arange(n_patches)
     meta["x_start"] = np.arange(n_patches) * size

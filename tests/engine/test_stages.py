@@ -101,15 +101,6 @@ def test_regrown_objects_equal_the_plain_loop(weights, gpu_client, tmp_path):
     assert result.manifest["seamless"]["dropped"] == [0, 0]
 
 
-@pytest.mark.reference
-@pytest.mark.parametrize("mode", ["patches", "full_image"])
-def test_three_stages_equal_the_plain_loop_on_tensorflow(mesmer_model_dir, gpu_client, tmp_path,
-                                                         mode):
-    """The same with a Keras SavedModel on TensorFlow (the reference environment)."""
-    result = assert_engine_equals_serial(mesmer_model_dir, gpu_client, tmp_path, mode)
-    assert result.manifest["plan"]["weights"]["runtime"] == "tensorflow"
-
-
 def assert_engine_equals_serial(weights, client, tmp_path, mode, halo=64):
     """Run the engine on a ``mode`` store, then the serial loop in this process; every mask of
     every patch must be equal. Returns the engine's RunResult."""

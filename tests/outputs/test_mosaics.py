@@ -1,10 +1,13 @@
 """Whole-slide OME-Zarr and OME-TIFF mosaics (codexdask.outputs.mosaics)."""
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
 import zarr
+from helpers.ngff_reader import READER_PYTHON_ENV, REQUIRE_ENV, read_with_ome_zarr, reader_python
 from helpers.result_stores import stats_for
 
 from codexdask.errors import StoreError
@@ -160,29 +163,48 @@ def test_mosaics_have_the_slides_shape_not_the_padded_grids(tmp_path):
     assert tiff.shape[-2:] == (9, 13)
 
 
-def test_mosaic_ome_zarr_metadata(tmp_path, small_mosaic):
+def ngff(node, version):
+    """A node's NGFF metadata: under ``ome`` in 0.5 (with its version), the attributes in 0.4."""
+    attrs = node.attrs.asdict()
+    if version == "0.4":
+        return attrs
+    assert attrs["ome"]["version"] == version
+    return attrs["ome"]
+
+
+@pytest.mark.parametrize("zarr_format, version", [(3, "0.5"), (2, "0.4")])
+def test_mosaic_ome_zarr_metadata(tmp_path, small_mosaic, zarr_format, version):
     patch_store, group, _ = small_mosaic
-    paths = write_mosaics(group, patch_store, tmp_path, image_mpp=0.25)
+    paths = write_mosaics(group, patch_store, tmp_path, image_mpp=0.25, zarr_format=zarr_format)
     assert paths["ome_zarr"] == tmp_path / "mosaics" / "slide.ome.zarr"
+    assert sorted(p.name for p in paths["ome_zarr"].parent.iterdir() if p.suffix == ".zarr") \
+        == ["slide.ome.zarr"]  # the unsharded canvases are gone
     root = zarr.open_group(str(paths["ome_zarr"]), mode="r")
-    (ms,) = root.attrs["multiscales"]
-    assert ms["version"] == "0.4"
+    assert root.metadata.zarr_format == zarr_format
+    (ms,) = ngff(root, version)["multiscales"]
+    assert ms.get("version") == ("0.4" if version == "0.4" else None)
     assert [a["name"] for a in ms["axes"]] == ["c", "y", "x"]
     assert [d["path"] for d in ms["datasets"]] == ["0"]
     assert ms["datasets"][0]["coordinateTransformations"] == [
         {"type": "scale", "scale": [1.0, 0.25, 0.25]}]
-    assert [c["label"] for c in root.attrs["omero"]["channels"]] == ["DAPI", "CD45"]
+    assert [c["label"] for c in ngff(root, version)["omero"]["channels"]] == ["DAPI", "CD45"]
     labels = root["labels"]
-    assert labels.attrs["labels"] == ["cells", "nuclei", "cells_matched", "nuclei_matched"]
-    for name in labels.attrs["labels"]:
+    assert ngff(labels, version)["labels"] == ["cells", "nuclei", "cells_matched",
+                                               "nuclei_matched"]
+    for name in ngff(labels, version)["labels"]:
         label = labels[name]
-        assert label.attrs["image-label"]["source"] == {"image": "../../"}
-        assert label.attrs["image-label"]["version"] == "0.4"
-        (lms,) = label.attrs["multiscales"]
+        image_label = ngff(label, version)["image-label"]
+        assert image_label["source"] == {"image": "../../"}
+        assert image_label.get("version") == ("0.4" if version == "0.4" else None)
+        (lms,) = ngff(label, version)["multiscales"]
         assert len(lms["datasets"]) == len(ms["datasets"])
         array = label[lms["datasets"][0]["path"]]
         assert array.dtype == np.uint32 and array.shape == (1, 8, 10)
-        assert array._dimension_separator == "/"
+        if zarr_format == 3:
+            assert array.metadata.dimension_names == ("c", "y", "x")
+            assert array.metadata.chunk_key_encoding.separator == "/"
+        else:
+            assert array.metadata.dimension_separator == "/"
 
 
 def test_mosaic_ome_tiffs(tmp_path, small_mosaic):
@@ -207,8 +229,8 @@ def test_mosaic_ome_tiffs(tmp_path, small_mosaic):
             assert tif.pages[0].is_tiled
 
 
-def test_mosaic_pyramid_levels(tmp_path):
-    """1200 x 1200 canvas -> 600 -> 300, in both formats; levels are 2x strides of level 0."""
+def pyramid_mosaic(tmp_path, zarr_format):
+    """Mosaics of four 600² patches (one not informative, five cells each) on a 1200² canvas."""
     boxes = [(0, 0, 600, 600), (0, 600, 600, 600), (600, 0, 600, 600), (600, 600, 600, 600)]
     patch_store = fake_patch_store(tmp_path, boxes, [True, False, True, True], (600, 600),
                                    (1200, 1200))
@@ -223,9 +245,21 @@ def test_mosaic_pyramid_levels(tmp_path):
             for name in ("nucleus", "nucleus_matched_mask"):
                 masks[name][y + 10 : y + 30, x + 10 : x + 30] = k
         write_patch_result(group, i, masks, stats_for(5, 5, 5, 1.0))
-    paths = write_mosaics(group, patch_store, tmp_path)
+    return write_mosaics(group, patch_store, tmp_path, zarr_format=zarr_format)
+
+
+@pytest.mark.parametrize("zarr_format", [3, 2])
+def test_mosaic_pyramid_levels(tmp_path, zarr_format):
+    """1200 x 1200 canvas -> 600 -> 300; levels are 2x strides of level 0. OME-Zarr 0.5 levels
+    are one shard each (one file) of 512² chunks; 0.4 levels are 512² chunks."""
+    paths = pyramid_mosaic(tmp_path, zarr_format)
     root = zarr.open_group(str(paths["ome_zarr"]), mode="r")
-    assert [d["path"] for d in root.attrs["multiscales"][0]["datasets"]] == ["0", "1", "2"]
+    metadata = ngff(root, "0.5" if zarr_format == 3 else "0.4")
+    assert [d["path"] for d in metadata["multiscales"][0]["datasets"]] == ["0", "1", "2"]
+    assert root["0"].chunks == (1, 512, 512)
+    assert root["0"].shards == ((2, 1536, 1536) if zarr_format == 3 else None)
+    level0 = [p for p in (paths["ome_zarr"] / "labels" / "cells" / "0").rglob("*") if p.is_file()]
+    assert len(level0) == (2 if zarr_format == 3 else 1 + 9)  # metadata + shards or chunks
     assert [root[str(k)].shape for k in range(3)] == [(2, 1200, 1200), (2, 600, 600),
                                                       (2, 300, 300)]
     np.testing.assert_array_equal(root["2"][:], root["0"][:, ::4, ::4])
@@ -253,3 +287,38 @@ def test_mosaics_need_finished_patches_and_replace_old_ones(tmp_path, small_mosa
         write_mosaics(group, patch_store, tmp_path / "again")
     assert not (tmp_path / "again" / "mosaics").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("zarr_format, version", [(3, "0.5"), (2, "0.4")])
+def test_ome_zarr_py_reads_the_mosaics(tmp_path, zarr_format, version):
+    """ome-zarr-py (>= 0.21, Python 3.12: the reader environment) finds the image with its
+    channel names and the four label images, each level equal to what codexdask wrote; both
+    formats give the same arrays."""
+    python = reader_python()
+    if python is None:
+        message = f"set {READER_PYTHON_ENV} to a python with ome-zarr >= 0.21 (make pytest does)"
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    paths = pyramid_mosaic(tmp_path, zarr_format)
+    described, arrays = read_with_ome_zarr(paths["ome_zarr"], tmp_path / "read.npz")
+    assert described["version"] == version
+    nodes = {node["name"]: node for node in described["nodes"]}
+    assert nodes["slide"]["specs"] == ["Multiscales", "OMERO"]
+    assert nodes["slide"]["channels"] == ["DAPI", "CD45"]
+    labels = ["cells", "nuclei", "cells_matched", "nuclei_matched"]
+    for label in labels:
+        assert nodes[label]["specs"] == ["Label", "Multiscales"]
+    root = zarr.open_group(str(paths["ome_zarr"]), mode="r")
+    expected = {f"slide/{k}": root[str(k)][:] for k in range(3)}
+    expected |= {f"{label}/{k}": root[f"labels/{label}/{k}"][:] for label in labels
+                 for k in range(3)}
+    assert sorted(arrays) == sorted(expected)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(arrays[key], value, err_msg=key)
+    other = pyramid_mosaic(tmp_path / "other", 5 - zarr_format)["ome_zarr"]
+    other_root = zarr.open_group(str(other), mode="r")
+    for key in expected:
+        node, level = key.rsplit("/", 1)
+        path = level if node == "slide" else f"labels/{node}/{level}"
+        np.testing.assert_array_equal(other_root[path][:], expected[key], err_msg=key)

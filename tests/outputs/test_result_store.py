@@ -24,13 +24,18 @@ def store(tmp_path):
     return make_store(tmp_path)
 
 
-def test_create_result_store_layout(tmp_path):
-    group = create_result_store(tmp_path / "masks.zarr", 3, (8, 10), patch_store="rel/slide.zarr")
+@pytest.mark.parametrize("zarr_format", [3, 2])
+def test_create_result_store_layout(tmp_path, zarr_format):
+    group = create_result_store(tmp_path / "masks.zarr", 3, (8, 10), patch_store="rel/slide.zarr",
+                                zarr_format=zarr_format)
+    assert group.metadata.zarr_format == zarr_format
     for name in MASK_NAMES:
         array = group[name]
         assert (array.shape, array.chunks, array.dtype) == ((3, 8, 10), (1, 8, 10), np.uint32)
-        assert array.fill_value == 0
-        assert array.compressor.cname == "zstd" and array.compressor.shuffle == 1  # byte shuffle
+        assert array.fill_value == 0 and array.shards is None  # one patch is one chunk
+        (codec,) = array.compressors
+        assert str(codec.cname).endswith("zstd")
+        assert str(codec.shuffle) in ("1", "BloscShuffle.shuffle")  # byte shuffle (v2, v3)
     assert (group["done"].shape, group["done"].chunks, group["done"].dtype) == ((3,), (1,), bool)
     stats = group["stats"]
     n_columns = len(RESULT_STAT_COLUMNS)
@@ -85,13 +90,35 @@ def test_write_patch_result_accepts_a_mapping_and_casts(store):
     assert row["n_cells"] == 5 and row["infer_s"] == 1.5 and np.isnan(row["matched_fraction"])
 
 
-def test_empty_masks_store_no_chunks(tmp_path):
-    group = create_result_store(tmp_path / "m.zarr", 2, (8, 10), patch_store="x")
+@pytest.mark.parametrize("zarr_format", [3, 2])
+def test_empty_masks_store_no_chunks(tmp_path, zarr_format):
+    group = create_result_store(tmp_path / "m.zarr", 2, (8, 10), patch_store="x",
+                                zarr_format=zarr_format)
     zeros = {name: np.zeros((8, 10), np.uint32) for name in MASK_NAMES}
     write_patch_result(group, 1, zeros, stats_for(0, 0, 0, math.nan))
-    assert not (tmp_path / "m.zarr" / "cell" / "1.0.0").exists()  # write_empty_chunks=False
-    assert (tmp_path / "m.zarr" / "stats" / "1.0").exists()
+    metadata = {"zarr.json", ".zarray", ".zattrs"}
+
+    def chunk_files(name):
+        return [p for p in (tmp_path / "m.zarr" / name).rglob("*")
+                if p.is_file() and p.name not in metadata]
+    assert chunk_files("cell") == []  # chunks of zeros are not stored
+    assert len(chunk_files("stats")) == 1 and len(chunk_files("done")) == 1
     assert bool(group["done"][1])
+
+
+def test_large_patches_are_sharded_one_shard_per_patch(tmp_path):
+    """A patch larger than INNER_CHUNK is one shard (one writer, one file) of inner chunks, so a
+    reader of a window decodes only the chunks it needs; v2 keeps one chunk per patch."""
+    group = create_result_store(tmp_path / "m.zarr", 3, (1200, 2048), patch_store="x")
+    assert group["cell"].shards == (1, 1200, 2048) and group["cell"].chunks == (1, 400, 512)
+    write_patch_result(group, 2, masks_for(3, shape=(1200, 2048)), stats_for(1, 1, 1, 1.0))
+    files = [p for p in (tmp_path / "m.zarr" / "cell").rglob("*") if p.is_file()]
+    assert sorted(p.relative_to(tmp_path / "m.zarr" / "cell").as_posix() for p in files) == \
+        ["c/2/0/0", "zarr.json"]
+    np.testing.assert_array_equal(group["cell"][2], masks_for(3, shape=(1200, 2048))["cell"])
+    v2 = create_result_store(tmp_path / "v2.zarr", 3, (1200, 2048), patch_store="x",
+                             zarr_format=2)
+    assert v2["cell"].chunks == (1, 1200, 2048)
 
 
 def test_write_patch_result_rejects_bad_input(store):

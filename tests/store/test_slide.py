@@ -45,8 +45,10 @@ def _qptiff(path: Path, image: np.ndarray) -> Path:
     return path
 
 
-def _ome_zarr(path: Path, image: np.ndarray, *, five_d: bool = False) -> Path:
-    root = zarr.open_group(str(path), mode="w")
+def _ome_zarr(path: Path, image: np.ndarray, *, five_d: bool = False,
+              version: str = "0.5") -> Path:
+    """An OME-Zarr image: NGFF 0.5 (Zarr v3, metadata under ``ome``) or 0.4 (Zarr v2)."""
+    root = zarr.open_group(str(path), mode="w", zarr_format=3 if version == "0.5" else 2)
     levels = [image, image[:, ::2, ::2]]
     axes = [{"name": "c", "type": "channel"}, {"name": "y", "type": "space", "unit": "micrometer"},
             {"name": "x", "type": "space", "unit": "micrometer"}]
@@ -55,12 +57,17 @@ def _ome_zarr(path: Path, image: np.ndarray, *, five_d: bool = False) -> Path:
         axes = [{"name": "t", "type": "time"}, axes[0], {"name": "z", "type": "space"}, *axes[1:]]
     datasets = []
     for i, level in enumerate(levels):
-        root.create_dataset(str(i), data=level, chunks=(1,) * (level.ndim - 2) + (16, 16))
+        root.create_array(str(i), data=level, chunks=(1,) * (level.ndim - 2) + (16, 16))
         scale = [1.0] * (level.ndim - 2) + [0.65 * 2**i] * 2
         datasets.append({"path": str(i),
                          "coordinateTransformations": [{"type": "scale", "scale": scale}]})
-    root.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": datasets}]
-    root.attrs["omero"] = {"channels": [{"label": n} for n in NAMES]}
+    fields = {"multiscales": [{"axes": axes, "datasets": datasets}],
+              "omero": {"channels": [{"label": n} for n in NAMES]}}
+    if version == "0.4":
+        fields["multiscales"][0]["version"] = "0.4"
+        root.attrs.update(fields)
+    else:
+        root.attrs["ome"] = {"version": version, **fields}
     return path
 
 
@@ -143,8 +150,9 @@ def test_yxc_and_yx_tiff_layouts(tmp_path: Path, image: np.ndarray) -> None:
     assert open_slide(tmp_path / "gray.tif").data.shape == (1, 45, 70)
 
 
-def test_ome_zarr_names_mpp_first_dataset(tmp_path: Path, image: np.ndarray) -> None:
-    slide = open_slide(_ome_zarr(tmp_path / "s.zarr", image))
+@pytest.mark.parametrize("version", ["0.5", "0.4"])
+def test_ome_zarr_names_mpp_first_dataset(tmp_path: Path, image: np.ndarray, version) -> None:
+    slide = open_slide(_ome_zarr(tmp_path / "s.zarr", image, version=version))
     assert slide.format == "ome-zarr"
     assert slide.channel_names == NAMES
     assert slide.image_mpp == pytest.approx(0.65)
@@ -152,8 +160,9 @@ def test_ome_zarr_names_mpp_first_dataset(tmp_path: Path, image: np.ndarray) -> 
     np.testing.assert_array_equal(slide.data.compute(), image)
 
 
-def test_ome_zarr_tczyx_singletons_dropped(tmp_path: Path, image: np.ndarray) -> None:
-    slide = open_slide(_ome_zarr(tmp_path / "s5.zarr", image, five_d=True))
+@pytest.mark.parametrize("version", ["0.5", "0.4"])
+def test_ome_zarr_tczyx_singletons_dropped(tmp_path: Path, image: np.ndarray, version) -> None:
+    slide = open_slide(_ome_zarr(tmp_path / "s5.zarr", image, five_d=True, version=version))
     assert slide.data.shape == (4, 45, 70) and slide.channel_names == NAMES
     np.testing.assert_array_equal(slide.data.compute(), image)
 
@@ -277,11 +286,11 @@ def test_missing_and_unknown_files(tmp_path: Path) -> None:
     (tmp_path / "folder").mkdir()
     with pytest.raises(SlideError, match="not a Zarr store"):
         open_slide(tmp_path / "folder")
-    v3 = tmp_path / "v3.zarr"
-    v3.mkdir()
-    (v3 / "zarr.json").write_text("{}")
-    with pytest.raises(SlideError, match="Zarr v3"):
-        open_slide(v3)
+    broken = tmp_path / "broken.zarr"
+    broken.mkdir()
+    (broken / "zarr.json").write_text("{}")
+    with pytest.raises(SlideError, match="broken.zarr"):
+        open_slide(broken)
 
 
 def test_real_imc_tiff_with_antibodies(tmp_path: Path) -> None:
