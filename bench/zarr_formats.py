@@ -75,7 +75,7 @@ def side(args: argparse.Namespace) -> dict[str, Any]:
         client.wait_for_workers(2)
         client.run(warm_up)
         start = time.perf_counter()
-        run(store, tmp / "out", config, client=client)
+        manifest = run(store, tmp / "out", config, client=client).manifest
         seconds = time.perf_counter() - start
         peaks = client.run(peak_rss_bytes)
     result = tmp / "out" / RESULT_STORE
@@ -98,6 +98,8 @@ def side(args: argparse.Namespace) -> dict[str, Any]:
     megapixels = len(MASK_NAMES) * len(done) * h * w / 1e6
     return {
         "seconds": seconds,
+        "graph_s": manifest["timings"]["graph_s"],
+        "outputs_s": manifest["timings"]["outputs_s"],
         "worker_peak_rss_bytes": max(peaks.values()),
         "patch_store": files_and_bytes(store),
         "result_store": files_and_bytes(result),

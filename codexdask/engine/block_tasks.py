@@ -81,6 +81,7 @@ from codexdask.seamless.blocks import LogicalPatch
 from codexdask.seamless.regions import REPAIR_MARGIN, TALLY_MARGIN, repair_core, tally_core
 from codexdask.seamless.stitch import compose, number_objects, owned_objects
 from codexdask.segmenters.base import Segmenter, WindowInput
+from codexdask.store.formats import writer
 
 __all__ = ["BlockReport", "BlocksSummary", "Numbered", "bands_of", "compose_core",
            "finish_patch", "match_patch_band", "network_blocks", "number_patch",
@@ -216,7 +217,7 @@ def store_blocks(
         block_id = patch.block_id(block)
         height, width = window.shape
         for name, objects in zip(COMPARTMENTS, kept, strict=True):
-            owned[name][block_id, :height, :width] = objects.labels
+            writer(owned[name])[block_id, :height, :width] = objects.labels
         report = BlockReport(block, (len(kept[0].first_pixels), len(kept[1].first_pixels)),
                             (kept[0].n_cut, kept[1].n_cut), core.shape[0] * core.shape[1],
                             stages)
@@ -344,11 +345,11 @@ def compose_core(
     inner = core.slices(around)
     masks = {CELL: stitched[0][inner], NUCLEUS: stitched[1][inner], **edges}
     for name, mask in masks.items():
-        group[name][(patch.index,) + core.slices()] = mask
+        writer(group[name])[(patch.index,) + core.slices()] = mask
     height, width = around.shape
     kept = stitched_group(paths)
     for name, labels in zip(COMPARTMENTS, stitched, strict=True):
-        kept[name][patch.block_id(block), :height, :width] = labels
+        writer(kept[name])[patch.block_id(block), :height, :width] = labels
     save_tally(block_file(paths, WORK_TALLIES_DIR, patch.block_id(block)), tally)
     return (conflicts[0], conflicts[1]), time.perf_counter() - start
 
@@ -427,7 +428,7 @@ def repair_stored_core(paths: RunPaths, patch: LogicalPatch, block: int, banded:
                      for name in COMPARTMENTS)
     group = open_result_store(paths.result)
     for name, mask in repair_core(cell, nucleus, around, core, matching).items():
-        group[name][(patch.index,) + core.slices()] = mask
+        writer(group[name])[(patch.index,) + core.slices()] = mask
     return time.perf_counter() - start
 
 

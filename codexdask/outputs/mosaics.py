@@ -117,7 +117,8 @@ def _create_level(group: zarr.Group, name: str, shape: tuple[int, ...], dtype: A
     shards = None if shard is None else (shape[0],) + tuple(
         min(shard, -(-s // c) * c) for s, c in zip(shape[1:], chunks[1:]))
     return create_array(group, name, shape=shape, chunks=chunks, shards=shards, dtype=dtype,
-                        fill_value=0, compressor=compressor, dimension_names=_AXES)
+                        fill_value=0, compressor=compressor, dimension_names=_AXES,
+                        store_empty_chunks=True)  # labels of zeros are not pasted
 
 
 def _copy_blocks(src: zarr.Array, dst: zarr.Array, stride: int = 1) -> None:
@@ -277,6 +278,7 @@ def place_patches(
     window = [0.0, 0.0]
     offsets = {"cells": 1, "nuclei": 1, "matched": 1}
     informative_set = set(informative)
+    masks = {key: group[key] for key in MASK_NAMES}  # opened once (zarr 3: ~0.4 ms an opening)
     for i, (y, x, h, w) in enumerate(placements):
         highest = {"cells": 0, "nuclei": 0, "matched": 0}
         for block in _blocks(h, w):
@@ -289,11 +291,11 @@ def place_patches(
             if i not in informative_set:
                 continue
             for label, key in (("cells", "cell"), ("nuclei", "nucleus")):
-                mask = np.asarray(group[key][(i,) + block.slices()])
+                mask = np.asarray(masks[key][(i,) + block.slices()])
                 _paste_labels(canvases.labels[label][0], mask, top, left, offsets[label])
                 highest[label] = max(highest[label], int(mask.max(initial=0)))
             for label, key in _MATCHED_PAIR:
-                mask = np.asarray(group[key][(i,) + block.slices()])
+                mask = np.asarray(masks[key][(i,) + block.slices()])
                 _paste_labels(canvases.labels[label][0], mask, top, left, offsets["matched"])
                 highest["matched"] = max(highest["matched"], int(mask.max(initial=0)))
         for label, value in highest.items():

@@ -4,9 +4,9 @@ A Zarr group (v3 by default, v2 on request: :mod:`codexdask.store.formats`) hold
 store of ``N`` patches of ``(H, W)`` pixels:
 
 - one ``(N, H, W)`` uint32 array per name in :data:`~codexdask.layout.MASK_NAMES`, one patch per
-  shard (v3; inner chunks of at most :data:`INNER_CHUNK` px a side) or per chunk (v2); chunks
-  that hold only zeros are not stored, so the entries of non-informative patches cost nothing
-  on disk;
+  shard (v3; inner chunks of at most :data:`INNER_CHUNK` px a side) or per chunk (v2); only
+  the patches computed are written, so the entries of non-informative patches cost nothing on
+  disk;
 - ``done`` ``(N,)`` bool, set for a patch once everything else of it is on disk (``--resume``
   recomputes the others);
 - ``stats`` ``(N, len(RESULT_STAT_COLUMNS))`` float64, NaN until written.
@@ -51,6 +51,7 @@ from codexdask.store.formats import (
     create_array,
     new_group,
     unit_shards,
+    writer,
 )
 
 __all__ = [
@@ -228,7 +229,7 @@ def write_patch_result(
                              f"holds {shape}")
         checked[name] = mask
     for name, mask in checked.items():
-        group[name][index] = mask
+        writer(group[name])[index] = mask
     group[STATS_ARRAY][index] = row
     group[DONE_ARRAY][index] = True
 

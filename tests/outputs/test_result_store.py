@@ -91,9 +91,12 @@ def test_write_patch_result_accepts_a_mapping_and_casts(store):
 
 
 @pytest.mark.parametrize("zarr_format", [3, 2])
-def test_empty_masks_store_no_chunks(tmp_path, zarr_format):
-    group = create_result_store(tmp_path / "m.zarr", 2, (8, 10), patch_store="x",
+def test_only_written_patches_are_stored(tmp_path, zarr_format):
+    """Patches never written (not informative) cost no file; a written patch of zeros is stored
+    (a few bytes) and replaces what was there."""
+    group = create_result_store(tmp_path / "m.zarr", 3, (8, 10), patch_store="x",
                                 zarr_format=zarr_format)
+    write_patch_result(group, 1, masks_for(4), stats_for(1, 1, 1, 1.0))
     zeros = {name: np.zeros((8, 10), np.uint32) for name in MASK_NAMES}
     write_patch_result(group, 1, zeros, stats_for(0, 0, 0, math.nan))
     metadata = {"zarr.json", ".zarray", ".zattrs"}
@@ -101,9 +104,12 @@ def test_empty_masks_store_no_chunks(tmp_path, zarr_format):
     def chunk_files(name):
         return [p for p in (tmp_path / "m.zarr" / name).rglob("*")
                 if p.is_file() and p.name not in metadata]
-    assert chunk_files("cell") == []  # chunks of zeros are not stored
+    for name in MASK_NAMES:
+        assert len(chunk_files(name)) == 1, name
+        assert not group[name][1].any() and not group[name][0].any()
+        assert sum(p.stat().st_size for p in chunk_files(name)) < 200
     assert len(chunk_files("stats")) == 1 and len(chunk_files("done")) == 1
-    assert bool(group["done"][1])
+    assert bool(group["done"][1]) and not group["done"][0]
 
 
 def test_large_patches_are_sharded_one_shard_per_patch(tmp_path):
