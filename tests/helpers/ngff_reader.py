@@ -4,7 +4,8 @@ Run as a script, ``python tests/helpers/ngff_reader.py IMAGE.ome.zarr OUT.npz`` 
 level of every node ome-zarr-py's ``Reader`` finds (the image, then its labels) as
 ``<node>/<level>`` arrays, and ``OUT.json``: the NGFF version ome-zarr-py detected, then per node
 its name, specs (``Multiscales``, ``OMERO``, ``Label``...) and channel labels. In the main
-environment, :func:`read_with_ome_zarr` runs it with ``$CODEXDASK_READER_PYTHON``.
+environment, :func:`read_with_ome_zarr` runs it with ``$CODEXDASK_READER_PYTHON``
+(:func:`reader_python`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,18 @@ READER_PYTHON_ENV = "CODEXDASK_READER_PYTHON"
 REQUIRE_ENV = "CODEXDASK_REQUIRE_READER"
 
 
-def reader_python() -> str | None:
-    """The reader environment's python, or None (the caller skips, or fails where required)."""
+def reader_python() -> str:
+    """The reader environment's python; skips the test without one (fails where
+    ``$CODEXDASK_REQUIRE_READER=1``, as in ``make pytest``)."""
+    import pytest
+
     python = os.environ.get(READER_PYTHON_ENV)
-    return python if python and Path(python).exists() else None
+    if python and Path(python).exists():
+        return python
+    message = f"set {READER_PYTHON_ENV} to a Python 3.12 with ome-zarr >= 0.21 (make pytest does)"
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def read_with_ome_zarr(path: Path, out: Path) -> tuple[dict, dict[str, np.ndarray]]:
