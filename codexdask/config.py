@@ -157,9 +157,9 @@ class SegmentConfig:
     save_mosaics : bool
         Write whole-slide label mosaics (OME-Zarr labels and pyramidal OME-TIFF).
     zarr_format : {3, 2}
-        Zarr format of a new result store, work folder and mosaics (3: OME-Zarr 0.5 mosaics,
-        sharded; 2: OME-Zarr 0.4, for readers that only read Zarr v2). A resumed run keeps its
-        result store's format.
+        Zarr format of a new result store and its mosaics (3: OME-Zarr 0.5 mosaics, sharded;
+        2: OME-Zarr 0.4, for readers that only read Zarr v2). A resumed run keeps its result
+        store's format.
     n_overlays : int
         Overlay PNGs written for the first informative patches.
     scheduler : str or None
