@@ -39,7 +39,7 @@ from codexdask.repair.bands import BandMatching
 from codexdask.repair.matching import RepairTally
 from codexdask.seamless.blocks import LogicalPatch
 from codexdask.seamless.regions import REPAIR_MARGIN
-from codexdask.store.formats import Blosc, create_array, unit_shards
+from codexdask.store.formats import Blosc, create_array, new_group, unit_shards
 
 __all__ = ["COMPARTMENTS", "RunPaths", "band_file", "block_file", "blocks_done",
            "create_work_folder", "load_arrays", "load_band", "load_tally", "owned_group",
@@ -100,9 +100,7 @@ def create_work_folder(
 
 def _work_group(path: Path) -> zarr.Group:
     """The Zarr group at ``path``: the one there (resume), else a new v3 group."""
-    if path.exists():
-        return zarr.open_group(str(path), mode="r+")
-    return zarr.open_group(str(path), mode="w", zarr_format=3)
+    return zarr.open_group(str(path), mode="r+") if path.exists() else new_group(path, 3)
 
 
 def _create_labels(group: zarr.Group, chunks: tuple[int, ...],

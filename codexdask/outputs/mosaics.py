@@ -414,10 +414,9 @@ def write_mosaics(
     with atomic_path(final, replace_dir=True) as tmp:
         tmp.mkdir()
         shapes = pyramid_shapes(*canvas_shape)
-        if zarr_format == 2:
-            canvases = Canvases(tmp / MOSAIC_ZARR, shapes, dtype, zarr_format=2)
-        else:  # placed and strided in chunks, then copied into shards
-            canvases = Canvases(tmp / _UNSHARDED_ZARR, shapes, dtype, zarr_format=3)
+        # v3: placed and strided in chunks, then copied into shards
+        canvases = Canvases(tmp / (MOSAIC_ZARR if zarr_format == 2 else _UNSHARDED_ZARR), shapes,
+                            dtype, zarr_format=zarr_format)
         window = place_patches(canvases, group, patch_store, placements, informative)
         build_pyramid(canvases)
         write_label_tiffs(canvases, tmp, exp_id, mpp)

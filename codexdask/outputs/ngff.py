@@ -22,9 +22,10 @@ __all__ = ["NGFF_VERSIONS", "write_ngff_metadata"]
 NGFF_VERSIONS = {3: "0.5", 2: "0.4"}
 
 
-def _multiscales(name: str, n_levels: int, mpp: float, version: str) -> list[dict]:
-    """NGFF ``multiscales`` for (c, y, x) levels 0..n_levels-1, each 2x the previous (0.5: the
-    version is the ``ome`` attribute's, not the multiscale's)."""
+def _multiscales(name: str, n_levels: int, mpp: float, versioned: dict[str, str]
+                 ) -> list[dict]:
+    """NGFF ``multiscales`` for (c, y, x) levels 0..n_levels-1, each 2x the previous;
+    ``versioned`` is its version entry (0.4), or empty (0.5: the ``ome`` attribute's)."""
     axes = [
         {"name": "c", "type": "channel"},
         {"name": "y", "type": "space", "unit": "micrometer"},
@@ -40,7 +41,7 @@ def _multiscales(name: str, n_levels: int, mpp: float, version: str) -> list[dic
         for level in range(n_levels)
     ]
     return [{
-        **({"version": version} if version == "0.4" else {}),
+        **versioned,
         "name": name,
         "axes": axes,
         "datasets": datasets,
@@ -65,6 +66,7 @@ def write_ngff_metadata(
     maxima.
     """
     version = NGFF_VERSIONS[zarr_format_of(root)]
+    versioned = {"version": version} if version == "0.4" else {}  # 0.4: each entry its own
 
     def describe(node: zarr.Group, fields: dict[str, Any]) -> None:
         if version == "0.4":
@@ -77,7 +79,7 @@ def write_ngff_metadata(
     max_value = int(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1
     omero = {
         "name": "slide",
-        **({"version": version} if version == "0.4" else {}),
+        **versioned,
         "channels": [
             {"label": label, "color": color, "active": True, "coefficient": 1,
              "family": "linear", "inverted": False,
@@ -86,12 +88,11 @@ def write_ngff_metadata(
         ],
         "rdefs": {"model": "color"},
     }
-    describe(root, {"multiscales": _multiscales("slide", n_levels, mpp, version),
-                             "omero": omero})
+    describe(root, {"multiscales": _multiscales("slide", n_levels, mpp, versioned),
+                    "omero": omero})
     describe(root["labels"], {"labels": list(MOSAIC_LABELS)})
-    source = {"source": {"image": "../../"}}
     for label in MOSAIC_LABELS:
         describe(root["labels"][label], {
-            "multiscales": _multiscales(label, n_levels, mpp, version),
-            "image-label": {"version": version, **source} if version == "0.4" else source,
+            "multiscales": _multiscales(label, n_levels, mpp, versioned),
+            "image-label": {**versioned, "source": {"image": "../../"}},
         })

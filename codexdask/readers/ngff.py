@@ -65,8 +65,7 @@ def open_zarr(path: Path, axes: str | None) -> SlideFile:
     if axes is None:
         dims = (array.attrs.get("_ARRAY_DIMENSIONS")  # xarray's convention (v2)
                 or getattr(array.metadata, "dimension_names", None))  # Zarr v3
-        dims = list(dims) if isinstance(dims, (list, tuple)) and None not in dims else None
-        if isinstance(dims, list) and len(dims) == array.ndim:
+        if isinstance(dims, (list, tuple)) and len(dims) == array.ndim and None not in dims:
             axes = "".join(str(d)[:1].upper() for d in dims)
     if array.ndim < 2:
         raise SlideError(f"Zarr array in {str(path)!r} has shape {array.shape}; need 2-3 dims")

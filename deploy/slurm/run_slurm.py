@@ -37,7 +37,7 @@ from dask.utils import parse_timedelta
 from distributed.security import Security
 
 from codexdask.cli import add_segment_options, segment_config
-from codexdask.config import load_yaml
+from codexdask.config import MODEL_PATH_ENV, load_yaml
 from codexdask.errors import ClusterError, CodexDaskError, ConfigError
 
 #: ``cluster.yaml`` beside this script.
@@ -300,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         security = cluster_security(settings)
         if config.model_path:  # worker jobs inherit it: `codexdask doctor` checks these weights
-            os.environ["CODEXDASK_MODEL_PATH"] = str(Path(config.model_path).resolve())
+            os.environ[MODEL_PATH_ENV] = str(Path(config.model_path).resolve())
         with dask.config.set(settings), SLURMCluster(security=security) as cluster:
             check_worker_job(cluster.job_script(), args.cluster_config)
             cluster.adapt(minimum=args.minimum, maximum=args.maximum)
